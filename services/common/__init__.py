@@ -1,0 +1,1 @@
+"""What every service shares: store, gRPC runtime, jobs, datasets, image I/O, config."""

@@ -1,0 +1,98 @@
+from synthaug.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EvaluateRequest(_message.Message):
+    __slots__ = ("truth", "split", "predictions", "score_threshold", "mask_threshold", "n_bootstrap", "seed")
+    TRUTH_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MASK_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    N_BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    truth: _common_pb2.DatasetRef
+    split: str
+    predictions: _common_pb2.ObjectRef
+    score_threshold: float
+    mask_threshold: float
+    n_bootstrap: int
+    seed: int
+    def __init__(self, truth: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., predictions: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., score_threshold: _Optional[float] = ..., mask_threshold: _Optional[float] = ..., n_bootstrap: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class CompareRequest(_message.Message):
+    __slots__ = ("a", "b", "metric", "n_bootstrap", "seed")
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    N_BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    a: _common_pb2.ObjectRef
+    b: _common_pb2.ObjectRef
+    metric: str
+    n_bootstrap: int
+    seed: int
+    def __init__(self, a: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., b: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., metric: _Optional[str] = ..., n_bootstrap: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class CompareResponse(_message.Message):
+    __slots__ = ("n_images", "mean_difference", "ci_low", "ci_high", "p_value", "metric")
+    N_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    MEAN_DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
+    CI_LOW_FIELD_NUMBER: _ClassVar[int]
+    CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    n_images: int
+    mean_difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    metric: str
+    def __init__(self, n_images: _Optional[int] = ..., mean_difference: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., p_value: _Optional[float] = ..., metric: _Optional[str] = ...) -> None: ...
+
+class ArmRun(_message.Message):
+    __slots__ = ("arm", "seed", "evaluation", "predictions", "training_record", "real_count", "composite_count", "gan_count")
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_RECORD_FIELD_NUMBER: _ClassVar[int]
+    REAL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    GAN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    arm: str
+    seed: int
+    evaluation: _common_pb2.ObjectRef
+    predictions: _common_pb2.ObjectRef
+    training_record: _common_pb2.ObjectRef
+    real_count: int
+    composite_count: int
+    gan_count: int
+    def __init__(self, arm: _Optional[str] = ..., seed: _Optional[int] = ..., evaluation: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., predictions: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., training_record: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., real_count: _Optional[int] = ..., composite_count: _Optional[int] = ..., gan_count: _Optional[int] = ...) -> None: ...
+
+class ReportRequest(_message.Message):
+    __slots__ = ("runs", "truth", "split", "title", "prefix", "overlay_images")
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    TRUTH_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[ArmRun]
+    truth: _common_pb2.DatasetRef
+    split: str
+    title: str
+    prefix: str
+    overlay_images: int
+    def __init__(self, runs: _Optional[_Iterable[_Union[ArmRun, _Mapping]]] = ..., truth: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., title: _Optional[str] = ..., prefix: _Optional[str] = ..., overlay_images: _Optional[int] = ...) -> None: ...
+
+class ReportResponse(_message.Message):
+    __slots__ = ("files",)
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectRef]
+    def __init__(self, files: _Optional[_Iterable[_Union[_common_pb2.ObjectRef, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,150 @@
+"""Both store backends behave the same: round trips, listing, blobs, errors, key validation."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from services.common.errors import InvalidArgument, NotFound
+from services.common.store import FileStore, ObjectStore, S3Store, blob_key, open_store, validate_key
+
+
+def test_round_trip_and_stat(store: ObjectStore) -> None:
+    info = store.put_bytes("a/b/c.bin", b"hello")
+    assert info.sha256 == hashlib.sha256(b"hello").hexdigest()
+    assert info.size == 5
+    assert store.get_bytes("a/b/c.bin") == b"hello"
+    st = store.stat("a/b/c.bin")
+    assert (st.sha256, st.size) == (info.sha256, 5)
+    assert store.exists("a/b/c.bin") and not store.exists("a/b/d.bin")
+
+
+def test_overwrite_replaces_content(store: ObjectStore) -> None:
+    store.put_bytes("x", b"one")
+    store.put_bytes("x", b"two")
+    assert store.get_bytes("x") == b"two"
+
+
+def test_list_is_sorted_and_prefixed(store: ObjectStore) -> None:
+    for key in ["p/2", "p/1", "p/sub/3", "q/1", "pp/1"]:
+        store.put_bytes(key, key.encode())
+    assert store.list("p/") == ["p/1", "p/2", "p/sub/3"]
+    assert store.list("p") == ["p/1", "p/2", "p/sub/3", "pp/1"]
+    assert store.list("nothing/") == []
+    assert len(store.list()) == 5
+
+
+def test_missing_object_is_not_found(store: ObjectStore, tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="nope"):
+        store.get_bytes("nope")
+    with pytest.raises(NotFound):
+        store.stat("nope")
+    with pytest.raises(NotFound):
+        store.get_to_file("nope", tmp_path / "out")
+    store.delete("nope")  # deleting an absent object is fine
+
+
+def test_large_file_streams_and_round_trips(store: ObjectStore, tmp_path: Path) -> None:
+    data = bytes(range(256)) * (80 * 1024)  # 20 MiB: above the S3 part size
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    info = store.put_file("big/file.bin", src)
+    assert info.size == len(data)
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    out = tmp_path / "copy.bin"
+    store.get_to_file("big/file.bin", out)
+    assert out.read_bytes() == data
+    assert store.stat("big/file.bin").sha256 == info.sha256
+
+
+def test_blob_is_content_addressed_and_written_once(store: ObjectStore) -> None:
+    a = store.put_blob(b"pixels", suffix="png")
+    b = store.put_blob(b"pixels", suffix=".png")
+    assert a == b
+    assert a.key == blob_key(hashlib.sha256(b"pixels").hexdigest(), ".png")
+    assert store.get_bytes(a.key) == b"pixels"
+
+
+def test_json_helpers(store: ObjectStore) -> None:
+    store.put_json("j.json", {"b": 1, "a": [1, 2]})
+    assert store.get_bytes("j.json") == b'{"a":[1,2],"b":1}'
+    assert store.get_json("j.json") == {"a": [1, 2], "b": 1}
+    store.put_bytes("bad.json", b"{not json")
+    with pytest.raises(InvalidArgument, match="bad.json"):
+        store.get_json("bad.json")
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "/abs", "a/../b", "..", "a//b", "./a", "a\\b", "a\x00b", "a\nb", "C:/x", "a/.tmp-123", "x" * 1100],
+)
+def test_bad_keys_are_rejected_with_the_key_named(store: ObjectStore, key: str) -> None:
+    with pytest.raises(InvalidArgument, match="invalid object key"):
+        store.put_bytes(key, b"x")
+    with pytest.raises(InvalidArgument):
+        validate_key(key)
+
+
+def test_file_store_writes_atomically(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+
+    class Boom(Exception):
+        pass
+
+    def fill(out) -> None:  # type: ignore[no-untyped-def]
+        out.write(b"partial")
+        raise Boom()
+
+    with pytest.raises(Boom):
+        store._atomic_write("obj", fill)
+    assert not store.exists("obj")
+    assert list(tmp_path.iterdir()) == []  # no temporary left behind
+
+
+def test_open_store_by_url(tmp_path: Path, s3_env: str) -> None:
+    fs = open_store(f"file://{tmp_path}/root")
+    assert isinstance(fs, FileStore) and fs.root == (tmp_path / "root").resolve()
+    s3 = open_store(s3_env)
+    assert isinstance(s3, S3Store)
+    s3.put_bytes("k", b"v")
+    assert open_store(s3_env).get_bytes("k") == b"v"  # bucket created once, reused
+
+
+def test_open_store_from_environment(tmp_path: Path) -> None:
+    store = open_store(env={"SYNTHAUG_STORE": f"file://{tmp_path}/envroot"})
+    assert isinstance(store, FileStore) and store.root.name == "envroot"
+
+
+def test_s3_credentials_from_mounted_files(tmp_path: Path, s3_endpoint: str) -> None:
+    (tmp_path / "user").write_text("synthaug-test\n")
+    (tmp_path / "pass").write_text("synthaug-test-secret\n")
+    env = {
+        "SYNTHAUG_S3_ACCESS_KEY_FILE": str(tmp_path / "user"),
+        "SYNTHAUG_S3_SECRET_KEY_FILE": str(tmp_path / "pass"),
+    }
+    store = open_store(f"s3://mounted?endpoint={s3_endpoint}", env=env)
+    store.put_bytes("k", b"v")
+    assert store.get_bytes("k") == b"v"
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("ftp://x", "unsupported store URL"),
+        ("s3://?endpoint=h:1", "names no bucket"),
+        ("s3://b", "no endpoint"),
+        ("s3://b?endpoint=h:1&secure=maybe", "secure must be"),
+        ("s3://b?endpoint=h:1", "needs credentials"),
+    ],
+)
+def test_bad_store_urls(url: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        open_store(url, env={})
+
+
+def test_check_bucket(file_store: FileStore) -> None:
+    file_store.check_bucket("")
+    file_store.check_bucket(file_store.bucket)
+    with pytest.raises(InvalidArgument, match="other-bucket"):
+        file_store.check_bucket("other-bucket")

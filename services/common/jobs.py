@@ -1,0 +1,321 @@
+"""Long-running operations as idempotent, resumable jobs.
+
+A job's id is derived from (kind, canonical request bytes, code version): submitting the same
+request twice names the same job, on any replica. A finished job's result is written to
+`jobs/<id>/result.pb` (the last thing a job writes), so another replica or a restarted server
+returns it without recomputing. Work in progress (checkpoints) lives under `jobs/<id>/work/`,
+which is how a job killed with its server resumes when it is submitted again.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from google.protobuf.message import Message
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from services.common.errors import InvalidArgument, JobCancelled, NotFound, SynthaugError, error_code
+from services.common.store import ObjectStore
+from synthaug import CODE_VERSION
+from synthaug.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+JOB_PREFIX = "jobs"
+TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
+MAX_EVENTS_KEPT = 1000
+
+RunFn = Callable[["JobContext"], common_pb2.JobResult]
+
+
+def job_id_for(kind: str, request: Message, code_version: str = CODE_VERSION) -> str:
+    """Deterministic id: the same request (field order, map order aside) → the same id."""
+    h = hashlib.sha256()
+    for part in (kind.encode(), code_version.encode(), request.DESCRIPTOR.full_name.encode(), request.SerializeToString(deterministic=True)):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()[:32]
+
+
+def result_key(job_id: str) -> str:
+    return f"{JOB_PREFIX}/{job_id}/result.pb"
+
+
+def validate_job_id(job_id: str) -> str:
+    if len(job_id) != 32 or any(c not in "0123456789abcdef" for c in job_id):
+        raise InvalidArgument(f"invalid job id {job_id!r}: expected 32 hex characters")
+    return job_id
+
+
+class JobContext:
+    """What a running job sees: its id, the store, a work prefix, progress and cancellation."""
+
+    def __init__(self, job: "_Job", store: ObjectStore):
+        self._job = job
+        self.job_id = job.ref.id
+        self.kind = job.ref.kind
+        self.store = store
+        self.work_prefix = f"{JOB_PREFIX}/{job.ref.id}/work/"
+
+    @property
+    def cancelled(self) -> bool:
+        return self._job.cancel_requested.is_set()
+
+    def check_cancelled(self) -> None:
+        if self.cancelled:
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+
+    def progress(self, fraction: float, message: str = "", metrics: dict[str, float] | None = None) -> None:
+        """Report progress (0..1) and named figures; raises JobCancelled when cancelled."""
+        self.check_cancelled()
+        self._job.emit(common_pb2.JOB_STATE_RUNNING, min(max(float(fraction), 0.0), 1.0), message, metrics)
+
+
+@dataclass
+class _Job:
+    ref: common_pb2.JobRef
+    state: int = common_pb2.JOB_STATE_QUEUED
+    progress: float = 0.0
+    message: str = ""
+    error: common_pb2.JobError | None = None
+    result: common_pb2.JobResult | None = None
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    from_cache: bool = False
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=MAX_EVENTS_KEPT))
+    sequence: int = 0
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def emit(self, state: int, progress: float | None = None, message: str = "", metrics: dict[str, float] | None = None) -> None:
+        with self.cond:
+            self.state = state
+            if progress is not None:
+                self.progress = progress
+            if message:
+                self.message = message
+            self.updated_at = time.time()
+            self.sequence += 1
+            event = common_pb2.JobEvent(
+                job=self.ref,
+                sequence=self.sequence,
+                state=state,
+                progress=self.progress,
+                message=message,
+                metrics={k: float(v) for k, v in (metrics or {}).items()},
+                time=self.updated_at,
+            )
+            if self.result is not None and state == common_pb2.JOB_STATE_SUCCEEDED:
+                event.result.CopyFrom(self.result)
+            if self.error is not None:
+                event.error.CopyFrom(self.error)
+            self.events.append(event)
+            self.cond.notify_all()
+
+    def status(self) -> common_pb2.JobStatus:
+        with self.cond:
+            st = common_pb2.JobStatus(
+                job=self.ref,
+                state=self.state,
+                progress=self.progress,
+                message=self.message,
+                created_at=self.created_at,
+                updated_at=self.updated_at,
+                from_cache=self.from_cache,
+            )
+            if self.error is not None:
+                st.error.CopyFrom(self.error)
+            if self.result is not None:
+                st.result.CopyFrom(self.result)
+            return st
+
+
+class JobManager:
+    """Runs jobs in a bounded thread pool; persists successful results in the store."""
+
+    def __init__(self, store: ObjectStore, service: str, max_concurrent: int = 1, registry: CollectorRegistry | None = None):
+        if max_concurrent < 1:
+            raise InvalidArgument(f"max_concurrent must be ≥ 1, got {max_concurrent}")
+        self.store = store
+        self.service = service
+        self._jobs: dict[str, _Job] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix=f"{service}-job")
+        self._closed = False
+        registry = registry if registry is not None else CollectorRegistry()
+        self._finished = Counter("synthaug_jobs_finished", "Jobs that reached a terminal state", ["service", "kind", "state"], registry=registry)
+        self._running = Gauge("synthaug_jobs_running", "Jobs running now", ["service"], registry=registry)
+        self._queued = Gauge("synthaug_jobs_queued", "Jobs waiting for a slot", ["service"], registry=registry)
+        self._cache_hits = Counter("synthaug_jobs_cache_hits", "Submissions answered from a stored result", ["service", "kind"], registry=registry)
+
+    # -- submission -------------------------------------------------------------------------
+
+    def submit(self, kind: str, request: Message, run: RunFn) -> common_pb2.JobRef:
+        """Start (or find) the job for this request. Validate the request before calling."""
+        job_id = job_id_for(kind, request)
+        ref = common_pb2.JobRef(id=job_id, kind=kind)
+        with self._lock:
+            if self._closed:
+                raise SynthaugError(f"{self.service} is shutting down; submit to another replica")
+            existing = self._jobs.get(job_id)
+            if existing is not None and existing.state not in (common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED):
+                return ref
+            stored = self._load_result(job_id)
+            if stored is not None:
+                job = _Job(ref=ref, state=common_pb2.JOB_STATE_SUCCEEDED, progress=1.0, result=stored, from_cache=True, message="result from store")
+                job.emit(common_pb2.JOB_STATE_SUCCEEDED, 1.0, "result from store")
+                self._jobs[job_id] = job
+                self._cache_hits.labels(self.service, kind).inc()
+                return ref
+            job = _Job(ref=ref)
+            job.emit(common_pb2.JOB_STATE_QUEUED, 0.0, "queued")
+            self._jobs[job_id] = job
+            self._queued.labels(self.service).inc()
+        self.store.put_json(f"{JOB_PREFIX}/{job_id}/job.json", {"kind": kind, "service": self.service, "request_type": request.DESCRIPTOR.full_name})
+        self.store.put_bytes(f"{JOB_PREFIX}/{job_id}/request.pb", request.SerializeToString(deterministic=True))
+        self._pool.submit(self._run, job, run)
+        return ref
+
+    def _load_result(self, job_id: str) -> common_pb2.JobResult | None:
+        try:
+            data = self.store.get_bytes(result_key(job_id))
+        except NotFound:
+            return None
+        result = common_pb2.JobResult()
+        result.ParseFromString(data)
+        return result
+
+    def _run(self, job: _Job, run: RunFn) -> None:
+        self._queued.labels(self.service).dec()
+        if job.cancel_requested.is_set():
+            self._finish(job, common_pb2.JOB_STATE_CANCELLED, "cancelled before it started")
+            return
+        self._running.labels(self.service).inc()
+        job.emit(common_pb2.JOB_STATE_RUNNING, 0.0, "running")
+        try:
+            result = run(JobContext(job, self.store))
+            if not isinstance(result, common_pb2.JobResult):
+                raise TypeError(f"job {job.ref.kind} returned {type(result).__name__}, not JobResult")
+            # The stored result is the job's commit point: written last, read by every replica.
+            self.store.put_bytes(result_key(job.ref.id), result.SerializeToString(deterministic=True))
+            job.result = result
+            self._finish(job, common_pb2.JOB_STATE_SUCCEEDED, "done", progress=1.0)
+        except JobCancelled:
+            self._finish(job, common_pb2.JOB_STATE_CANCELLED, "cancelled")
+        except Exception as exc:  # every failure becomes a FAILED job with a mapped code
+            code = error_code(exc)
+            if isinstance(exc, SynthaugError):
+                message = str(exc)
+                log.warning("job %s (%s) failed: %s", job.ref.id, job.ref.kind, message)
+            else:
+                message = f"internal error ({type(exc).__name__}); see the {self.service} log for job {job.ref.id}"
+                log.exception("job %s (%s) crashed", job.ref.id, job.ref.kind)
+            job.error = common_pb2.JobError(code=code, message=message)
+            self._finish(job, common_pb2.JOB_STATE_FAILED, message)
+        finally:
+            self._running.labels(self.service).dec()
+
+    def _finish(self, job: _Job, state: int, message: str, progress: float | None = None) -> None:
+        job.emit(state, progress, message)
+        self._finished.labels(self.service, job.ref.kind, common_pb2.JobState.Name(state)).inc()
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def _find(self, job_id: str) -> _Job:
+        validate_job_id(job_id)
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        stored = self._load_result(job_id)
+        if stored is None:
+            raise NotFound(f"job {job_id} not found on this {self.service} replica")
+        try:
+            kind = str(self.store.get_json(f"{JOB_PREFIX}/{job_id}/job.json").get("kind", ""))
+        except NotFound:
+            kind = ""
+        job = _Job(ref=common_pb2.JobRef(id=job_id, kind=kind), state=common_pb2.JOB_STATE_SUCCEEDED, progress=1.0, result=stored, from_cache=True)
+        job.emit(common_pb2.JOB_STATE_SUCCEEDED, 1.0, "result from store")
+        self._cache_hits.labels(self.service, kind).inc()
+        with self._lock:
+            return self._jobs.setdefault(job_id, job)
+
+    def get(self, job_id: str) -> common_pb2.JobStatus:
+        return self._find(job_id).status()
+
+    def watch(self, job_id: str, after_sequence: int = 0, is_active: Callable[[], bool] = lambda: True, poll: float = 0.5) -> Iterator[common_pb2.JobEvent]:
+        """Events after `after_sequence` until the terminal one (or the watcher goes away)."""
+        job = self._find(job_id)
+        last = after_sequence
+        while True:
+            with job.cond:
+                pending = [e for e in job.events if e.sequence > last]
+                if not pending and job.state not in TERMINAL:
+                    job.cond.wait(timeout=poll)
+                    pending = [e for e in job.events if e.sequence > last]
+                terminal = job.state in TERMINAL and job.sequence <= max([last] + [e.sequence for e in pending])
+            for event in pending:
+                last = event.sequence
+                yield event
+            if terminal:
+                return
+            if not is_active():
+                return
+
+    def wait(self, job_id: str, timeout: float | None = None) -> common_pb2.JobStatus:
+        job = self._find(job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with job.cond:
+            while job.state not in TERMINAL:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                job.cond.wait(timeout=remaining)
+        return job.status()
+
+    def cancel(self, job_id: str) -> common_pb2.JobStatus:
+        job = self._find(job_id)
+        if job.state not in TERMINAL:
+            job.cancel_requested.set()
+            job.emit(job.state, None, "cancel requested")
+        return job.status()
+
+    def active_jobs(self) -> list[str]:
+        with self._lock:
+            return [jid for jid, j in self._jobs.items() if j.state not in TERMINAL]
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Refuse new jobs, cancel running ones (they resume from checkpoints elsewhere), wait."""
+        with self._lock:
+            self._closed = True
+            jobs = [j for j in self._jobs.values() if j.state not in TERMINAL]
+        for job in jobs:
+            job.cancel_requested.set()
+        deadline = time.monotonic() + timeout
+        for job in jobs:
+            with job.cond:
+                while job.state not in TERMINAL and time.monotonic() < deadline:
+                    job.cond.wait(timeout=max(0.0, deadline - time.monotonic()))
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class JobServicerMixin:
+    """GetJob / WatchJob / CancelJob for any service whose servicer has `self.jobs`."""
+
+    jobs: JobManager
+
+    def GetJob(self, request: common_pb2.GetJobRequest, context: object) -> common_pb2.JobStatus:
+        return self.jobs.get(request.job_id)
+
+    def WatchJob(self, request: common_pb2.WatchJobRequest, context: object) -> Iterator[common_pb2.JobEvent]:
+        is_active = getattr(context, "is_active", lambda: True)
+        yield from self.jobs.watch(request.job_id, request.after_sequence, is_active)
+
+    def CancelJob(self, request: common_pb2.CancelJobRequest, context: object) -> common_pb2.JobStatus:
+        return self.jobs.cancel(request.job_id)

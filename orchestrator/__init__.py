@@ -1,0 +1,1 @@
+"""The orchestrator: experiment plans, the step graph, dispatch, metrics and the `synthaug` CLI."""

@@ -231,7 +231,9 @@ def train(
     if not pairs:
         raise ValueError("no training pairs")
     hooks = hooks or TrainHooks()
-    model = Pix2Pix(cfg, spec, device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "init"))  # N(0, 0.02) init is part of the run's identity
+        model = Pix2Pix(cfg, spec, device)
     if resume is not None:
         model.load_state_dict(resume)
         log.info("resuming pix2pix training after epoch %d", model.epoch)

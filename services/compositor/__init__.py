@@ -1,0 +1,1 @@
+"""Compositor service: foreground cut-outs, background harvesting, copy-paste composition."""

@@ -1,0 +1,312 @@
+"""Copy-paste composition of one image.
+
+Every random choice of image `index` comes from `numpy.random.default_rng([seed, index])`,
+so an image depends on nothing but (seed, index, params, assets): any number of worker
+processes produce byte-identical output.
+
+Labels follow what the eye sees. Each pasted object gets its own weight map: its blending
+alpha, multiplied by (1 - alpha) of every later paste on top of it. An object's mask is
+where its weight exceeds 0.5 - i.e. where it contributes more than half of the pixel. So
+masks of different objects never overlap, a later paste removes the pixels it covers from
+earlier masks (exactly, for hard alpha), every mask pixel is visibly the object's, and with
+Gaussian feathering the mask is the object's true outline (the ramp crosses 0.5 on it).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import cv2
+import numpy as np
+
+from services.compositor.core.params import ComposeParams
+from services.compositor.core.transforms import (
+    brightness_contrast_lut, color_jitter, flip_rgba, match_tone, resize_rgba, rotate_expand, rotated_size,
+)
+
+_POISSON_PAD = 4
+
+
+class Assets(Protocol):
+    """Where composition gets its inputs; implementations may load lazily and cache."""
+
+    num_foregrounds: int
+    num_backgrounds: int
+
+    def foreground(self, i: int) -> tuple[np.ndarray, int]:
+        """(RGBA uint8 crop, category id) of foreground `i`."""
+
+    def background(self, i: int) -> np.ndarray:
+        """RGB uint8 background `i` (any size; cropped/resized to the output size here)."""
+
+
+@dataclass
+class InMemoryAssets:
+    """Assets held in lists (tests, small sets)."""
+
+    foregrounds: Sequence[np.ndarray]
+    categories: Sequence[int]
+    backgrounds: Sequence[np.ndarray]
+
+    @property
+    def num_foregrounds(self) -> int:
+        return len(self.foregrounds)
+
+    @property
+    def num_backgrounds(self) -> int:
+        return len(self.backgrounds)
+
+    def foreground(self, i: int) -> tuple[np.ndarray, int]:
+        return self.foregrounds[i], int(self.categories[i])
+
+    def background(self, i: int) -> np.ndarray:
+        return self.backgrounds[i]
+
+
+@dataclass
+class Composite:
+    image: np.ndarray                 # S×S×3 uint8
+    masks: np.ndarray                 # N×S×S bool, one per kept instance, disjoint
+    labels: np.ndarray                # N int64 category ids
+    audit: dict[str, Any] = field(default_factory=dict)
+
+
+def rng_for(seed: int, index: int) -> np.random.Generator:
+    """The generator of image `index`; negative seeds are mapped into uint64."""
+    return np.random.default_rng([int(seed) % (1 << 64), int(index)])
+
+
+def _prepare_background(bg: np.ndarray, p: ComposeParams, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    size = p.output_size
+    h, w = bg.shape[:2]
+    side = min(h, w)
+    y0 = int(rng.integers(0, h - side + 1)) if h > side else 0
+    x0 = int(rng.integers(0, w - side + 1)) if w > side else 0
+    square = bg[y0:y0 + side, x0:x0 + side]
+    if side != size:
+        interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+        square = cv2.resize(np.ascontiguousarray(square), (size, size), interpolation=interp)
+    hflip = vflip = False
+    k = 0
+    if p.background_flip:
+        hflip, vflip = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
+        k = int(rng.integers(0, 4))
+        square = flip_rgba(np.ascontiguousarray(square), hflip, vflip)
+        if k:
+            square = cv2.rotate(square, (cv2.ROTATE_90_COUNTERCLOCKWISE, cv2.ROTATE_180,
+                                         cv2.ROTATE_90_CLOCKWISE)[k - 1])
+    out = np.ascontiguousarray(square)
+    if out is bg or out.base is not None:
+        out = out.copy()
+    b = p.background_brightness.sample(rng)
+    c = p.background_contrast.sample(rng)
+    if b != 1.0 or c != 1.0:
+        mean = float(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY).mean())
+        out = cv2.LUT(out, brightness_contrast_lut(mean, b, c))
+    audit = {"crop": [x0, y0, side], "flip_h": hflip, "flip_v": vflip, "rot90": k,
+             "brightness": round(b, 6), "contrast": round(c, 6)}
+    return out, audit
+
+
+def _box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[float, int]:
+    """(IoU, intersection area) of boxes given as x0, y0, x1, y1."""
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0, 0
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union, inter
+
+
+def _find_position(rng: np.random.Generator, size: int, tw: int, th: int,
+                   placed: list[tuple[int, int, int, int]], p: ComposeParams,
+                   usable_int: np.ndarray | None) -> tuple[int, int] | None:
+    """Top-left of the object's tight box, or None after `max_placement_attempts` tries."""
+    for _ in range(p.max_placement_attempts):
+        x = int(rng.integers(0, size - tw + 1))
+        y = int(rng.integers(0, size - th + 1))
+        box = (x, y, x + tw, y + th)
+        ok = True
+        for other in placed:
+            iou, inter = _box_iou(box, other)
+            if (p.max_overlap_iou == 0.0 and inter > 0) or iou > p.max_overlap_iou:
+                ok = False
+                break
+        if ok and usable_int is not None:
+            good = (usable_int[y + th, x + tw] - usable_int[y, x + tw]
+                    - usable_int[y + th, x] + usable_int[y, x])
+            ok = good >= p.min_usable_background * tw * th
+        if ok:
+            return x, y
+    return None
+
+
+def _source_skin(rgba: np.ndarray, dark_threshold: int) -> np.ndarray | None:
+    """Mean RGB of the object's original surroundings (alpha 0, not dark), if enough is kept."""
+    context = (rgba[..., 3] == 0) & (cv2.cvtColor(np.ascontiguousarray(rgba[..., :3]), cv2.COLOR_RGB2GRAY) >= dark_threshold)
+    if np.count_nonzero(context) < 16:
+        return None
+    return np.asarray(cv2.mean(np.ascontiguousarray(rgba[..., :3]), mask=context.astype(np.uint8))[:3])
+
+
+def _destination_skin(canvas: np.ndarray, box: tuple[int, int, int, int], dark_threshold: int) -> np.ndarray | None:
+    """Mean RGB of the usable background around and under the object's box (before pasting)."""
+    bx, by, tw, th = box
+    gx, gy = max(4, tw // 4), max(4, th // 4)
+    x0, y0 = max(0, bx - gx), max(0, by - gy)
+    x1, y1 = min(canvas.shape[1], bx + tw + gx), min(canvas.shape[0], by + th + gy)
+    region = np.ascontiguousarray(canvas[y0:y1, x0:x1])
+    usable = (cv2.cvtColor(region, cv2.COLOR_RGB2GRAY) >= dark_threshold).astype(np.uint8)
+    if np.count_nonzero(usable) < 16:
+        return None
+    return np.asarray(cv2.mean(region, mask=usable)[:3])
+
+
+def _alpha_for_blend(fg: np.ndarray, p: ComposeParams) -> np.ndarray:
+    alpha = fg[..., 3]
+    if p.blend == "gaussian":
+        a = cv2.GaussianBlur(alpha, (0, 0), sigmaX=p.blend_sigma, sigmaY=p.blend_sigma,
+                             borderType=cv2.BORDER_CONSTANT)
+        return a.astype(np.float32) * np.float32(1.0 / 255.0)
+    if p.blend == "poisson":
+        return (alpha >= 128).astype(np.float32)
+    return alpha.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) -> Composite:
+    """Compose image `index` of the sequence defined by `seed` (params must be validated)."""
+    p = params
+    size = p.output_size
+    rng = rng_for(seed, index)
+    bg_index = int(rng.integers(0, assets.num_backgrounds))
+    canvas, bg_audit = _prepare_background(assets.background(bg_index), p, rng)
+    bg_audit["index"] = bg_index
+    usable_int = None
+    if p.min_usable_background > 0:
+        usable = (cv2.cvtColor(canvas, cv2.COLOR_RGB2GRAY) >= p.dark_threshold).astype(np.uint8)
+        usable_int = cv2.integral(usable)
+
+    margin = math.ceil(3 * p.blend_sigma) if p.blend == "gaussian" else (1 if p.blend == "poisson" else 0)
+    count = int(rng.integers(p.min_objects, p.max_objects + 1))
+    placed_boxes: list[tuple[int, int, int, int]] = []
+    weights: list[np.ndarray] = []
+    regions: list[tuple[int, int, int, int]] = []
+    objects: list[dict[str, Any]] = []
+    skipped = 0
+    for _ in range(count):
+        fi = int(rng.integers(0, assets.num_foregrounds))
+        rgba, category = assets.foreground(fi)
+        hflip = bool(p.flip and rng.random() < 0.5)
+        vflip = bool(p.flip and rng.random() < 0.5)
+        scale = p.scale.sample(rng)
+        angle = p.rotation.sample(rng)
+        jitter = dict(brightness=p.brightness.sample(rng), contrast=p.contrast.sample(rng),
+                      saturation=p.saturation.sample(rng), hue_degrees=p.hue.sample(rng))
+        h, w = rgba.shape[:2]
+        factor = scale * size / max(h, w)
+        rw, rh = rotated_size(w * factor, h * factor, angle)
+        if max(rw, rh) > size - 2:  # larger than the canvas: scale down to fit, never clip
+            factor *= (size - 2) / max(rw, rh)
+        small = color_jitter(resize_rgba(rgba, factor), **jitter)
+        skin = _source_skin(small, p.dark_threshold) if p.tone_match > 0 else None
+        fg = rotate_expand(flip_rgba(small, hflip, vflip), angle, margin)
+        hard = fg[..., 3] >= 128
+        rows, cols = np.flatnonzero(hard.any(axis=1)), np.flatnonzero(hard.any(axis=0))
+        record: dict[str, Any] = {
+            "foreground": fi, "category_id": int(category), "flip_h": hflip, "flip_v": vflip,
+            "scale": round(scale, 6), "rotation": round(angle, 6),
+            **{k: round(v, 6) for k, v in jitter.items()},
+        }
+        if rows.size == 0:
+            record["status"] = "empty"
+            skipped += 1
+            objects.append(record)
+            continue
+        ty0, ty1, tx0, tx1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        tw, th = tx1 - tx0, ty1 - ty0
+        pos = None if (tw > size or th > size) else _find_position(
+            rng, size, tw, th, placed_boxes, p, usable_int)
+        if pos is None:
+            record["status"] = "skipped"
+            skipped += 1
+            objects.append(record)
+            continue
+        bx, by = pos
+        ox, oy = bx - tx0, by - ty0  # crop origin in image coordinates (may be negative)
+        if skin is not None:
+            target = _destination_skin(canvas, (bx, by, tw, th), p.dark_threshold)
+            if target is not None:
+                fg, gains = match_tone(fg, skin, target, p.tone_match)
+                record["tone_gains"] = [round(float(g), 6) for g in gains]
+        ch, cw = fg.shape[:2]
+        ix0, iy0, ix1, iy1 = max(0, ox), max(0, oy), min(size, ox + cw), min(size, oy + ch)
+        crop = fg[iy0 - oy:iy1 - oy, ix0 - ox:ix1 - ox]
+        alpha = np.ascontiguousarray(_alpha_for_blend(fg, p)[iy0 - oy:iy1 - oy, ix0 - ox:ix1 - ox])
+        if p.blend == "poisson":
+            canvas = _poisson_paste(canvas, fg, hard, (bx, by, tw, th))
+        else:
+            region = canvas[iy0:iy1, ix0:ix1].astype(np.float32)
+            rgb = crop[..., :3].astype(np.float32)
+            region += (rgb - region) * alpha[..., None]
+            canvas[iy0:iy1, ix0:ix1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
+        for wmap, (rx0, ry0, rx1, ry1) in zip(weights, regions):
+            if rx0 < ix1 and ix0 < rx1 and ry0 < iy1 and iy0 < ry1:
+                wmap[iy0:iy1, ix0:ix1] *= (1.0 - alpha)
+        wmap = np.zeros((size, size), dtype=np.float32)
+        wmap[iy0:iy1, ix0:ix1] = alpha
+        weights.append(wmap)
+        regions.append((ix0, iy0, ix1, iy1))
+        placed_boxes.append((bx, by, bx + tw, by + th))
+        record.update(status="placed", box=[bx, by, tw, th], pasted_area=int(np.count_nonzero(alpha > 0.5)))
+        objects.append(record)
+
+    masks: list[np.ndarray] = []
+    labels: list[int] = []
+    dropped = 0
+    placed_records = [r for r in objects if r["status"] == "placed"]
+    for record, wmap in zip(placed_records, weights):
+        mask = wmap > 0.5
+        visible = int(np.count_nonzero(mask))
+        pasted = record["pasted_area"]
+        record["visible_area"] = visible
+        if visible == 0 or visible < p.min_visible_fraction * pasted:
+            record["instance"] = -1
+            record["status"] = "dropped"
+            dropped += 1
+            continue
+        record["instance"] = len(masks)
+        masks.append(mask)
+        labels.append(record["category_id"])
+    mask_array = np.stack(masks) if masks else np.zeros((0, size, size), dtype=bool)
+    audit = {"seed": int(seed), "index": int(index), "background": bg_audit, "objects": objects,
+             "requested": count, "skipped": skipped, "dropped": dropped}
+    return Composite(image=canvas, masks=mask_array, labels=np.asarray(labels, dtype=np.int64), audit=audit)
+
+
+def _poisson_paste(canvas: np.ndarray, fg: np.ndarray, hard: np.ndarray,
+                   box: tuple[int, int, int, int]) -> np.ndarray:
+    """cv2.seamlessClone of the object's hard mask with its tight box at `box` (x, y, w, h).
+
+    The canvas is padded by reflection first: seamlessClone needs a border around the
+    mask's bounding rectangle, and an object may touch the image edge.
+    """
+    bx, by, tw, th = box
+    pad = _POISSON_PAD
+    mask = hard.astype(np.uint8) * 255
+    mask[0, :] = mask[-1, :] = 0
+    mask[:, 0] = mask[:, -1] = 0
+    if not mask.any():
+        return canvas
+    rx, ry, rw, rh = cv2.boundingRect(mask)
+    # boundingRect of the edge-cleared mask may be smaller than the tight box; keep its
+    # top-left where the tight box's content lies.
+    tx0 = int(np.flatnonzero(hard.any(axis=0))[0])
+    ty0 = int(np.flatnonzero(hard.any(axis=1))[0])
+    left, top = bx + (rx - tx0) + pad, by + (ry - ty0) + pad
+    center = (left + rw // 2, top + rh // 2)
+    dst = cv2.copyMakeBorder(canvas, pad, pad, pad, pad, cv2.BORDER_REFLECT)
+    src = np.ascontiguousarray(fg[..., :3])
+    out = cv2.seamlessClone(src, dst, mask, center, cv2.NORMAL_CLONE)
+    return np.ascontiguousarray(out[pad:pad + canvas.shape[0], pad:pad + canvas.shape[1]])

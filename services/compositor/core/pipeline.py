@@ -1,0 +1,371 @@
+"""Dataset-level entry points: foreground sets, background sets and composite datasets.
+
+These read and write the store through services.common (datasets, store) and are what the
+gRPC adapter and the benchmark call. Composition runs in a process pool whose workers write
+image blobs straight to the store; the parent only collects small records in index order,
+so image ids, bytes and the manifest are the same for any number of workers.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from services.common.datasets import Dataset, DatasetWriter, ImageRecord, encode_sample
+from services.common.errors import InvalidArgument
+from services.common.imageio import decode_image, encode_png
+from services.common.store import ObjectInfo, ObjectStore, open_store
+from services.compositor.core.backgrounds import free_crops, inpaint_objects
+from services.compositor.core.compose import compose_image, rng_for
+from services.compositor.core.foregrounds import extract_cutouts
+from services.compositor.core.params import ComposeParams
+from services.compositor.core.sets import (
+    BACKGROUND_KIND, FOREGROUND_KIND, SET_VERSION, decode_rgba, encode_rgba_png, load_set, save_set,
+)
+from synthaug.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+#: progress(fraction, message, metrics); may raise JobCancelled to stop the work.
+Progress = Callable[[float, str, dict[str, float]], None]
+BACKGROUND_METHODS = ("as_is", "telea", "ns", "crop")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _no_progress(fraction: float, message: str = "", metrics: dict[str, float] | None = None) -> None:
+    return None
+
+
+def _touches_border(mask: np.ndarray) -> bool:
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+
+
+# --- foregrounds ---------------------------------------------------------------------------
+
+
+def extract_foreground_set(store: ObjectStore, dataset: Dataset, split: str = "", *, min_area: int = 64,
+                           feather_sigma: float = 0.0, padding: int = 8, keep_truncated: bool = False,
+                           progress: Progress = _no_progress) -> tuple[ObjectInfo, dict[str, Any]]:
+    """Cut every instance of `dataset` (one split or all) into an RGBA foreground set.
+
+    Instances touching the image border are cut off by the frame; pasted whole they show a
+    straight edge, so they are skipped unless `keep_truncated`. Returns (manifest object,
+    manifest).
+    """
+    if min_area < 0:
+        raise InvalidArgument(f"min_area must be ≥ 0, got {min_area}")
+    if not 0.0 <= feather_sigma <= 50.0:
+        raise InvalidArgument(f"feather_sigma must be in [0, 50], got {feather_sigma}")
+    if not 0 <= padding <= 256:
+        raise InvalidArgument(f"padding must be in [0, 256], got {padding}")
+    records = dataset.image_records(split)
+    if not records:
+        raise InvalidArgument(f"dataset {dataset.id}: split {split or '(all)'!r} has no images")
+    entries: list[dict[str, Any]] = []
+    skipped = {"small": 0, "truncated": 0, "crowd": 0}
+    for n, record in enumerate(records):
+        sample = dataset.load_sample(record)
+        skipped["crowd"] += int(sample.iscrowd.sum())
+        keep = ~sample.iscrowd
+        if not keep_truncated:
+            border = np.array([_touches_border(m) for m in sample.masks], dtype=bool)
+            skipped["truncated"] += int((border & keep).sum())
+            keep &= ~border
+        anns = dataset.annotations_of(record["id"])
+        cutouts, small = extract_cutouts(sample.image, sample.masks, sample.labels, min_area=min_area,
+                                         feather_sigma=feather_sigma, padding=padding, iscrowd=~keep)
+        skipped["small"] += small
+        for cut in cutouts:
+            info = store.put_blob(encode_rgba_png(cut.rgba), suffix=".png", content_type="image/png")
+            entries.append({
+                "key": info.key, "sha256": info.sha256, "width": int(cut.rgba.shape[1]),
+                "height": int(cut.rgba.shape[0]), "category_id": cut.category_id, "area": cut.area,
+                "source_image_id": int(record["id"]), "source_file": record["file_name"],
+                "annotation_id": int(anns[cut.instance_index]["id"]) if cut.instance_index < len(anns) else None,
+                "instance_index": cut.instance_index, "bbox": list(cut.bbox),
+            })
+        if n % 20 == 0 or n == len(records) - 1:
+            progress((n + 1) / len(records), f"{n + 1}/{len(records)} images, {len(entries)} foregrounds",
+                     {"foregrounds": float(len(entries))})
+    if not entries:
+        raise InvalidArgument(
+            f"dataset {dataset.id} split {split or '(all)'!r}: no instance passed the filters "
+            f"(min_area={min_area}, skipped {skipped})")
+    manifest = {
+        "kind": FOREGROUND_KIND, "version": SET_VERSION, "dataset": dataset.id, "split": split,
+        "categories": dataset.categories,
+        "params": {"min_area": min_area, "feather_sigma": feather_sigma, "padding": padding,
+                   "keep_truncated": keep_truncated},
+        "skipped": skipped, "foregrounds": entries,
+    }
+    return save_set(store, manifest), manifest
+
+
+# --- backgrounds ---------------------------------------------------------------------------
+
+
+def _dark_fraction(image: np.ndarray, threshold: int) -> float:
+    return float(np.count_nonzero(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) < threshold)) / (image.shape[0] * image.shape[1])
+
+
+def harvest_background_set(store: ObjectStore, *, dataset: Dataset | None = None, split: str = "",
+                           image_prefix: str = "", method: str = "telea", dilate_px: int = 12,
+                           crop_size: int = 96, crops_per_image: int = 4, max_backgrounds: int = 0,
+                           seed: int = 0, max_dark_fraction: float = 0.5, dark_threshold: int = 25,
+                           progress: Progress = _no_progress) -> tuple[ObjectInfo, dict[str, Any]]:
+    """Backgrounds from user images under `image_prefix` (as they are) or from a dataset.
+
+    From a dataset, `method` removes the instances: "telea"/"ns" inpaint the dilated masks,
+    "crop" takes square crops touching no instance, "as_is" keeps images whole (for
+    datasets of empty scenes). Images mostly covered by the dark border of a dermoscope
+    (more than `max_dark_fraction` of pixels under `dark_threshold`) are left out.
+    `max_backgrounds` > 0 keeps a seeded random subset.
+    """
+    if (dataset is None) == (not image_prefix):
+        raise InvalidArgument("give exactly one source: dataset or image_prefix")
+    if method not in BACKGROUND_METHODS:
+        raise InvalidArgument(f"method must be one of {BACKGROUND_METHODS}, got {method!r}")
+    if not 0 <= dilate_px <= 256:
+        raise InvalidArgument(f"dilate_px must be in [0, 256], got {dilate_px}")
+    if max_backgrounds < 0:
+        raise InvalidArgument(f"max_backgrounds must be ≥ 0, got {max_backgrounds}")
+    if method == "crop" and crop_size < 8:
+        raise InvalidArgument(f"crop_size must be ≥ 8 for the crop method, got {crop_size}")
+    entries: list[dict[str, Any]] = []
+    rejected_dark = 0
+    if image_prefix:
+        if method != "as_is":
+            raise InvalidArgument(f"method {method!r} needs a dataset (instance masks); images under a prefix are used as they are")
+        keys = [k for k in store.list(image_prefix) if k.lower().endswith(IMAGE_SUFFIXES)]
+        if max_backgrounds and len(keys) > max_backgrounds:
+            pick = np.sort(np.random.default_rng([seed % (1 << 64)]).choice(len(keys), max_backgrounds, replace=False))
+            keys = [keys[i] for i in pick]
+        for n, key in enumerate(keys):
+            data = store.get_bytes(key)
+            image = decode_image(data, key)
+            info = store.stat(key)
+            entries.append({"key": key, "sha256": info.sha256, "width": int(image.shape[1]),
+                            "height": int(image.shape[0]), "source": key, "method": "as_is"})
+            progress((n + 1) / len(keys), f"{n + 1}/{len(keys)} images", {"backgrounds": float(len(entries))})
+        if not entries:
+            raise InvalidArgument(f"image_prefix {image_prefix!r}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+        source: dict[str, Any] = {"image_prefix": image_prefix}
+    else:
+        assert dataset is not None
+        records = dataset.image_records(split)
+        if not records:
+            raise InvalidArgument(f"dataset {dataset.id}: split {split or '(all)'!r} has no images")
+        if max_backgrounds and method != "crop" and len(records) > max_backgrounds:
+            pick = np.sort(np.random.default_rng([seed % (1 << 64)]).choice(len(records), max_backgrounds, replace=False))
+            records = [records[i] for i in pick]
+        for n, record in enumerate(records):
+            sample = dataset.load_sample(record)
+            images: list[tuple[np.ndarray, dict[str, Any]]] = []
+            if method == "as_is":
+                images.append((sample.image, {}))
+            elif method in ("telea", "ns"):
+                filled = inpaint_objects(sample.image, sample.masks, method, dilate_px,
+                                         texture_seed=int(rng_for(seed, record["id"]).integers(1 << 31)))
+                images.append((filled, {}))
+            else:
+                corners = free_crops(sample.image, sample.masks, crop_size, dilate_px, dark_threshold)
+                rng = rng_for(seed, record["id"])
+                for i in rng.permutation(len(corners))[:crops_per_image]:
+                    x, y = corners[int(i)]
+                    images.append((sample.image[y:y + crop_size, x:x + crop_size], {"crop": [x, y, crop_size]}))
+            for image, extra in images:
+                if _dark_fraction(image, dark_threshold) > max_dark_fraction:
+                    rejected_dark += 1
+                    continue
+                info = store.put_blob(encode_png(np.ascontiguousarray(image)), suffix=".png", content_type="image/png")
+                entries.append({"key": info.key, "sha256": info.sha256, "width": int(image.shape[1]),
+                                "height": int(image.shape[0]), "source_image_id": int(record["id"]),
+                                "source": record["file_name"], "method": method, **extra})
+            if n % 10 == 0 or n == len(records) - 1:
+                progress((n + 1) / len(records), f"{n + 1}/{len(records)} images, {len(entries)} backgrounds",
+                         {"backgrounds": float(len(entries))})
+        if max_backgrounds and len(entries) > max_backgrounds:
+            pick = np.sort(np.random.default_rng([seed % (1 << 64), 1]).choice(len(entries), max_backgrounds, replace=False))
+            entries = [entries[i] for i in pick]
+        if not entries:
+            raise InvalidArgument(
+                f"dataset {dataset.id} split {split or '(all)'!r}: method {method!r} produced no background "
+                f"({rejected_dark} rejected as mostly dark)")
+        source = {"dataset": dataset.id, "split": split}
+    manifest = {
+        "kind": BACKGROUND_KIND, "version": SET_VERSION, **source,
+        "params": {"method": method, "dilate_px": dilate_px, "crop_size": crop_size,
+                   "crops_per_image": crops_per_image, "max_backgrounds": max_backgrounds, "seed": seed,
+                   "max_dark_fraction": max_dark_fraction, "dark_threshold": dark_threshold},
+        "rejected_dark": rejected_dark, "backgrounds": entries,
+    }
+    return save_set(store, manifest), manifest
+
+
+# --- composition ---------------------------------------------------------------------------
+
+
+class StoreAssets:
+    """Foregrounds and backgrounds loaded from the store on first use and kept decoded.
+
+    Foregrounds larger than any paste can need are shrunk once at load time (area
+    averaging), so each paste resizes a small crop; this is a pure function of the blob and
+    the params, so every worker gets the same pixels.
+    """
+
+    def __init__(self, store: ObjectStore, foregrounds: Sequence[dict[str, Any]],
+                 backgrounds: Sequence[dict[str, Any]], params: ComposeParams):
+        self.store = store
+        self.fg_entries = list(foregrounds)
+        self.bg_entries = list(backgrounds)
+        self.num_foregrounds = len(self.fg_entries)
+        self.num_backgrounds = len(self.bg_entries)
+        self.max_side = max(8, math.ceil(params.scale.max * params.output_size * 1.25))
+        self._fg: dict[int, np.ndarray] = {}
+        self._bg: dict[int, np.ndarray] = {}
+
+    def foreground(self, i: int) -> tuple[np.ndarray, int]:
+        rgba = self._fg.get(i)
+        entry = self.fg_entries[i]
+        if rgba is None:
+            rgba = decode_rgba(self.store.get_bytes(entry["key"]), entry["key"])
+            side = max(rgba.shape[:2])
+            if side > self.max_side:
+                f = self.max_side / side
+                size = (max(1, round(rgba.shape[1] * f)), max(1, round(rgba.shape[0] * f)))
+                rgba = cv2.resize(rgba, size, interpolation=cv2.INTER_AREA)
+            self._fg[i] = rgba
+        return rgba, int(entry["category_id"])
+
+    def background(self, i: int) -> np.ndarray:
+        image = self._bg.get(i)
+        if image is None:
+            entry = self.bg_entries[i]
+            image = decode_image(self.store.get_bytes(entry["key"]), entry["key"])
+            self._bg[i] = image
+        return image
+
+
+@dataclass
+class _ComposeTask:
+    store_url: str
+    foregrounds: list[dict[str, Any]]
+    backgrounds: list[dict[str, Any]]
+    params: dict[str, Any]
+    seed: int
+
+
+class _Composer:
+    """What one worker process (or the parent, with one worker) holds."""
+
+    def __init__(self, task: _ComposeTask, store: ObjectStore | None = None):
+        self.store = store if store is not None else open_store(task.store_url)
+        self.params = ComposeParams.from_dict(task.params)
+        self.seed = task.seed
+        self.assets = StoreAssets(self.store, task.foregrounds, task.backgrounds, self.params)
+
+    def make(self, index: int) -> ImageRecord:
+        p = self.params
+        comp = compose_image(self.assets, p, self.seed, index)
+        for obj in comp.audit["objects"]:
+            entry = self.assets.fg_entries[obj["foreground"]]
+            obj["foreground_key"] = entry["key"]
+            obj["source"] = entry.get("source_file", "")
+        bg_entry = self.assets.bg_entries[comp.audit["background"]["index"]]
+        comp.audit["background"]["key"] = bg_entry["key"]
+        comp.audit["background"]["source"] = bg_entry.get("source", "")
+        suffix = "jpg" if p.image_format == "jpeg" else "png"
+        return encode_sample(self.store, comp.image, comp.masks, comp.labels.tolist(),
+                             f"composite_{index:06d}.{suffix}", extra={"composite": comp.audit},
+                             image_format=p.image_format)
+
+
+_WORKER: _Composer | None = None
+
+
+def _init_worker(task: _ComposeTask) -> None:
+    global _WORKER
+    cv2.setNumThreads(1)
+    _WORKER = _Composer(task)
+
+
+def _run_chunk(bounds: tuple[int, int]) -> list[ImageRecord]:
+    assert _WORKER is not None, "worker not initialised"
+    return [_WORKER.make(i) for i in range(*bounds)]
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _records(task: _ComposeTask, store: ObjectStore, count: int, workers: int) -> Iterator[ImageRecord]:
+    if workers == 1:
+        composer = _Composer(task, store)
+        for i in range(count):
+            yield composer.make(i)
+        return
+    chunk = max(1, min(32, math.ceil(count / (workers * 4))))
+    bounds = [(s, min(count, s + chunk)) for s in range(0, count, chunk)]
+    ctx = multiprocessing.get_context("spawn")  # safe under a threaded gRPC server
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(task,))
+    try:
+        for records in pool.imap(_run_chunk, bounds):
+            yield from records
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def compose_dataset(store: ObjectStore, foregrounds_key: str, backgrounds_key: str, count: int, seed: int,
+                    params: ComposeParams | None = None, *, workers: int = 0, name: str = "",
+                    foregrounds_sha256: str = "", backgrounds_sha256: str = "",
+                    progress: Progress = _no_progress) -> tuple[common_pb2.DatasetRef, dict[str, float]]:
+    """Compose `count` images into a registered dataset of kind "composite".
+
+    Worker processes reopen the store from its URL (credentials come from their
+    environment, as in the parent). Returns (dataset ref, metrics).
+    """
+    params = (params or ComposeParams()).validate()
+    if not 1 <= count <= 10_000_000:
+        raise InvalidArgument(f"count must be in [1, 10000000], got {count}")
+    if workers < 0:
+        raise InvalidArgument(f"workers must be ≥ 0 (0 = CPU count), got {workers}")
+    fg = load_set(store, foregrounds_key, FOREGROUND_KIND, "foregrounds", foregrounds_sha256)
+    bg = load_set(store, backgrounds_key, BACKGROUND_KIND, "backgrounds", backgrounds_sha256)
+    workers = min(workers or default_workers(), count)
+    fg_info, bg_info = store.stat(foregrounds_key), store.stat(backgrounds_key)
+    parents = [d for d in dict.fromkeys([fg.get("dataset"), bg.get("dataset")]) if d]
+    writer = DatasetWriter(
+        store, "composite", fg["categories"], name=name, parents=parents, seed=int(seed),
+        params={"compose": params.to_dict(), "count": count,
+                "foregrounds": {"key": foregrounds_key, "sha256": fg_info.sha256},
+                "backgrounds": {"key": backgrounds_key, "sha256": bg_info.sha256}},
+    )
+    task = _ComposeTask(store.url, fg["foregrounds"], bg["backgrounds"], params.to_dict(), int(seed))
+    start = time.perf_counter()
+    totals = {"instances": 0, "skipped": 0, "dropped": 0}
+    report_every = max(1, count // 100)
+    for n, record in enumerate(_records(task, store, count, workers), start=1):
+        writer.add_record(record)
+        audit = record.extra["composite"]
+        totals["instances"] += len(record.annotations)
+        totals["skipped"] += audit["skipped"]
+        totals["dropped"] += audit["dropped"]
+        if n % report_every == 0 or n == count:
+            rate = n / max(time.perf_counter() - start, 1e-9)
+            progress(n / count, f"{n}/{count} composites", {"images": float(n), "images_per_s": rate})
+    ref = writer.finish()
+    elapsed = time.perf_counter() - start
+    metrics = {"images": float(count), "instances": float(totals["instances"]),
+               "skipped_objects": float(totals["skipped"]), "dropped_instances": float(totals["dropped"]),
+               "images_per_s": count / max(elapsed, 1e-9), "workers": float(workers), "seconds": elapsed}
+    log.info("composed %d images (%d instances) with %d workers in %.1f s", count, totals["instances"], workers, elapsed)
+    return ref, metrics

@@ -1,0 +1,86 @@
+"""Foreground and background sets: JSON manifests in the store listing image blobs.
+
+A set is immutable and named by its content: `compositor/foreground-sets/<hash>.json` or
+`compositor/background-sets/<hash>.json`, where <hash> is the first 32 hex digits of the
+sha256 of the canonical manifest. Foregrounds are RGBA PNG blobs (alpha = instance mask);
+backgrounds are RGB image blobs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+from services.common.errors import InvalidArgument, NotFound
+from services.common.store import ObjectInfo, ObjectStore, canonical_json, sha256_bytes
+
+FOREGROUND_KIND = "synthaug.compositor.foreground_set"
+BACKGROUND_KIND = "synthaug.compositor.background_set"
+SET_VERSION = 1
+MAX_SIDE = 16384
+
+
+def save_set(store: ObjectStore, manifest: dict[str, Any]) -> ObjectInfo:
+    """Write a set manifest under its content hash (idempotent)."""
+    data = canonical_json(manifest)
+    folder = "foreground-sets" if manifest["kind"] == FOREGROUND_KIND else "background-sets"
+    key = f"compositor/{folder}/{sha256_bytes(data)[:32]}.json"
+    if store.exists(key):
+        return store.stat(key)
+    return store.put_bytes(key, data, content_type="application/json")
+
+
+def load_set(store: ObjectStore, key: str, kind: str, what: str, sha256: str = "") -> dict[str, Any]:
+    """Read and check a set manifest; `what` names the request field in error messages."""
+    if not key:
+        raise InvalidArgument(f"{what}: no object key given")
+    try:
+        info = store.stat(key)
+    except NotFound:
+        raise NotFound(f"{what}: object {key!r} not found") from None
+    if sha256 and info.sha256 != sha256:
+        raise InvalidArgument(f"{what}: object {key!r} has sha256 {info.sha256[:12]}…, the reference says {sha256[:12]}…")
+    manifest = store.get_json(key)
+    if not isinstance(manifest, dict) or manifest.get("kind") != kind:
+        raise InvalidArgument(f"{what}: {key!r} is not a {kind.rsplit('.', 1)[-1].replace('_', ' ')} manifest")
+    entries = manifest.get("foregrounds" if kind == FOREGROUND_KIND else "backgrounds")
+    if not isinstance(entries, list) or not entries:
+        raise InvalidArgument(f"{what}: set {key!r} is empty")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+            raise InvalidArgument(f"{what}: entry {i} of {key!r} has no object key")
+        if kind == FOREGROUND_KIND and not isinstance(entry.get("category_id"), int):
+            raise InvalidArgument(f"{what}: entry {i} of {key!r} has no integer category_id")
+    if kind == FOREGROUND_KIND:
+        cats = manifest.get("categories")
+        if not isinstance(cats, list) or not cats:
+            raise InvalidArgument(f"{what}: set {key!r} lists no categories")
+        known = {c.get("id") for c in cats if isinstance(c, dict)}
+        bad = sorted({e["category_id"] for e in entries} - known)
+        if bad:
+            raise InvalidArgument(f"{what}: set {key!r} uses category ids {bad} it does not list")
+    return manifest
+
+
+def encode_rgba_png(rgba: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def decode_rgba(data: bytes, name: str) -> np.ndarray:
+    """RGBA uint8 from PNG bytes; grey or RGB images get an opaque alpha."""
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise InvalidArgument(f"{name}: not a decodable image")
+    if arr.dtype != np.uint8:
+        raise InvalidArgument(f"{name}: foreground must be 8-bit, got {arr.dtype}")
+    if max(arr.shape[:2]) > MAX_SIDE:
+        raise InvalidArgument(f"{name}: {arr.shape[1]}×{arr.shape[0]} is too large")
+    if arr.ndim == 2:
+        arr = cv2.cvtColor(arr, cv2.COLOR_GRAY2BGRA)
+    elif arr.shape[2] == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2BGRA)
+    return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)

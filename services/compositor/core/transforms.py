@@ -1,0 +1,156 @@
+"""Per-foreground and per-background transforms.
+
+Foregrounds are RGBA uint8 crops whose alpha is the instance mask. Colour operations touch
+RGB only (the thesis' brightness change also scaled alpha, leaving lesions half transparent
+while the label said fully present). Geometric operations move RGB and alpha together, and
+rotation draws on an expanded canvas so no corner of the object is ever clipped.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+
+def flip(rgba: np.ndarray, horizontal: bool, vertical: bool) -> np.ndarray:
+    if horizontal:
+        rgba = rgba[:, ::-1]
+    if vertical:
+        rgba = rgba[::-1]
+    return rgba
+
+
+def rotated_size(width: float, height: float, degrees: float) -> tuple[float, float]:
+    """Bounding box of a width×height rectangle rotated by `degrees`."""
+    rad = math.radians(degrees)
+    c, s = abs(math.cos(rad)), abs(math.sin(rad))
+    return width * c + height * s, width * s + height * c
+
+
+def resize_rgba(rgba: np.ndarray, factor: float) -> np.ndarray:
+    """Resize by `factor`: area averaging when shrinking (no aliasing), bilinear when growing."""
+    h, w = rgba.shape[:2]
+    new_w, new_h = max(1, round(w * factor)), max(1, round(h * factor))
+    if (new_w, new_h) == (w, h):
+        return rgba
+    interp = cv2.INTER_AREA if factor < 1.0 else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(rgba), (new_w, new_h), interpolation=interp)
+
+
+def flip_rgba(rgba: np.ndarray, horizontal: bool, vertical: bool) -> np.ndarray:
+    """Like `flip`, but returns a contiguous array (cv2.flip is faster than a numpy copy)."""
+    if horizontal and vertical:
+        return cv2.flip(rgba, -1)
+    if horizontal:
+        return cv2.flip(rgba, 1)
+    if vertical:
+        return cv2.flip(rgba, 0)
+    return rgba
+
+
+def rotate_expand(rgba: np.ndarray, degrees: float, margin: int = 0) -> np.ndarray:
+    """Rotate by `degrees` (counter-clockwise) on an expanded canvas: nothing is clipped.
+
+    The object first gets a transparent border of `margin` + 1 pixels whose RGB repeats the
+    crop's edge colours, and the warp replicates that border into the canvas corners. So
+    every transparent pixel carries a plausible colour: bilinear edges and a later blur of
+    the alpha never pull black into the object's outline (the dark fringe of naive
+    RGBA warping). Multiples of 90° are exact pixel moves; other angles are one bilinear
+    warp of all four channels, so RGB and alpha stay aligned.
+    """
+    degrees = degrees % 360.0
+    right_angle = degrees in (0.0, 90.0, 180.0, 270.0)
+    if right_angle and margin == 0:
+        return np.ascontiguousarray(np.rot90(rgba, int(degrees // 90)))
+    pad = margin + (0 if right_angle else 1)
+    padded = cv2.copyMakeBorder(np.ascontiguousarray(rgba), pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    if pad:
+        padded[:pad, :, 3] = 0
+        padded[-pad:, :, 3] = 0
+        padded[:, :pad, 3] = 0
+        padded[:, -pad:, 3] = 0
+    if right_angle:
+        return np.ascontiguousarray(np.rot90(padded, int(degrees // 90)))
+    h, w = padded.shape[:2]
+    bw, bh = rotated_size(w, h, degrees)
+    out_w, out_h = math.ceil(bw - 1e-6), math.ceil(bh - 1e-6)
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), degrees, 1.0)
+    matrix[0, 2] += (out_w - 1) / 2.0 - (w - 1) / 2.0
+    matrix[1, 2] += (out_h - 1) / 2.0 - (h - 1) / 2.0
+    return cv2.warpAffine(padded, matrix, (out_w, out_h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def scale_rotate(rgba: np.ndarray, factor: float, degrees: float, margin: int = 0) -> np.ndarray:
+    """`resize_rgba` then `rotate_expand`."""
+    return rotate_expand(resize_rgba(rgba, factor), degrees, margin)
+
+
+def _gain_lut(gain: float, offset: float) -> np.ndarray:
+    values = np.arange(256, dtype=np.float32) * gain + offset
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def color_jitter(rgba: np.ndarray, brightness: float = 1.0, contrast: float = 1.0,
+                 saturation: float = 1.0, hue_degrees: float = 0.0) -> np.ndarray:
+    """Brightness/contrast/saturation factors and a hue shift applied to RGB only.
+
+    Contrast pivots on the mean grey level of the object (alpha ≥ 128), so it
+    changes the object's own contrast rather than pulling it toward mid-grey. The alpha
+    channel of the result is the input's, bit for bit.
+    """
+    rgb = np.ascontiguousarray(rgba[..., :3])
+    alpha = rgba[..., 3]
+    out_rgb = rgb
+    if saturation != 1.0 or hue_degrees != 0.0:
+        hsv = cv2.cvtColor(out_rgb, cv2.COLOR_RGB2HSV_FULL)
+        if hue_degrees != 0.0:
+            shift = int(round(hue_degrees / 360.0 * 256.0)) % 256
+            hsv[..., 0] = (hsv[..., 0].astype(np.uint16) + shift).astype(np.uint8)  # wraps mod 256
+        if saturation != 1.0:
+            hsv[..., 1] = cv2.LUT(hsv[..., 1], _gain_lut(saturation, 0.0))
+        out_rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+    if brightness != 1.0 or contrast != 1.0:
+        inside = (alpha >= 128).astype(np.uint8)
+        if inside.any():
+            mean = float(cv2.mean(cv2.cvtColor(out_rgb, cv2.COLOR_RGB2GRAY), mask=inside)[0])
+        else:
+            mean = 128.0
+        # out = ((x - mean) * contrast + mean) * brightness
+        lut = _gain_lut(contrast * brightness, (mean - mean * contrast) * brightness)
+        out_rgb = cv2.LUT(out_rgb, lut)
+    out = np.empty_like(rgba)
+    out[..., :3] = out_rgb
+    out[..., 3] = alpha
+    return out
+
+
+def brightness_contrast_lut(mean: float, brightness: float, contrast: float) -> np.ndarray:
+    """Lookup table for ((x - mean) * contrast + mean) * brightness on uint8 values."""
+    return _gain_lut(contrast * brightness, (mean - mean * contrast) * brightness)
+
+
+def channel_gain_lut(gains: np.ndarray) -> np.ndarray:
+    """(256, 1, 3) lookup table multiplying each RGB channel by its gain."""
+    values = np.arange(256, dtype=np.float32)[:, None] * np.asarray(gains, dtype=np.float32)[None, :]
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8).reshape(256, 1, 3)
+
+
+def match_tone(rgba: np.ndarray, source_skin: np.ndarray, target_skin: np.ndarray,
+               strength: float, max_gain: float = 1.6) -> tuple[np.ndarray, np.ndarray]:
+    """Re-light an object from its source context to its destination.
+
+    Per-channel gains map the mean colour of the object's original surroundings
+    (`source_skin`) to the destination's (`target_skin`), as a white-balance transfer: a
+    lesion photographed under warm light pasted onto skin under bluish light takes the
+    bluish cast too. `strength` in [0, 1] interpolates in log space; alpha is untouched.
+    Returns (new rgba, gains).
+    """
+    src = np.maximum(np.asarray(source_skin, dtype=np.float64), 1.0)
+    dst = np.maximum(np.asarray(target_skin, dtype=np.float64), 1.0)
+    gains = np.clip((dst / src) ** strength, 1.0 / max_gain, max_gain)
+    out = np.empty_like(rgba)
+    out[..., :3] = cv2.LUT(np.ascontiguousarray(rgba[..., :3]), channel_gain_lut(gains))
+    out[..., 3] = rgba[..., 3]
+    return out, gains

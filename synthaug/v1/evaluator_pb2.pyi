@@ -40,20 +40,26 @@ class CompareRequest(_message.Message):
     def __init__(self, a: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., b: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., metric: _Optional[str] = ..., n_bootstrap: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class CompareResponse(_message.Message):
-    __slots__ = ("n_images", "mean_difference", "ci_low", "ci_high", "p_value", "metric")
+    __slots__ = ("n_images", "mean_difference", "ci_low", "ci_high", "p_value", "metric", "mean_a", "mean_b", "statistic")
     N_IMAGES_FIELD_NUMBER: _ClassVar[int]
     MEAN_DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
     CI_LOW_FIELD_NUMBER: _ClassVar[int]
     CI_HIGH_FIELD_NUMBER: _ClassVar[int]
     P_VALUE_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
+    MEAN_A_FIELD_NUMBER: _ClassVar[int]
+    MEAN_B_FIELD_NUMBER: _ClassVar[int]
+    STATISTIC_FIELD_NUMBER: _ClassVar[int]
     n_images: int
     mean_difference: float
     ci_low: float
     ci_high: float
     p_value: float
     metric: str
-    def __init__(self, n_images: _Optional[int] = ..., mean_difference: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., p_value: _Optional[float] = ..., metric: _Optional[str] = ...) -> None: ...
+    mean_a: float
+    mean_b: float
+    statistic: float
+    def __init__(self, n_images: _Optional[int] = ..., mean_difference: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., p_value: _Optional[float] = ..., metric: _Optional[str] = ..., mean_a: _Optional[float] = ..., mean_b: _Optional[float] = ..., statistic: _Optional[float] = ...) -> None: ...
 
 class ArmRun(_message.Message):
     __slots__ = ("arm", "seed", "evaluation", "predictions", "training_record", "real_count", "composite_count", "gan_count")
@@ -76,23 +82,31 @@ class ArmRun(_message.Message):
     def __init__(self, arm: _Optional[str] = ..., seed: _Optional[int] = ..., evaluation: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., predictions: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., training_record: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., real_count: _Optional[int] = ..., composite_count: _Optional[int] = ..., gan_count: _Optional[int] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
-    __slots__ = ("runs", "truth", "split", "title", "prefix", "overlay_images")
+    __slots__ = ("runs", "truth", "split", "title", "prefix", "overlay_images", "baseline_arm", "n_bootstrap", "seed")
     RUNS_FIELD_NUMBER: _ClassVar[int]
     TRUTH_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_ARM_FIELD_NUMBER: _ClassVar[int]
+    N_BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     runs: _containers.RepeatedCompositeFieldContainer[ArmRun]
     truth: _common_pb2.DatasetRef
     split: str
     title: str
     prefix: str
     overlay_images: int
-    def __init__(self, runs: _Optional[_Iterable[_Union[ArmRun, _Mapping]]] = ..., truth: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., title: _Optional[str] = ..., prefix: _Optional[str] = ..., overlay_images: _Optional[int] = ...) -> None: ...
+    baseline_arm: str
+    n_bootstrap: int
+    seed: int
+    def __init__(self, runs: _Optional[_Iterable[_Union[ArmRun, _Mapping]]] = ..., truth: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., title: _Optional[str] = ..., prefix: _Optional[str] = ..., overlay_images: _Optional[int] = ..., baseline_arm: _Optional[str] = ..., n_bootstrap: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class ReportResponse(_message.Message):
-    __slots__ = ("files",)
+    __slots__ = ("files", "notes")
     FILES_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
     files: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectRef]
-    def __init__(self, files: _Optional[_Iterable[_Union[_common_pb2.ObjectRef, _Mapping]]] = ...) -> None: ...
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, files: _Optional[_Iterable[_Union[_common_pb2.ObjectRef, _Mapping]]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...

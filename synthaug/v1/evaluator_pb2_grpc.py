@@ -71,20 +71,23 @@ class EvaluatorServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SubmitEvaluate(self, request, context):
-        """Result: objects[0] the evaluation JSON (aggregates + per-image metrics).
+        """Result: objects[0] the evaluation JSON (aggregates + per-image metrics, format
+        "synthaug.evaluation/1"); metrics: the headline figures (mean_iou, es, mask_ap, ...).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Compare(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Paired comparison of two evaluations of the same test images.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Report(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Tables, charts and one self-contained HTML page, written under a store prefix.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -1,0 +1,1 @@
+"""Core library of the segmenter: model factory, data, training, checkpoints, prediction."""

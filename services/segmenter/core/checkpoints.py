@@ -1,0 +1,124 @@
+"""Checkpoints: what is saved, where, and how it is read back safely.
+
+Two formats, both written with ``torch.save`` of plain containers (state dicts, tensors,
+Python scalars, strings) so that ``torch.load(weights_only=True)`` reads them — nothing is
+unpickled:
+
+* a **training checkpoint** (``epoch-NNNN.pt`` under the job's work prefix) holds model,
+  optimiser, scheduler and AMP-scaler state, the epoch, the RNG state (as tensors), the
+  config and the training record, so that a restarted job resumes after the last finished
+  epoch with exactly the losses an uninterrupted run would have had;
+* a **model file** (the job's result) holds the model state dict and the ModelSpec and
+  category list needed to rebuild the network for prediction.
+
+The last checkpoint is found by parsing the epoch number out of the names — never by the
+order a directory listing happens to return (the thesis resumed from whatever
+``os.listdir`` gave first).
+"""
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from services.common.errors import InvalidArgument
+
+TRAIN_FORMAT = "synthaug.segmenter.checkpoint/1"
+MODEL_FORMAT = "synthaug.segmenter.model/1"
+_EPOCH_RE = re.compile(r"^epoch-(\d{4,})\.pt$")
+
+
+class CheckpointIO(Protocol):
+    """Where training checkpoints live: a folder here, the job's work prefix in the store."""
+
+    def write(self, name: str, data: bytes) -> None: ...
+
+    def read(self, name: str) -> bytes: ...
+
+    def names(self) -> list[str]: ...
+
+    def remove(self, name: str) -> None: ...
+
+
+class DirectoryCheckpointIO:
+    """CheckpointIO over a local folder (tests, single machine); writes are atomic."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def write(self, name: str, data: bytes) -> None:
+        tmp = self.root / f".tmp-{name}"
+        tmp.write_bytes(data)
+        tmp.replace(self.root / name)
+
+    def read(self, name: str) -> bytes:
+        return (self.root / name).read_bytes()
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if not p.name.startswith(".tmp-"))
+
+    def remove(self, name: str) -> None:
+        (self.root / name).unlink(missing_ok=True)
+
+
+def epoch_name(epoch: int) -> str:
+    return f"epoch-{epoch:04d}.pt"
+
+
+def checkpoint_epochs(io_: CheckpointIO) -> list[int]:
+    """Epoch numbers of the stored training checkpoints, ascending."""
+    return sorted(int(m.group(1)) for n in io_.names() if (m := _EPOCH_RE.match(n)))
+
+
+def to_bytes(obj: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def from_bytes(data: bytes, what: str) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of ``data``; InvalidArgument naming ``what`` when it
+    is not a readable checkpoint."""
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError…
+        raise InvalidArgument(f"{what} is not a readable weights-only torch file: {exc.__class__.__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if not isinstance(obj, dict):
+        raise InvalidArgument(f"{what} holds a {type(obj).__name__}, not a dict")
+    return obj
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and "cuda" in state and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_file(model_state: dict[str, torch.Tensor], spec: dict[str, Any], categories: list[dict[str, Any]],
+               extra: dict[str, Any] | None = None) -> bytes:
+    """Bytes of a model file (the result of training, the input of prediction)."""
+    return to_bytes({"format": MODEL_FORMAT, "model": model_state, "spec": spec,
+                     "categories": categories, "extra": extra or {}})
+
+
+def state_dict_from(obj: dict[str, Any], what: str) -> dict[str, torch.Tensor]:
+    """The model state dict inside a model file, a training checkpoint or a bare state dict."""
+    if obj.get("format") in (MODEL_FORMAT, TRAIN_FORMAT):
+        return obj["model"]
+    if "model" in obj and isinstance(obj["model"], dict):
+        return obj["model"]  # torchvision reference checkpoints
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    raise InvalidArgument(f"{what} holds no model state dict")

@@ -21,13 +21,18 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+if TYPE_CHECKING:
+    from services.common.importers.pipeline import Decoded, ImportOptions, ImportSummary, ImportTask
+    from services.common.store import ObjectStore
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from services.common.errors import InvalidArgument
+from services.common.imageio import encode_png
 
 log = logging.getLogger(__name__)
 
@@ -305,16 +310,6 @@ def generate(seed: int, count: int, config: DemoConfig = DemoConfig(), start: in
 # Writing a demo folder (images/, masks/, annotations.json)
 
 
-def _png(array: np.ndarray) -> bytes:
-    """Deterministic PNG bytes (RGB or grey)."""
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-    if not ok:  # pragma: no cover - cv2 only fails on unsupported dtypes
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
-
-
 def coco_annotations(masks: np.ndarray, labels: Sequence[int], image_id: int, first_id: int) -> list[dict]:
     """COCO annotations (compressed RLE, area, bbox) for N×H×W bool masks."""
     out = []
@@ -341,8 +336,8 @@ def _write_one(args: tuple[str, int, int, DemoConfig]) -> tuple[int, str, int, i
     sample = generate_sample(seed, index, config)
     root = Path(out)
     name = sample.file_stem + ".png"
-    (root / "images" / name).write_bytes(_png(sample.image))
-    (root / "masks" / name).write_bytes(_png(sample.instance_map()))
+    (root / "images" / name).write_bytes(encode_png(sample.image))
+    (root / "masks" / name).write_bytes(encode_png(sample.instance_map()))
     h, w = sample.image.shape[:2]
     return index, name, h, w, sample.masks, sample.labels
 
@@ -381,3 +376,38 @@ def write_demo_folder(out: str | Path, count: int, seed: int, config: DemoConfig
     tmp.write_text(json.dumps(coco, sort_keys=True, separators=(",", ":")))
     os.replace(tmp, root / "annotations.json")
     return {"images": len(images), "instances": len(annotations), "out": str(root)}
+
+
+# --------------------------------------------------------------------------------------------
+# Registering a demo dataset in the store (through the importers' parallel pipeline)
+
+
+def decode_demo_task(task: "ImportTask") -> "Decoded":
+    from services.common.importers.pipeline import Decoded
+
+    seed, config = task.source
+    sample = generate_sample(seed, task.index, config)
+    n = len(sample.masks)
+    return Decoded(sample.image, sample.masks, [1] * n, [False] * n)
+
+
+def register_demo(store: "ObjectStore", count: int, seed: int, config: DemoConfig = DemoConfig(),
+                  options: "ImportOptions | None" = None,
+                  progress: Callable[[int, int], None] | None = None) -> "ImportSummary":
+    """Generate `count` demo images and register them as a 'real' dataset.
+
+    The provenance params carry the generator settings and the seed, so the dataset can be
+    regenerated exactly; images keep their generated size (`options.size` is ignored).
+    """
+    from dataclasses import replace
+
+    from services.common.importers.pipeline import ImportOptions, ImportTask, run_import
+
+    config.validate()
+    _check_seed(seed)
+    if count < 1:
+        raise InvalidArgument(f"demo count must be ≥ 1, got {count}")
+    options = replace(options or ImportOptions(), size=None).validate()
+    tasks = [ImportTask(i, f"demo_{i:06d}.png", "", (seed, config)) for i in range(count)]
+    params: dict[str, Any] = {"source": "demo", "demo": {**config.params(), "seed": seed, "count": count}}
+    return run_import(store, "dataset demo", tasks, decode_demo_task, CATEGORIES, options, params, progress)

@@ -1,9 +1,8 @@
 """Seeded, leak-free train/val/test splits.
 
-Why hash ordering instead of shuffling a list: an item's position depends only on
-`(seed, group key)`, not on the order in which files were listed or on which other items
-exist, so re-importing the same folder (or a folder with a few files added) gives the same
-assignment for every image that was already there.
+Why hash ordering instead of shuffling a list: the order of groups depends only on
+`(seed, group key)`, not on the order in which files were listed (which differs between file
+systems and exports), so re-importing the same data gives the same split on any machine.
 
 Grouping (e.g. HAM10000's `lesion_id`: several photos of one lesion) keeps every member of a
 group in one split, so no lesion is seen in training and in evaluation. Without grouping every

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from services.common.errors import InvalidArgument, NotFound
+from services.common.datasets import Dataset
 from services.common.imageio import read_mask
 from services.evaluator.core.coco import GroundTruth, Instance, Predictions, encode_masks, predictions_from_results, to_rle
 
@@ -188,4 +189,16 @@ __all__ = [
     "predictions_from_mask_folder",
     "truth_from_mask_folder",
     "to_rle",
+    "truth_from_dataset",
 ]
+
+
+# --- synthaug datasets (through services.common.datasets) -----------------------------------
+
+
+def truth_from_dataset(dataset: Dataset, split: str = "") -> GroundTruth:
+    """Ground truth of one split of a synthaug dataset (its manifest is COCO instances)."""
+    records = dataset.image_records(split)  # validates the split name
+    if not records:
+        raise InvalidArgument(f"dataset {dataset.id} has no images" + (f" in split {split!r}" if split else ""))
+    return GroundTruth.from_coco(dataset.manifest, split, f"dataset {dataset.name or dataset.id}")

@@ -11,11 +11,11 @@ import io
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
-import cv2
 import numpy as np
 import torch
 
 from services.common.errors import InvalidArgument
+from services.common.imageio import resize_image, resize_mask
 from services.gan import rendering
 from services.gan.config import GanConfig
 from services.gan.grid import to_uint8
@@ -83,10 +83,8 @@ def _fit(item: MaskItem, size: int, resize: bool, name: str) -> MaskItem:
         return item
     if not resize:
         raise InvalidArgument(f"{name}: masks are {w}×{h} but the generator was trained at {size}×{size}; set resize to resample them")
-    masks = np.stack([cv2.resize(m.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) for m in item.masks]).astype(bool) \
-        if len(item.masks) else np.zeros((0, size, size), dtype=bool)
-    image = None if item.image is None else cv2.resize(item.image, (size, size), interpolation=cv2.INTER_AREA)
-    return MaskItem(masks, item.labels, image)
+    image = None if item.image is None else resize_image(item.image, size)
+    return MaskItem(resize_mask(item.masks, size), item.labels, image)
 
 
 def generate_batch(gen: LoadedGenerator, conds: np.ndarray, seed: int, first_index: int, dropout: bool, batchnorm: str) -> np.ndarray:
@@ -125,7 +123,7 @@ def generate_images(
         nonlocal index
         out = generate_batch(gen, np.stack([c for _, c in pending]), seed, index, dropout, batchnorm)
         for (h, w), img in zip((hw for hw, _ in pending), out):
-            yield img if (h, w) == (size, size) else cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+            yield resize_image(img, (w, h))
         index += len(pending)
         pending.clear()
 

@@ -32,18 +32,20 @@ BLEND_MODE_GAUSSIAN: BlendMode
 BLEND_MODE_POISSON: BlendMode
 
 class ExtractForegroundsRequest(_message.Message):
-    __slots__ = ("dataset", "split", "min_area", "feather_sigma", "padding")
+    __slots__ = ("dataset", "split", "min_area", "feather_sigma", "padding", "keep_truncated")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     MIN_AREA_FIELD_NUMBER: _ClassVar[int]
     FEATHER_SIGMA_FIELD_NUMBER: _ClassVar[int]
     PADDING_FIELD_NUMBER: _ClassVar[int]
+    KEEP_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     dataset: _common_pb2.DatasetRef
     split: str
     min_area: int
     feather_sigma: float
     padding: int
-    def __init__(self, dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., min_area: _Optional[int] = ..., feather_sigma: _Optional[float] = ..., padding: _Optional[int] = ...) -> None: ...
+    keep_truncated: bool
+    def __init__(self, dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., min_area: _Optional[int] = ..., feather_sigma: _Optional[float] = ..., padding: _Optional[int] = ..., keep_truncated: _Optional[bool] = ...) -> None: ...
 
 class HarvestBackgroundsRequest(_message.Message):
     __slots__ = ("dataset", "split", "image_prefix", "method", "dilate_px", "crop_size", "max_backgrounds", "seed")
@@ -74,7 +76,7 @@ class Range(_message.Message):
     def __init__(self, min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class ComposeParams(_message.Message):
-    __slots__ = ("output_size", "min_objects", "max_objects", "scale", "rotation", "flip", "brightness", "contrast", "saturation", "hue", "background_flip", "background_brightness", "background_contrast", "max_overlap_iou", "max_placement_attempts", "blend", "blend_sigma", "min_visible_fraction")
+    __slots__ = ("output_size", "min_objects", "max_objects", "scale", "rotation", "flip", "brightness", "contrast", "saturation", "hue", "background_flip", "background_brightness", "background_contrast", "max_overlap_iou", "max_placement_attempts", "blend", "blend_sigma", "min_visible_fraction", "min_usable_background", "dark_threshold", "tone_match", "image_format")
     OUTPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
     MIN_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     MAX_OBJECTS_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +95,10 @@ class ComposeParams(_message.Message):
     BLEND_FIELD_NUMBER: _ClassVar[int]
     BLEND_SIGMA_FIELD_NUMBER: _ClassVar[int]
     MIN_VISIBLE_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MIN_USABLE_BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    DARK_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TONE_MATCH_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     output_size: int
     min_objects: int
     max_objects: int
@@ -111,7 +117,11 @@ class ComposeParams(_message.Message):
     blend: BlendMode
     blend_sigma: float
     min_visible_fraction: float
-    def __init__(self, output_size: _Optional[int] = ..., min_objects: _Optional[int] = ..., max_objects: _Optional[int] = ..., scale: _Optional[_Union[Range, _Mapping]] = ..., rotation: _Optional[_Union[Range, _Mapping]] = ..., flip: _Optional[bool] = ..., brightness: _Optional[_Union[Range, _Mapping]] = ..., contrast: _Optional[_Union[Range, _Mapping]] = ..., saturation: _Optional[_Union[Range, _Mapping]] = ..., hue: _Optional[_Union[Range, _Mapping]] = ..., background_flip: _Optional[bool] = ..., background_brightness: _Optional[_Union[Range, _Mapping]] = ..., background_contrast: _Optional[_Union[Range, _Mapping]] = ..., max_overlap_iou: _Optional[float] = ..., max_placement_attempts: _Optional[int] = ..., blend: _Optional[_Union[BlendMode, str]] = ..., blend_sigma: _Optional[float] = ..., min_visible_fraction: _Optional[float] = ...) -> None: ...
+    min_usable_background: float
+    dark_threshold: int
+    tone_match: float
+    image_format: str
+    def __init__(self, output_size: _Optional[int] = ..., min_objects: _Optional[int] = ..., max_objects: _Optional[int] = ..., scale: _Optional[_Union[Range, _Mapping]] = ..., rotation: _Optional[_Union[Range, _Mapping]] = ..., flip: _Optional[bool] = ..., brightness: _Optional[_Union[Range, _Mapping]] = ..., contrast: _Optional[_Union[Range, _Mapping]] = ..., saturation: _Optional[_Union[Range, _Mapping]] = ..., hue: _Optional[_Union[Range, _Mapping]] = ..., background_flip: _Optional[bool] = ..., background_brightness: _Optional[_Union[Range, _Mapping]] = ..., background_contrast: _Optional[_Union[Range, _Mapping]] = ..., max_overlap_iou: _Optional[float] = ..., max_placement_attempts: _Optional[int] = ..., blend: _Optional[_Union[BlendMode, str]] = ..., blend_sigma: _Optional[float] = ..., min_visible_fraction: _Optional[float] = ..., min_usable_background: _Optional[float] = ..., dark_threshold: _Optional[int] = ..., tone_match: _Optional[float] = ..., image_format: _Optional[str] = ...) -> None: ...
 
 class ComposeRequest(_message.Message):
     __slots__ = ("foregrounds", "backgrounds", "count", "seed", "params", "workers", "name")

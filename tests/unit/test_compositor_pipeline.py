@@ -1,0 +1,116 @@
+"""Compositor dataset-level entry points over a file store: sets, composite datasets."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from services.common.datasets import Dataset, DatasetWriter
+from services.common.errors import InvalidArgument, NotFound
+from services.common.imageio import encode_png
+from services.common.store import ObjectStore
+from services.compositor.core.params import ComposeParams, Range
+from services.compositor.core.pipeline import compose_dataset, extract_foreground_set, harvest_background_set
+from services.compositor.core.sets import BACKGROUND_KIND, FOREGROUND_KIND, decode_rgba, load_set, save_set
+
+
+def make_real_dataset(store: ObjectStore, n: int = 6, size: int = 64, name: str = "toy") -> Dataset:
+    """Skin-toned images with one or two dark 'lesions' each (one touching the border)."""
+    rng = np.random.default_rng(0)
+    writer = DatasetWriter(store, "real", [{"id": 1, "name": "lesion"}, {"id": 2, "name": "nevus"}], name=name)
+    for i in range(n):
+        image = np.clip(rng.normal((200, 160, 140), 5, (size, size, 3)), 0, 255).astype(np.uint8)
+        masks = []
+        for j, (cx, cy, r) in enumerate([(20 + i, 22, 9), (46, 44 - i, 6 + i % 3)][: 1 + i % 2]):
+            m = np.zeros((size, size), np.uint8)
+            cv2.circle(m, (cx, cy), r, 1, -1)
+            image[m > 0] = (90 - 10 * j, 50, 30)
+            masks.append(m > 0)
+        if i == 0:  # an object cut by the frame
+            m = np.zeros((size, size), np.uint8)
+            cv2.circle(m, (0, 60), 5, 1, -1)
+            masks.append(m > 0)
+        labels = [1 + (k % 2) for k in range(len(masks))]
+        writer.add(image, np.stack(masks), labels, f"img{i}.png", split="train" if i < n - 1 else "val")
+    return Dataset.load(store, writer.finish())
+
+
+def test_foreground_set_lists_rgba_cutouts_with_metadata(file_store: ObjectStore) -> None:
+    ds = make_real_dataset(file_store)
+    info, manifest = extract_foreground_set(file_store, ds, "train", min_area=200, padding=3)
+    entries = manifest["foregrounds"]
+    # train images 0..4 each have one r=9 disc (~253 px); images 1 and 3 also a small one
+    # (r=7, r=6: < 200 px); image 0 also one cut by the frame
+    assert manifest["skipped"] == {"small": 2, "truncated": 1, "crowd": 0}
+    assert len(entries) == 5
+    for e in entries:
+        rgba = decode_rgba(file_store.get_bytes(e["key"]), e["key"])
+        assert rgba.shape == (e["height"], e["width"], 4)
+        assert np.count_nonzero(rgba[..., 3] == 255) == e["area"]
+        assert e["category_id"] in (1, 2) and e["source_file"].startswith("img")
+    assert load_set(file_store, info.key, FOREGROUND_KIND, "fg")["foregrounds"] == entries
+    with pytest.raises(InvalidArgument, match="min_area"):
+        extract_foreground_set(file_store, ds, "train", min_area=10_000)
+
+
+def test_background_sets_from_dataset_and_prefix(file_store: ObjectStore) -> None:
+    ds = make_real_dataset(file_store)
+    _, inpainted = harvest_background_set(file_store, dataset=ds, split="train", method="telea", dilate_px=3, seed=1)
+    assert len(inpainted["backgrounds"]) == 5
+    image = file_store.get_bytes(inpainted["backgrounds"][0]["key"])
+    assert image
+    _, crops = harvest_background_set(file_store, dataset=ds, method="crop", crop_size=16, dilate_px=2,
+                                      crops_per_image=2, max_backgrounds=7, seed=1)
+    assert len(crops["backgrounds"]) == 7
+    assert all(e["width"] == e["height"] == 16 for e in crops["backgrounds"])
+    file_store.put_bytes("user/bg/a.png", encode_png(np.full((40, 50, 3), 170, np.uint8)))
+    file_store.put_bytes("user/bg/notes.txt", b"not an image")
+    _, user = harvest_background_set(file_store, image_prefix="user/bg/", method="as_is")
+    assert [e["key"] for e in user["backgrounds"]] == ["user/bg/a.png"]
+    with pytest.raises(InvalidArgument, match="needs a dataset"):
+        harvest_background_set(file_store, image_prefix="user/bg/", method="telea")
+
+
+def test_composite_dataset_is_identical_for_1_and_2_workers(file_store: ObjectStore) -> None:
+    ds = make_real_dataset(file_store)
+    fg, _ = extract_foreground_set(file_store, ds, "train", min_area=50)
+    bg, _ = harvest_background_set(file_store, dataset=ds, split="train", method="telea", dilate_px=3)
+    params = ComposeParams(output_size=64, scale=Range(0.3, 0.5), max_overlap_iou=0.2)
+    one, m1 = compose_dataset(file_store, fg.key, bg.key, 10, 5, params, workers=1, name="comp")
+    two, m2 = compose_dataset(file_store, fg.key, bg.key, 10, 5, params, workers=2, name="comp")
+    assert one.id == two.id  # same manifest: same image bytes (sha256) and masks (RLE)
+    assert m2["workers"] == 2
+    comp = Dataset.load(file_store, one)
+    assert comp.kind == "composite" and comp.provenance["parents"] == [ds.id]
+    assert comp.provenance["seed"] == 5 and comp.provenance["params"]["count"] == 10
+    assert len(comp) == 10
+    total = 0
+    for record in comp.image_records():
+        sample = comp.load_sample(record)
+        audit = record["synthaug"]["composite"]
+        kept = [o for o in audit["objects"] if o.get("instance", -1) >= 0]
+        assert sample.masks.shape[0] == len(kept) == len(comp.annotations_of(record["id"]))
+        assert sample.image.shape == (64, 64, 3)
+        assert sample.masks.sum(axis=0).max(initial=0) <= 1
+        assert sorted(sample.labels.tolist()) == sorted(o["category_id"] for o in kept)
+        total += len(kept)
+    assert total == m1["instances"] == one.num_instances
+    other, _ = compose_dataset(file_store, fg.key, bg.key, 10, 6, params, workers=1)
+    assert other.id != one.id
+
+
+def test_compose_rejects_empty_and_missing_sets(file_store: ObjectStore) -> None:
+    empty_fg = save_set(file_store, {"kind": FOREGROUND_KIND, "foregrounds": [], "categories": [{"id": 1}]})
+    bg = save_set(file_store, {"kind": BACKGROUND_KIND, "backgrounds": [{"key": "x.png"}]})
+    with pytest.raises(InvalidArgument, match="foregrounds.*empty"):
+        compose_dataset(file_store, empty_fg.key, bg.key, 1, 0)
+    fg = save_set(file_store, {"kind": FOREGROUND_KIND, "foregrounds": [{"key": "y.png", "category_id": 1}],
+                               "categories": [{"id": 1}]})
+    with pytest.raises(NotFound, match="backgrounds"):
+        compose_dataset(file_store, fg.key, "compositor/nope.json", 1, 0)
+    with pytest.raises(InvalidArgument, match="category ids"):
+        bad = save_set(file_store, {"kind": FOREGROUND_KIND, "foregrounds": [{"key": "y.png", "category_id": 3}],
+                                    "categories": [{"id": 1}]})
+        compose_dataset(file_store, bad.key, bg.key, 1, 0)
+    with pytest.raises(InvalidArgument, match="min_objects"):
+        compose_dataset(file_store, empty_fg.key, bg.key, 1, 0, ComposeParams(min_objects=0))

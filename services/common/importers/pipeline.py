@@ -23,7 +23,7 @@ import numpy as np
 
 from services.common.datasets import Dataset, DatasetWriter, ImageRecord, encode_sample, validate_name
 from services.common.errors import InvalidArgument, SynthaugError
-from services.common.imageio import resize_image, resize_mask
+from services.common.imageio import encode_jpeg, encode_png, resize_image, resize_mask
 from services.common.splits import SplitSpec, assign_splits, groups_for, read_groups
 from services.common.store import ObjectInfo, ObjectStore, blob_key, sha256_bytes
 
@@ -184,14 +184,24 @@ def _process(task: ImportTask, decode: Callable[[ImportTask], Decoded], size: in
                 labels = [l for l, k in zip(labels, keep) if k]
                 crowd = [c for c, k in zip(crowd, keep) if k]
         capture = _CaptureStore()
-        record = encode_sample(
-            capture, image, masks, labels, task.file_name, split=task.split, iscrowd=crowd, image_format=image_format
-        )
+        if len(masks):
+            record = encode_sample(
+                capture, image, masks, labels, task.file_name, split=task.split, iscrowd=crowd, image_format=image_format
+            )
+        else:  # WORKAROUND: datasets.encode_sample cannot reshape an empty N=0 mask stack
+            record = _encode_background_only(capture, image, task, image_format)
         return _Outcome(task.index, record, capture.data, notes=notes)
     except SynthaugError as exc:
         return _Outcome(task.index, error=str(exc))
     except (cv2.error, ValueError, MemoryError) as exc:
         return _Outcome(task.index, error=f"{task.file_name}: {exc.__class__.__name__}: {exc}".strip())
+
+
+def _encode_background_only(capture: "_CaptureStore", image: np.ndarray, task: ImportTask, image_format: str) -> ImageRecord:
+    """An image without instances (a negative example) as a record with no annotations."""
+    data, suffix = (encode_png(image), ".png") if image_format == "png" else (encode_jpeg(image), ".jpg")
+    info = capture.put_blob(data, suffix)
+    return ImageRecord(task.file_name, int(image.shape[1]), int(image.shape[0]), info.key, info.sha256, [], task.split)
 
 
 def _process_chunk(tasks: list[ImportTask], decode: Callable[[ImportTask], Decoded], size: int | None,
@@ -237,7 +247,14 @@ def assign_task_splits(tasks: list[ImportTask], options: ImportOptions, source: 
     if options.split.group_by:
         mapping = read_groups(options.metadata, options.id_column, options.split.group_by)
         stems = [Path(t.file_name).stem for t in tasks]
-        groups = groups_for(stems, mapping, f"{source}: metadata {Path(options.metadata).name}")
+        csv_name = Path(options.metadata).name
+        missing = [
+            f"{t.file_name}: no row with {options.id_column} = {stem!r} (or an empty {options.split.group_by}) in {csv_name}"
+            for t, stem in zip(tasks, stems) if not mapping.get(stem)
+        ]
+        if missing:
+            raise ImportProblems(source, missing)
+        groups = groups_for(stems, mapping, f"{source}: metadata {csv_name}")
     for task, split in zip(tasks, assign_splits(keys, options.split, groups)):
         task.split = split
 

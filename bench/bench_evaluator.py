@@ -1,0 +1,128 @@
+"""Evaluator benchmark: pixel-metric throughput at 256 px on one core, and the time of a full
+evaluation (per-image metrics, lesion matching, bootstrap, COCO mask + box AP) of 1000 images.
+
+    PYTHONPATH=. python bench/bench_evaluator.py [--images 1000] [--isic PATH]
+
+Uses ISIC 2018 masks (resized to 256 px) when present, else procedural masks. Predictions
+are the truth masks shifted and eroded/dilated by a few pixels plus a spurious blob on
+some images, so that the numbers reflect realistic, imperfect predictions.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import argparse
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from services.common.datasets import masks_to_rle
+from services.common.imageio import read_mask, resize_mask
+from services.evaluator.core.coco import GroundTruth, coco_ap, predictions_from_results
+from services.evaluator.core.evaluate import EvalConfig, evaluate
+from services.evaluator.core.metrics import pixel_scores, union_of_instances
+
+SIZE = 256
+DEFAULT_ISIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic2018-256"
+
+
+def truth_masks(n: int, isic: Path) -> tuple[np.ndarray, str]:
+    files = sorted((isic / "train" / "masks").glob("*.png")) + sorted((isic / "val" / "masks").glob("*.png"))
+    if len(files) >= n:
+        masks = np.stack([resize_mask(read_mask(f), SIZE) > 0 for f in files[:n]])
+        return masks, f"ISIC 2018 masks ({isic})"
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    out = np.zeros((n, SIZE, SIZE), bool)
+    for i in range(n):
+        cy, cx = rng.integers(60, 196, 2)
+        ry, rx = rng.integers(20, 80, 2)
+        out[i] = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    return out, "procedural ellipses (ISIC data absent)"
+
+
+def perturb(masks: np.ndarray, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
+    out = np.empty_like(masks)
+    for i, m in enumerate(masks):
+        m8 = m.astype(np.uint8)
+        m8 = cv2.dilate(m8, kernel) if rng.random() < 0.5 else cv2.erode(m8, kernel)
+        out[i] = np.roll(m8, tuple(int(v) for v in rng.integers(-8, 9, 2)), axis=(0, 1)) > 0
+    return out
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--isic", type=Path, default=DEFAULT_ISIC)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    n = args.images
+    truth, source = truth_masks(n, args.isic)
+    pred = perturb(truth)
+    print(f"data: {n} images at {SIZE}×{SIZE} px, {source}; one core (OMP/BLAS threads = 1)")
+
+    # 1. Dense pixel metrics, batched (what the segmenter's validation calls).
+    t = best_of(lambda: pixel_scores(pred, truth), args.repeats)
+    s = pixel_scores(pred, truth)
+    print(f"pixel_scores, batch of {n}:           {n / t:10.0f} images/s  ({t * 1e3:.1f} ms; mean IoU {s.iou.mean():.4f})")
+    t = best_of(lambda: [pixel_scores(pred[i], truth[i]) for i in range(n)], args.repeats)
+    print(f"pixel_scores, one image per call:      {n / t:10.0f} images/s")
+    inst = np.stack([pred, np.roll(pred, 5, axis=1), np.zeros_like(pred)], axis=1).astype(np.float32) * 0.9
+    scores = np.array([0.9, 0.6, 0.1], np.float32)
+    t = best_of(lambda: [pixel_scores(union_of_instances(inst[i], scores, 0.5), truth[i]) for i in range(n)], args.repeats)
+    print(f"union of 3 float instances + scores:   {n / t:10.0f} images/s")
+
+    # 2. The evaluation from COCO structures (RLE), as the service runs it.
+    rng = np.random.default_rng(2)
+    images = [{"id": i + 1, "file_name": f"{i:05d}.png", "height": SIZE, "width": SIZE} for i in range(n)]
+    t_rle = masks_to_rle(truth)
+    anns = [{"id": i + 1, "image_id": i + 1, "category_id": 1, "segmentation": t_rle[i], "iscrowd": 0} for i in range(n)]
+    gt = GroundTruth.from_coco({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "lesion"}]})
+    p_rle = masks_to_rle(pred)
+    spur = np.zeros((1, SIZE, SIZE), bool)
+    spur[0, 5:25, 5:25] = True
+    spur_rle = masks_to_rle(spur)[0]
+    results = []
+    for i in range(n):
+        results.append({"image_id": i + 1, "category_id": 1, "segmentation": p_rle[i], "score": float(rng.uniform(0.5, 1))})
+        if rng.random() < 0.3:
+            results.append({"image_id": i + 1, "category_id": 1, "segmentation": spur_rle, "score": float(rng.uniform(0, 0.6))})
+    preds = predictions_from_results(results, gt)
+    print(f"predictions: {len(results)} instances")
+    cfg = EvalConfig(coco_ap=False, n_bootstrap=2000)
+    t = best_of(lambda: evaluate(gt, preds, cfg), args.repeats)
+    print(f"evaluate() without COCO AP ({n} images, 2000 bootstrap): {t:.2f} s  ({n / t:.0f} images/s)")
+    t0 = time.perf_counter()
+    ap = coco_ap(gt, preds)
+    t_ap = time.perf_counter() - t0
+    print(f"COCO mask + box AP ({n} images):       {t_ap:.2f} s  (mask AP {ap['segm']['AP']:.4f}, box AP {ap['bbox']['AP']:.4f})")
+    t0 = time.perf_counter()
+    ev = evaluate(gt, preds, EvalConfig(n_bootstrap=2000))
+    t_all = time.perf_counter() - t0
+    print(f"full evaluate() ({n} images):          {t_all:.2f} s  (mean IoU {ev['mean_iou']:.4f} "
+          f"[{ev['metrics']['iou']['ci_low']:.4f}, {ev['metrics']['iou']['ci_high']:.4f}], ES {ev['es']:.4f}, "
+          f"thr. Jaccard {ev['thresholded_jaccard']:.4f}, lesion recall {ev['lesion_recall']:.3f}, FP/img {ev['fp_per_image']:.3f})")
+
+
+if __name__ == "__main__":
+    main()

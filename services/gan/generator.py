@@ -8,6 +8,7 @@ first image), so the output depends only on the seed, the inputs and the batch s
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -27,9 +28,25 @@ from services.gan.trainer import CHECKPOINT_FORMAT
 BATCHNORM_MODES = ("train", "eval")
 
 
+def _plain(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except TypeError:
+        return False
+    return True
+
+
 def save_checkpoint(state: dict[str, Any]) -> bytes:
+    """torch.save bytes that depend only on the content.
+
+    Pickle memoises by object identity, so equal metadata built differently (a resumed run's
+    history was unpickled, an uninterrupted run's was not) would serialise differently; one
+    JSON round trip of every tensor-free entry gives both the same object structure, so the
+    same weights make the same content-addressed blob.
+    """
+    meta = json.loads(json.dumps({k: v for k, v in state.items() if _plain(v)}))
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save({k: meta[k] if k in meta else v for k, v in state.items()}, buf)
     return buf.getvalue()
 
 

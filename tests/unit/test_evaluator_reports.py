@@ -97,6 +97,7 @@ def test_table_single_seed_uses_bootstrap_ci(runs):
     rows = table_rows(arm_aggregates((r.arm, r.seed, r.evaluation) for r in one))
     m = one[0].evaluation["metrics"]["iou"]
     assert rows[0]["iou_ci"] == (m["ci_low"], m["ci_high"])
+    assert rows[0]["mask_ap_ci"] is None  # no per-image values to bootstrap AP over
     assert "real" in table_markdown(rows)
 
 

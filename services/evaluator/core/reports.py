@@ -33,7 +33,7 @@ from scipy.optimize import OptimizeWarning, curve_fit
 
 from services.common.errors import InvalidArgument
 from services.evaluator.core.coco import GroundTruth, Predictions, decode_union
-from services.evaluator.core.compare import ArmAggregate, arm_aggregates, check_metric, mean_over_seeds, aligned
+from services.evaluator.core.compare import SEED_AGGREGATES, ArmAggregate, aligned, arm_aggregates, check_metric, mean_over_seeds
 from services.evaluator.core.stats import paired_comparison
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,10 @@ def table_rows(aggs: Sequence[ArmAggregate]) -> list[dict[str, Any]]:
         def mean(key: str) -> float | None:
             return v[key].mean if key in v else None
         def ci(key: str) -> tuple[float, float] | None:
-            return (v[key].ci_low, v[key].ci_high) if key in v else None
+            # One seed of an aggregate without per-image values (AP): no interval to give.
+            if key not in v or (v[key].n_seeds == 1 and SEED_AGGREGATES.get(key) is None):
+                return None
+            return (v[key].ci_low, v[key].ci_high)
         rows.append({
             "arm": a.arm, "n_seeds": len(a.seeds), "n_images": a.n_images,
             "mean_iou": mean("mean_iou"), "std_iou": a.std_iou, "mean_f1": mean("mean_f1"), "std_f1": a.std_f1,

@@ -19,7 +19,11 @@ from synthaug import __version__
 log = logging.getLogger("synthaug")
 
 #: Modules with a `register(subparsers)` function, in the order their commands are listed.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "services.common.cli_data",
+    "orchestrator.commands",
+    "services.evaluator.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from services.common.errors import InvalidArgument
+
 SERVICES = ("compositor", "gan", "segmenter", "evaluator")
 
 #: Environment variable holding each service's address(es).
@@ -42,7 +44,7 @@ def parse_addresses(spec: str | None, env: Mapping[str, str] | None = None) -> S
         for part in spec.replace(";", " ").split():
             name, _, value = part.partition("=")
             if name not in SERVICES or not value:
-                raise ValueError(f"--services entry {part!r}: expected NAME=HOST:PORT[,HOST:PORT] with NAME in {SERVICES}")
+                raise InvalidArgument(f"--services entry {part!r}: expected NAME=HOST:PORT[,HOST:PORT] with NAME in {SERVICES}")
             out[name] = [a for a in value.split(",") if a]
     else:
         for name, var in ADDRESS_ENV.items():

@@ -261,6 +261,11 @@ class ServiceRuntime:
         self._metrics_server: Any = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
+        self._on_stop: list[Callable[[], None]] = []
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Run `callback` while stopping, after jobs stop and before the listener closes."""
+        self._on_stop.append(callback)
 
     def add(self, add_servicer: Callable[[Any, grpc.Server], None], servicer: Any, full_service_name: str) -> None:
         add_servicer(servicer, self.server)
@@ -303,6 +308,11 @@ class ServiceRuntime:
                 time.sleep(self.config.drain_seconds)
             grace = self.config.grace_seconds if grace is None else grace
             self.jobs.shutdown(timeout=grace)
+            for callback in self._on_stop:
+                try:
+                    callback()
+                except Exception:  # keep stopping: one failed hook must not leave the port open
+                    log.exception("%s: stop hook failed", self.service)
             self.server.stop(grace).wait()
             if self._metrics_server is not None:
                 self._metrics_server.shutdown()

@@ -1,0 +1,30 @@
+"""Prometheus metrics of the orchestrator: where every run stands, at low cardinality.
+
+Labels are plan, arm and step kind only (never step keys or seeds), so a dashboard stays
+cheap however many runs there are.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class OrchestratorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.runs = Counter("synthaug_runs", "Runs that ended, by final state", ["plan", "state"], registry=r)
+        self.runs_active = Gauge("synthaug_runs_active", "Runs in progress", ["plan"], registry=r)
+        self.steps = Gauge("synthaug_run_steps", "Steps of the current run by state", ["plan", "state"], registry=r)
+        self.steps_finished = Counter("synthaug_steps_finished", "Steps that ended", ["plan", "kind", "state", "cached"], registry=r)
+        self.step_seconds = Histogram(
+            "synthaug_step_duration_seconds",
+            "Wall time of executed (not cached) steps",
+            ["plan", "kind"],
+            registry=r,
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600),
+        )
+        self.images = Counter("synthaug_images_produced", "Images produced by synthesis steps", ["plan", "kind"], registry=r)
+        self.training_loss = Gauge("synthaug_training_loss", "Latest training loss reported by a running training step", ["plan", "arm", "kind"], registry=r)
+        self.throughput = Gauge("synthaug_training_images_per_second", "Latest training throughput", ["plan", "arm", "kind"], registry=r)
+        self.score = Gauge("synthaug_evaluation_score", "Evaluation score per arm (mean over the seeds finished so far)", ["plan", "arm", "metric"], registry=r)
+        self.overhead = Gauge("synthaug_run_overhead_fraction", "Share of the last run's wall time outside service compute", ["plan"], registry=r)

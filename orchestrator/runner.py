@@ -1,0 +1,365 @@
+"""Run a step graph: cache lookups, concurrency, progress, failures, cancellation.
+
+Finished steps are recorded in the store as `steps/<key>.pb` (a JobResult), the step's commit
+point: a re-run of the plan, on any machine that sees the store, skips them. A step whose
+dependencies failed is skipped; independent steps (other arms) still run, so one bad arm
+does not throw away the others' training.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from orchestrator.dispatch import Dispatcher
+from orchestrator.graph import Graph, Step
+from orchestrator.metrics import OrchestratorMetrics
+from orchestrator.steps import LOCAL_EXECUTORS, SERVICE_EXECUTORS, StepContext, StepOutput, report_request
+from services.common.errors import JobCancelled, NotFound, SynthaugError
+from services.common.refs import object_ref
+from services.common.store import ObjectStore, canonical_json, sha256_bytes
+from synthaug import CODE_VERSION
+from synthaug.v1 import common_pb2, orchestrator_pb2
+
+log = logging.getLogger(__name__)
+
+S = common_pb2
+TERMINAL = (S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED)
+
+
+def step_cache_key(step_key: str) -> str:
+    return f"steps/{step_key}.pb"
+
+
+def run_id_for(graph: Graph) -> str:
+    """The run of a plan is named by its content: the same plan is the same run."""
+    payload = {"plan": graph.plan.model_dump(mode="json", by_alias=True), "steps": [s.key for s in graph.steps], "code": CODE_VERSION}
+    return sha256_bytes(canonical_json(payload))[:16]
+
+
+def load_cached(store: ObjectStore, step: Step) -> common_pb2.JobResult | None:
+    try:
+        data = store.get_bytes(step_cache_key(step.key))
+    except NotFound:
+        return None
+    result = common_pb2.JobResult()
+    result.ParseFromString(data)
+    return result
+
+
+@dataclass
+class StepRecord:
+    step: Step
+    state: int = S.JOB_STATE_QUEUED
+    progress: float = 0.0
+    message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+    started: float | None = None
+    finished: float | None = None
+    compute: tuple[float, float] | None = None  # (start, end) of real compute, monotonic clock
+    result: common_pb2.JobResult | None = None
+
+    def proto(self) -> orchestrator_pb2.StepStatus:
+        s = self.step
+        return orchestrator_pb2.StepStatus(
+            key=s.key,
+            kind=s.kind,
+            arm=s.arm,
+            seed=s.seed or 0,
+            state=self.state,
+            progress=self.progress,
+            message=self.message,
+            metrics=self.metrics,
+            depends_on=[d.key for d in s.deps.values()],
+            cached=self.cached,
+        )
+
+
+class RunTracker:
+    """The observable state of one run: step records, an event log, persistence to the store."""
+
+    def __init__(self, store: ObjectStore, graph: Graph, run_id: str, metrics: OrchestratorMetrics | None = None):
+        self.store = store
+        self.graph = graph
+        self.run_id = run_id
+        self.plan_name = graph.plan.name
+        self.metrics = metrics
+        self.records = {s.key: StepRecord(s) for s in graph.steps}
+        self.state = S.JOB_STATE_QUEUED
+        self.error = ""
+        self.report: common_pb2.ObjectRef | None = None
+        self.started = time.monotonic()
+        self.wall_seconds = 0.0
+        self._events: list[orchestrator_pb2.RunEvent] = []
+        self._cond = threading.Condition()
+        self._last_persist = 0.0
+
+    @property
+    def ref(self) -> orchestrator_pb2.RunRef:
+        return orchestrator_pb2.RunRef(id=self.run_id, plan_name=self.plan_name)
+
+    def update(self, record: StepRecord | None, persist: bool = True) -> None:
+        with self._cond:
+            event = orchestrator_pb2.RunEvent(run=self.ref, sequence=len(self._events) + 1, run_state=self.state, time=time.time())
+            if record is not None:
+                event.step.CopyFrom(record.proto())
+            self._events.append(event)
+            self._cond.notify_all()
+        if self.metrics is not None:
+            counts: dict[int, int] = {}
+            for r in self.records.values():
+                counts[r.state] = counts.get(r.state, 0) + 1
+            for state in (S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING, S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED):
+                self.metrics.steps.labels(self.plan_name, S.JobState.Name(state)).set(counts.get(state, 0))
+        now = time.monotonic()
+        if persist or now - self._last_persist > 2.0:
+            self._last_persist = now
+            self.store.put_bytes(f"runs/{self.run_id}/status.pb", self.status().SerializeToString())
+
+    def status(self) -> orchestrator_pb2.RunStatus:
+        st = orchestrator_pb2.RunStatus(run=self.ref, state=self.state, steps=[r.proto() for r in self.records.values()])
+        if self.error:
+            st.error.CopyFrom(S.JobError(code="INTERNAL", message=self.error))
+        if self.report is not None:
+            st.report.CopyFrom(self.report)
+        return st
+
+    def watch(self, after: int = 0, is_active: Callable[[], bool] = lambda: True) -> Iterator[orchestrator_pb2.RunEvent]:
+        last = after
+        while True:
+            with self._cond:
+                if len(self._events) <= last and self.state not in TERMINAL:
+                    self._cond.wait(timeout=0.5)
+                pending = self._events[last:]
+                done = self.state in TERMINAL
+            for event in pending:
+                last = event.sequence
+                yield event
+            if done and last >= len(self._events):
+                return
+            if not is_active():
+                return
+
+    def compute_union(self) -> float:
+        """Seconds during which at least one step was computing."""
+        spans = sorted(r.compute for r in self.records.values() if r.compute is not None)
+        total, cur_start, cur_end = 0.0, None, None
+        for start, end in spans:
+            if cur_end is None or start > cur_end:
+                if cur_end is not None:
+                    total += cur_end - cur_start  # type: ignore[operator]
+                cur_start, cur_end = start, end
+            else:
+                cur_end = max(cur_end, end)
+        if cur_end is not None:
+            total += cur_end - cur_start  # type: ignore[operator]
+        return total
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    state: int
+    wall_seconds: float
+    compute_seconds: float
+    executed: int
+    cached: int
+    failed: list[str]
+    report: common_pb2.ObjectRef | None
+
+    @property
+    def overhead_fraction(self) -> float:
+        """Share of wall time with no step computing (gRPC, store, scheduling, start-up)."""
+        if self.executed == 0 or self.wall_seconds <= 0:
+            return 0.0
+        return max(0.0, 1.0 - self.compute_seconds / self.wall_seconds)
+
+
+class Runner:
+    def __init__(self, store: ObjectStore, dispatcher: Dispatcher, metrics: OrchestratorMetrics | None = None, max_parallel: int = 8):
+        self.store = store
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+        self.max_parallel = max_parallel
+
+    def run(self, tracker: RunTracker, cancel: threading.Event | None = None) -> RunSummary:
+        cancel = cancel or threading.Event()
+        graph = tracker.graph
+        plan = graph.plan
+        self.store.put_json(f"runs/{tracker.run_id}/plan.json", plan.model_dump(mode="json", by_alias=True))
+        tracker.state = S.JOB_STATE_RUNNING
+        tracker.started = time.monotonic()
+        if self.metrics:
+            self.metrics.runs_active.labels(plan.name).inc()
+        tracker.update(None)
+        results: dict[str, common_pb2.JobResult] = {}
+        failed: list[str] = []
+        executed = cached = 0
+        records = tracker.records
+        futures: dict[Future[StepOutput | common_pb2.JobResult], StepRecord] = {}
+        with ThreadPoolExecutor(max_workers=self.max_parallel, thread_name_prefix="step") as pool:
+            while True:
+                progressed = False
+                for step in graph.steps:
+                    rec = records[step.key]
+                    if rec.state != S.JOB_STATE_QUEUED or rec in futures.values():
+                        continue
+                    dep_states = [records[d.key].state for d in step.deps.values()]
+                    if any(s in (S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED) for s in dep_states) or cancel.is_set():
+                        rec.state = S.JOB_STATE_CANCELLED
+                        rec.message = "cancelled" if cancel.is_set() else "skipped: a step it depends on failed"
+                        tracker.update(rec)
+                        progressed = True
+                        continue
+                    if not all(s == S.JOB_STATE_SUCCEEDED for s in dep_states):
+                        continue
+                    hit = load_cached(self.store, step)
+                    if hit is not None:
+                        rec.state, rec.cached, rec.progress, rec.result, rec.message = S.JOB_STATE_SUCCEEDED, True, 1.0, hit, "cached"
+                        results[step.key] = hit
+                        cached += 1
+                        self._finished(tracker, rec)
+                        progressed = True
+                        continue
+                    rec.state = S.JOB_STATE_RUNNING
+                    rec.started = time.monotonic()
+                    rec.message = "started"
+                    tracker.update(rec)
+                    inputs = {role: results[d.key] for role, d in step.deps.items()}
+                    futures[pool.submit(self._execute, tracker, rec, inputs, results, cancel)] = rec
+                    progressed = True
+                if not futures:
+                    if progressed:
+                        continue
+                    break
+                done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    rec = futures.pop(fut)
+                    rec.finished = time.monotonic()
+                    try:
+                        out = fut.result()
+                        if isinstance(out, StepOutput):
+                            result, compute = out.result, out.compute_seconds
+                        else:
+                            result, compute = out, rec.finished - (rec.started or rec.finished)
+                        rec.compute = (rec.finished - compute, rec.finished)
+                        # The step's commit point: written only once its outputs exist.
+                        self.store.put_bytes(step_cache_key(rec.step.key), result.SerializeToString(deterministic=True))
+                        rec.result = result
+                        results[rec.step.key] = result
+                        rec.state, rec.progress, rec.message = S.JOB_STATE_SUCCEEDED, 1.0, "done"
+                        executed += 1
+                    except JobCancelled as exc:
+                        rec.state, rec.message = S.JOB_STATE_CANCELLED, str(exc)
+                    except Exception as exc:  # a failed step fails its run, never the orchestrator
+                        cancelled = cancel.is_set()
+                        rec.state = S.JOB_STATE_CANCELLED if cancelled else S.JOB_STATE_FAILED
+                        rec.message = str(exc) if isinstance(exc, SynthaugError) else f"{type(exc).__name__}: {exc}"
+                        if not isinstance(exc, SynthaugError):
+                            log.exception("step %s crashed", rec.step.label)
+                        if not cancelled:
+                            failed.append(f"{rec.step.label}: {rec.message}")
+                    self._finished(tracker, rec)
+        tracker.wall_seconds = time.monotonic() - tracker.started
+        if cancel.is_set():
+            tracker.state = S.JOB_STATE_CANCELLED
+        elif failed:
+            tracker.state = S.JOB_STATE_FAILED
+            tracker.error = "; ".join(failed)
+        else:
+            tracker.state = S.JOB_STATE_SUCCEEDED
+        report_step = graph.of_kind("report")[0]
+        report_result = results.get(report_step.key)
+        if report_result is not None and report_result.objects:
+            tracker.report = report_result.objects[0]
+        summary = RunSummary(tracker.run_id, tracker.state, tracker.wall_seconds, tracker.compute_union(), executed, cached, failed, tracker.report)
+        self.store.put_json(
+            f"runs/{tracker.run_id}/summary.json",
+            {
+                "run_id": summary.run_id,
+                "plan": plan.name,
+                "state": S.JobState.Name(summary.state),
+                "wall_seconds": summary.wall_seconds,
+                "compute_seconds": summary.compute_seconds,
+                "overhead_fraction": summary.overhead_fraction,
+                "executed_steps": executed,
+                "cached_steps": cached,
+                "failed": failed,
+                "report": summary.report.key if summary.report else "",
+            },
+        )
+        if self.metrics:
+            self.metrics.runs_active.labels(plan.name).dec()
+            self.metrics.runs.labels(plan.name, S.JobState.Name(tracker.state)).inc()
+            if executed:
+                self.metrics.overhead.labels(plan.name).set(summary.overhead_fraction)
+        tracker.update(None)
+        return summary
+
+    def _execute(
+        self,
+        tracker: RunTracker,
+        rec: StepRecord,
+        inputs: dict[str, common_pb2.JobResult],
+        results: dict[str, common_pb2.JobResult],
+        cancel: threading.Event,
+    ) -> StepOutput | common_pb2.JobResult:
+        step = rec.step
+        plan = tracker.graph.plan
+
+        def progress(fraction: float, message: str, metrics: dict[str, float]) -> None:
+            rec.progress = fraction
+            if message:
+                rec.message = message
+            if metrics:
+                rec.metrics = metrics
+                if self.metrics:
+                    for name, value in metrics.items():
+                        if name in ("loss", "G_L1", "loss_total"):
+                            self.metrics.training_loss.labels(plan.name, step.arm, step.kind).set(value)
+                        if name in ("images_per_s", "images_per_second"):
+                            self.metrics.throughput.labels(plan.name, step.arm, step.kind).set(value)
+            tracker.update(rec, persist=False)
+
+        ctx = StepContext(self.store, self.dispatcher, plan, progress, cancel)
+        if step.kind in LOCAL_EXECUTORS:
+            return LOCAL_EXECUTORS[step.kind](step, inputs, ctx)
+        if step.kind == "report":
+            request = report_request(step, inputs, results, prefix=f"runs/{tracker.run_id}/report")
+            start = time.monotonic()
+            response = self.dispatcher["evaluator"].unary("Report", request, timeout=3600)
+            return StepOutput(common_pb2.JobResult(objects=list(response.files)), time.monotonic() - start)
+        return SERVICE_EXECUTORS[step.kind](step, inputs, ctx)
+
+    def _finished(self, tracker: RunTracker, rec: StepRecord) -> None:
+        tracker.update(rec)
+        if not self.metrics:
+            return
+        plan = tracker.plan_name
+        kind = rec.step.kind
+        self.metrics.steps_finished.labels(plan, kind, S.JobState.Name(rec.state), str(rec.cached).lower()).inc()
+        if rec.cached or rec.state != S.JOB_STATE_SUCCEEDED or rec.result is None:
+            return
+        if rec.started is not None and rec.finished is not None:
+            self.metrics.step_seconds.labels(plan, kind).observe(rec.finished - rec.started)
+        if kind in ("compose", "gan_generate") and rec.result.datasets:
+            self.metrics.images.labels(plan, kind).inc(rec.result.datasets[0].num_images)
+        if kind == "evaluate":
+            self._score(tracker, rec)
+
+    def _score(self, tracker: RunTracker, rec: StepRecord) -> None:
+        assert self.metrics is not None
+        arm = rec.step.arm
+        done = [r for r in tracker.records.values() if r.step.kind == "evaluate" and r.step.arm == arm and r.result is not None]
+        names = set().union(*(r.result.metrics.keys() for r in done))  # type: ignore[union-attr]
+        for name in names:
+            values = [r.result.metrics[name] for r in done if name in r.result.metrics]  # type: ignore[union-attr]
+            self.metrics.score.labels(tracker.plan_name, arm, name).set(sum(values) / len(values))
+
+
+def object_ref_of(store: ObjectStore, key: str) -> common_pb2.ObjectRef:
+    return object_ref(store, store.stat(key))

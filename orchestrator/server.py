@@ -1,0 +1,71 @@
+"""OrchestratorService: submit plans, watch and inspect runs, cancel them, over gRPC.
+
+So the CLI on a laptop can drive an orchestrator running in a cluster next to the services.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Iterator
+
+import grpc
+
+from orchestrator.metrics import OrchestratorMetrics
+from orchestrator.plan import load_plan_text
+from orchestrator.runs import RunManager, validate_run_id
+from orchestrator.settings import parse_addresses
+from services.common.errors import InvalidArgument
+from services.common.runtime import ServerConfig, ServiceRuntime, serve
+from services.common.store import ObjectStore
+from synthaug.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+
+SERVICE_NAME = "synthaug.v1.OrchestratorService"
+
+
+class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+    def __init__(self, runs: RunManager):
+        self.runs = runs
+
+    def SubmitPlan(self, request: orchestrator_pb2.SubmitPlanRequest, context: grpc.ServicerContext) -> orchestrator_pb2.RunRef:
+        if not request.plan_yaml.strip():
+            raise InvalidArgument("plan_yaml is empty")
+        plan = load_plan_text(request.plan_yaml, "submitted plan")
+        if plan.dataset.import_ is not None:
+            raise InvalidArgument("dataset.import reads local files, which a remote orchestrator cannot see: import first (`synthaug import … --store s3://…`) and name the dataset")
+        return self.runs.submit(plan, dry_run=request.dry_run)
+
+    def GetRun(self, request: orchestrator_pb2.GetRunRequest, context: grpc.ServicerContext) -> orchestrator_pb2.RunStatus:
+        return self.runs.status(validate_run_id(request.run_id))
+
+    def WatchRun(self, request: orchestrator_pb2.WatchRunRequest, context: grpc.ServicerContext) -> Iterator[orchestrator_pb2.RunEvent]:
+        yield from self.runs.watch(validate_run_id(request.run_id), request.after_sequence, context.is_active)
+
+    def CancelRun(self, request: orchestrator_pb2.CancelRunRequest, context: grpc.ServicerContext) -> orchestrator_pb2.RunStatus:
+        return self.runs.cancel(validate_run_id(request.run_id))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--services", default=None, help="compositor=H:P,...;gan=H:P;... (default: SYNTHAUG_<NAME>_ADDR; none = embedded)")
+    parser.add_argument("--max-parallel-steps", type=int, default=int(os.environ.get("SYNTHAUG_MAX_PARALLEL_STEPS", "8")))
+
+
+def build(config: ServerConfig, store: ObjectStore | None = None) -> ServiceRuntime:
+    runtime = ServiceRuntime(config, store)
+    try:
+        addresses = parse_addresses(config.extra.get("services"))
+    except InvalidArgument as exc:
+        raise SystemExit(str(exc)) from None
+    runs = RunManager(
+        runtime.store,
+        addresses,
+        OrchestratorMetrics(runtime.registry),
+        max_parallel=int(config.extra.get("max_parallel_steps", 8)),
+        store_url=config.store_url,
+    )
+    runtime.add(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, OrchestratorServicer(runs), SERVICE_NAME)
+    runtime.on_stop(runs.close)
+    return runtime
+
+
+def main(argv: list[str] | None = None) -> int:
+    return serve(build, "orchestrator", argv, add_arguments=add_arguments)

@@ -1,0 +1,123 @@
+"""Plan validation names the bad field; the step graph and its keys behave as documented."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.graph import build_graph
+from orchestrator.plan import load_plan, load_plan_text, parse_plan
+from services.common.errors import InvalidArgument
+from tests.conftest import REPO
+
+BASE = {
+    "name": "p",
+    "seeds": [1, 2],
+    "dataset": {"demo": {"count": 20, "size": 64}},
+    "arms": [
+        {"name": "real", "real": 10},
+        {"name": "comp", "real": 10, "composite": 30},
+        {"name": "gan", "real": 10, "gan": 20},
+        {"name": "hybrid", "real": 10, "composite": 10, "gan": 10},
+    ],
+}
+
+
+def plan_with(**changes: object) -> dict:
+    return {**BASE, **changes}
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"arms": [{"name": "a", "real": 0}]}, "arms[0].real: Input should be greater than 0"),
+        ({"arms": [{"name": "a", "real": 5, "composite": -1}]}, "arms[0].composite"),
+        ({"arms": [{"name": "a", "real": 5, "gann": 3}]}, "arms[0].gann: Extra inputs are not permitted"),
+        ({"arms": []}, "arms: List should have at least 1 item"),
+        ({"arms": [{"name": "a", "real": 5}, {"name": "a", "real": 6}]}, "arm names must be unique; repeated: ['a']"),
+        ({"seeds": [1, 1]}, "seeds: seeds must be distinct"),
+        ({"dataset": {"demo": {"count": 5}, "name": "x"}}, "dataset: give exactly one of `name`, `import` or `demo`"),
+        ({"dataset": {"import": {"format": "masks", "images": "a"}}}, "dataset.import: format 'masks' needs `masks`"),
+        ({"split": {"train": 0.5, "val": 0.2, "test": 0.2}}, "split: train + val + test must be 1"),
+        ({"gan": {"config": {"ngf": "many"}}}, "gan.config: GanConfig: Failed to parse ngf field"),
+        ({"segmenter": {"config": {"epochz": 3}}}, "segmenter.config: SegmenterConfig"),
+        ({"compositor": {"params": {"blend": "BLEND_MODE_SPLAT"}}}, "compositor.params: ComposeParams"),
+        ({"name": "bad name!"}, "name: String should match pattern"),
+    ],
+)
+def test_validation_names_the_field(changes: dict, message: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_plan(plan_with(**changes))
+    assert message in str(info.value)
+
+
+def test_yaml_errors() -> None:
+    with pytest.raises(InvalidArgument, match="not valid YAML"):
+        load_plan_text("name: [unclosed")
+    with pytest.raises(InvalidArgument, match="must be a YAML mapping"):
+        load_plan_text("- a\n- b")
+    with pytest.raises(InvalidArgument, match="not found"):
+        load_plan("/nonexistent/plan.yaml")
+
+
+def test_graph_shape_and_nesting() -> None:
+    g = build_graph(parse_plan(BASE))
+    kinds = [s.kind for s in g.steps]
+    # one dataset, one split, shared synthesis, then 4 arms × 2 seeds × (train, predict, evaluate), one report
+    assert kinds.count("dataset") == kinds.count("split") == 1
+    assert kinds.count("foregrounds") == kinds.count("backgrounds") == 1
+    assert kinds.count("compose") == 2  # composites and separate GAN masks
+    assert kinds.count("gan_train") == kinds.count("gan_generate") == 1
+    assert kinds.count("segment_train") == kinds.count("predict") == kinds.count("evaluate") == 8
+    assert kinds.count("report") == 1
+    composes = {s.params["role"]: s for s in g.of_kind("compose")}
+    assert composes["composite"].params["count"] == 30 and composes["gan_masks"].params["count"] == 20
+    assert composes["composite"].params["seed"] != composes["gan_masks"].params["seed"]
+    assert g.of_kind("gan_generate")[0].deps["masks"] is composes["gan_masks"]
+    hybrid = [s for s in g.of_kind("segment_train") if s.arm == "hybrid"]
+    assert {tuple(sorted(s.deps)) for s in hybrid} == {("composite", "gan", "real")}
+    keys = [s.key for s in g.steps]
+    assert len(set(keys)) == len(keys)
+    # topological order
+    seen: set[str] = set()
+    for s in g.steps:
+        assert all(d.key in seen for d in s.deps.values())
+        seen.add(s.key)
+
+
+def test_keys_change_exactly_downstream() -> None:
+    a = {s.label: s.key for s in build_graph(parse_plan(BASE)).steps}
+    changed = plan_with(segmenter={"config": {"epochs": 7}})
+    b = {s.label: s.key for s in build_graph(parse_plan(changed)).steps}
+    same = {label for label in a if a[label] == b[label]}
+    assert same == {"dataset", "split", "foregrounds", "backgrounds", "compose composites", "compose GAN masks", "train GAN", "generate GAN images"}
+    assert build_graph(parse_plan(BASE)).steps[-1].key == build_graph(parse_plan(dict(BASE))).steps[-1].key
+
+
+def test_per_seed_gan_and_no_synthesis() -> None:
+    g = build_graph(parse_plan(plan_with(gan={"per_seed": True})))
+    assert len(g.of_kind("gan_train")) == 2 and len(g.of_kind("gan_generate")) == 2
+    only_real = build_graph(parse_plan(plan_with(arms=[{"name": "r", "real": 5}])))
+    assert [s.kind for s in only_real.steps] == ["dataset", "split", "segment_train", "predict", "evaluate", "segment_train", "predict", "evaluate", "report"]
+
+
+def test_shipped_plans_are_valid() -> None:
+    thesis = load_plan(REPO / "examples" / "thesis-table4.yaml")
+    assert [(a.real, a.composite, a.gan) for a in thesis.arms] == [
+        (1000, 0, 0), (1000, 2000, 0), (1000, 0, 2000), (1000, 1000, 1000), (1000, 14000, 0), (1000, 0, 14000), (1000, 7000, 7000)
+    ]
+    demo = load_plan(REPO / "examples" / "demo.yaml")
+    assert demo.dataset.demo is not None
+
+
+def test_dry_run_shows_the_graph(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan = tmp_path / "plan.yaml"
+    import yaml
+
+    plan.write_text(yaml.safe_dump(BASE))
+    assert main(["run", str(plan), "--dry-run", "--store", f"file://{tmp_path}/store"]) == 0
+    out = capsys.readouterr().out
+    assert "33 steps (0 cached)" in out
+    assert "train arm=hybrid seed=2" in out and "compose GAN masks" in out
+    assert main(["run", str(tmp_path / "missing.yaml"), "--dry-run"]) == 2

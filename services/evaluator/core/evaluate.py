@@ -188,6 +188,11 @@ def evaluate(
                 row["per_class"][str(cid)] = {"iou": float(s.iou), "f1": float(s.f1)}
         per_image.append(row)
 
+    if n >= 4 and len(without) > n / 2:
+        warnings.append(
+            f"{len(without)} of {n} truth images have no prediction at all: were the predictions made for this "
+            "split of these images?"
+        )
     if without:
         log.info("%d of %d truth images have no prediction (scored as empty predictions)", len(without), n)
     segm, bbox = coco.get("segm", {}), coco.get("bbox", {})

@@ -62,6 +62,7 @@ class StepRecord:
     finished: float | None = None
     compute: tuple[float, float] | None = None  # (start, end) of real compute, monotonic clock
     result: common_pb2.JobResult | None = None
+    replica: str = ""
 
     def proto(self) -> orchestrator_pb2.StepStatus:
         s = self.step
@@ -76,6 +77,8 @@ class StepRecord:
             metrics=self.metrics,
             depends_on=[d.key for d in s.deps.values()],
             cached=self.cached,
+            replica=self.replica,
+            label=s.label,
         )
 
 
@@ -244,6 +247,7 @@ class Runner:
                         out = fut.result()
                         if isinstance(out, StepOutput):
                             result, compute = out.result, out.compute_seconds
+                            rec.replica = out.replica
                         else:
                             result, compute = out, rec.finished - (rec.started or rec.finished)
                         rec.compute = (rec.finished - compute, rec.finished)
@@ -332,7 +336,7 @@ class Runner:
             request = report_request(step, inputs, results, prefix=f"runs/{tracker.run_id}/report")
             start = time.monotonic()
             response = self.dispatcher["evaluator"].unary("Report", request, timeout=3600)
-            return StepOutput(common_pb2.JobResult(objects=list(response.files)), time.monotonic() - start)
+            return StepOutput(common_pb2.JobResult(objects=list(response.files)), time.monotonic() - start, "")
         return SERVICE_EXECUTORS[step.kind](step, inputs, ctx)
 
     def _finished(self, tracker: RunTracker, rec: StepRecord) -> None:

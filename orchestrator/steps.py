@@ -44,6 +44,8 @@ class StepOutput:
     result: common_pb2.JobResult
     #: Seconds of real compute (a service job's RUNNING time, or a local step's run time).
     compute_seconds: float
+    #: The replica that ran it.
+    replica: str = ""
 
 
 def _dataset(inputs: dict[str, common_pb2.JobResult], role: str) -> common_pb2.DatasetRef:
@@ -66,7 +68,7 @@ def _job(ctx: StepContext, service: str, submit: str, request: Any) -> StepOutpu
             ctx.progress(event.progress, event.message, dict(event.metrics))
 
     outcome: JobOutcome = ctx.dispatcher[service].run_job(submit, request, on_event=on_event, cancel=ctx.cancel)
-    return StepOutput(outcome.result, outcome.running_seconds)
+    return StepOutput(outcome.result, outcome.running_seconds, outcome.replica)
 
 
 # --- local steps ---------------------------------------------------------------------------

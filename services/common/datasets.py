@@ -102,7 +102,7 @@ def encode_sample(
     _check_sample(image, masks, labels, file_name)
     if split not in SPLITS:
         raise InvalidArgument(f"{file_name}: unknown split {split!r}; expected one of {SPLITS[1:]} or ''")
-    areas = masks.reshape(masks.shape[0], -1).sum(axis=1)
+    areas = masks.reshape(masks.shape[0], masks.shape[1] * masks.shape[2]).sum(axis=1)
     empty = [i for i, a in enumerate(areas) if a == 0]
     if empty:
         raise InvalidArgument(f"{file_name}: instance(s) {empty} have an empty mask")

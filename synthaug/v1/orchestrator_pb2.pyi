@@ -24,7 +24,7 @@ class RunRef(_message.Message):
     def __init__(self, id: _Optional[str] = ..., plan_name: _Optional[str] = ...) -> None: ...
 
 class StepStatus(_message.Message):
-    __slots__ = ("key", "kind", "arm", "seed", "state", "progress", "message", "metrics", "depends_on", "cached")
+    __slots__ = ("key", "kind", "arm", "seed", "state", "progress", "message", "metrics", "depends_on", "cached", "replica", "label")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,8 @@ class StepStatus(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
     key: str
     kind: str
     arm: str
@@ -52,7 +54,9 @@ class StepStatus(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     depends_on: _containers.RepeatedScalarFieldContainer[str]
     cached: bool
-    def __init__(self, key: _Optional[str] = ..., kind: _Optional[str] = ..., arm: _Optional[str] = ..., seed: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., progress: _Optional[float] = ..., message: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., depends_on: _Optional[_Iterable[str]] = ..., cached: _Optional[bool] = ...) -> None: ...
+    replica: str
+    label: str
+    def __init__(self, key: _Optional[str] = ..., kind: _Optional[str] = ..., arm: _Optional[str] = ..., seed: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., progress: _Optional[float] = ..., message: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., depends_on: _Optional[_Iterable[str]] = ..., cached: _Optional[bool] = ..., replica: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
 
 class RunStatus(_message.Message):
     __slots__ = ("run", "state", "steps", "error", "report")

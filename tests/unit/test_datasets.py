@@ -128,3 +128,13 @@ def test_nothing_registered_until_finish(file_store: ObjectStore) -> None:
     w = DatasetWriter(file_store, "real", CATS, name="partial")
     w.add(np.zeros((8, 8, 3), np.uint8), np.ones((1, 8, 8), bool), [1], "a.png")
     assert file_store.list("datasets/") == [] and file_store.list("names/") == []
+
+
+def test_image_without_instances(file_store: ObjectStore) -> None:
+    """A background-only image (no lesion) is a valid sample with zero annotations."""
+    w = DatasetWriter(file_store, "real", CATS)
+    image_id = w.add(np.zeros((8, 8, 3), np.uint8), np.zeros((0, 8, 8), bool), [], "empty.png")
+    ds = Dataset.load(file_store, w.finish())
+    sample = ds.load_sample(image_id)
+    assert sample.masks.shape == (0, 8, 8) and sample.labels.shape == (0,)
+    assert ds.manifest["annotations"] == []

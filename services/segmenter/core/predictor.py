@@ -65,6 +65,10 @@ def pixel_validation(model: nn.Module, source: ExampleSource, device: torch.devi
     of predicted instances against the union of ground-truth instances."""
     was_training = model.training
     model.eval()
+    # Instances below the score threshold never enter the union: skip their mask heads.
+    roi_heads = model.module.roi_heads if hasattr(model, "module") else model.roi_heads
+    saved_thresh = roi_heads.score_thresh
+    roi_heads.score_thresh = max(saved_thresh, score_threshold)
     per_image: dict[str, list[float]] = {"iou": [], "f1": [], "precision": [], "recall": []}
     ids = source.image_ids()
     try:
@@ -78,6 +82,7 @@ def pixel_validation(model: nn.Module, source: ExampleSource, device: torch.devi
                 for k in per_image:
                     per_image[k].append(float(getattr(s, k)))
     finally:
+        roi_heads.score_thresh = saved_thresh
         model.train(was_training)
     means = {k: float(np.mean(v)) if v else 0.0 for k, v in per_image.items()}
     means["es"] = (means["iou"] + means["f1"]) / 2

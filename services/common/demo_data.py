@@ -331,6 +331,10 @@ def coco_annotations(masks: np.ndarray, labels: Sequence[int], image_id: int, fi
     return out
 
 
+def _worker_init() -> None:
+    cv2.setNumThreads(1)
+
+
 def _write_one(args: tuple[str, int, int, DemoConfig]) -> tuple[int, str, int, int, np.ndarray, np.ndarray]:
     out, seed, index, config = args
     sample = generate_sample(seed, index, config)
@@ -353,12 +357,19 @@ def write_demo_folder(out: str | Path, count: int, seed: int, config: DemoConfig
     if count < 1:
         raise InvalidArgument(f"demo count must be ≥ 1, got {count}")
     root = Path(out)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        # stale images from an earlier, larger run would sit next to a COCO file that omits them
+        raise InvalidArgument(f"demo output {root} exists and is not an empty folder; choose a new one")
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     jobs = [(str(root), seed, i, config) for i in range(count)]
     if workers > 1 and count > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_write_one, jobs, chunksize=max(1, count // (workers * 8))))
+        import multiprocessing
+
+        # spawn, not fork: the caller may hold gRPC channels (the embedded orchestrator)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+            results = list(pool.map(_write_one, jobs, chunksize=max(1, min(32, count // (workers * 4)))))
     else:
         results = [_write_one(j) for j in jobs]
     images, annotations = [], []

@@ -108,6 +108,8 @@ def test_cli_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(["dataset", "demo", "--count", "3", "--seed", "2", "--out", str(tmp_path / "d"), "--workers", "1"]) == 0
     assert len(list((tmp_path / "d" / "images").glob("*.png"))) == 3
     assert "wrote 3 images" in capsys.readouterr().out
+    assert run_cli(["dataset", "demo", "--count", "2", "--out", str(tmp_path / "d")]) == 2  # never mixes runs
+    assert "not an empty folder" in capsys.readouterr().err
     url = f"file://{tmp_path / 'store'}"
     assert run_cli(["dataset", "demo", "--count", "10", "--store", url, "--name", "d4", "--workers", "1", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)

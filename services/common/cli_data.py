@@ -17,8 +17,8 @@ from services.common.errors import InvalidArgument, NotFound, SynthaugError
 log = logging.getLogger(__name__)
 
 _EPILOG_SPLIT = (
-    "Splits are seeded and stable: an image's split depends only on (seed, its file name or "
-    "group), not on the listing order. With --metadata CSV --group-by COLUMN all images of a "
+    "Splits are seeded, exact without groups (val and test rounded, train the rest) and "
+    "independent of the order files are listed in. With --metadata CSV --group-by COLUMN all images of a "
     "group (e.g. HAM10000 lesion_id) land in the same split; rows are matched by --id-column "
     "(default image_id) against the image file stem."
 )

@@ -203,10 +203,13 @@ def test_cli_against_s3(tmp_path: Path, s3_env: str, isic_root: Path, capsys: py
 
 @pytest.mark.realdata
 def test_isic_train_real_data(isic_root: Path, file_store: FileStore, capsys: pytest.CaptureFixture[str]) -> None:
+    """The acceptance command, through the real `synthaug` entry point."""
+    from orchestrator.cli import main
+
     url = f"file://{file_store.root}"
     argv = ["import", "masks", "--images", str(isic_root / "train" / "images"), "--masks", str(isic_root / "train" / "masks"),
             "--pattern", "{stem}_segmentation.png", "--name", "isic-train", "--store", url, "--workers", "2"]
-    assert run_cli(argv) == 0
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "images    1600" in out and "train 1280, val 160, test 160" in out and "time" in out
     ds = Dataset.load(file_store, "isic-train")

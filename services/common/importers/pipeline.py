@@ -23,7 +23,7 @@ import numpy as np
 
 from services.common.datasets import Dataset, DatasetWriter, ImageRecord, encode_sample, validate_name
 from services.common.errors import InvalidArgument, SynthaugError
-from services.common.imageio import encode_jpeg, encode_png, resize_image, resize_mask
+from services.common.imageio import resize_image, resize_mask
 from services.common.splits import SplitSpec, assign_splits, groups_for, read_groups
 from services.common.store import ObjectInfo, ObjectStore, blob_key, sha256_bytes
 
@@ -184,24 +184,14 @@ def _process(task: ImportTask, decode: Callable[[ImportTask], Decoded], size: in
                 labels = [l for l, k in zip(labels, keep) if k]
                 crowd = [c for c, k in zip(crowd, keep) if k]
         capture = _CaptureStore()
-        if len(masks):
-            record = encode_sample(
-                capture, image, masks, labels, task.file_name, split=task.split, iscrowd=crowd, image_format=image_format
-            )
-        else:  # WORKAROUND: datasets.encode_sample cannot reshape an empty N=0 mask stack
-            record = _encode_background_only(capture, image, task, image_format)
+        record = encode_sample(
+            capture, image, masks, labels, task.file_name, split=task.split, iscrowd=crowd, image_format=image_format
+        )
         return _Outcome(task.index, record, capture.data, notes=notes)
     except SynthaugError as exc:
         return _Outcome(task.index, error=str(exc))
     except (cv2.error, ValueError, MemoryError) as exc:
         return _Outcome(task.index, error=f"{task.file_name}: {exc.__class__.__name__}: {exc}".strip())
-
-
-def _encode_background_only(capture: "_CaptureStore", image: np.ndarray, task: ImportTask, image_format: str) -> ImageRecord:
-    """An image without instances (a negative example) as a record with no annotations."""
-    data, suffix = (encode_png(image), ".png") if image_format == "png" else (encode_jpeg(image), ".jpg")
-    info = capture.put_blob(data, suffix)
-    return ImageRecord(task.file_name, int(image.shape[1]), int(image.shape[0]), info.key, info.sha256, [], task.split)
 
 
 def _process_chunk(tasks: list[ImportTask], decode: Callable[[ImportTask], Decoded], size: int | None,

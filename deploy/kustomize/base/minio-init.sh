@@ -6,55 +6,71 @@
 #
 # Environment: SYNTHAUG_STORE, MINIO_ROOT_USER, MINIO_ROOT_PASSWORD, and the service user's
 # keys as SYNTHAUG_S3_ACCESS_KEY / SYNTHAUG_S3_SECRET_KEY or their *_FILE variants.
+# Plain POSIX sh and mc only: the minio/mc image has no sed, grep or mktemp to rely on.
 set -eu
+set -f
 
-secret() {  # secret NAME: the value of $NAME, else the content of the file named by $NAME_FILE
+secret() {  # secret NAME: the value of $NAME, else the first line of the file named by $NAME_FILE
     eval "value=\${$1:-}"
     eval "file=\${$1_FILE:-}"
-    if [ -z "$value" ] && [ -n "$file" ]; then value=$(cat "$file"); fi
+    if [ -z "$value" ] && [ -n "$file" ]; then
+        IFS= read -r value < "$file" || true
+    fi
     if [ -z "$value" ]; then echo "minio-init: set $1 or $1_FILE" >&2; exit 2; fi
     printf '%s' "$value"
 }
 
-case "$SYNTHAUG_STORE" in
+store=${SYNTHAUG_STORE:-}
+case "$store" in
     s3://*) ;;
-    *) echo "minio-init: SYNTHAUG_STORE must be s3://BUCKET?endpoint=HOST:PORT, got $SYNTHAUG_STORE" >&2; exit 2 ;;
+    *) echo "minio-init: SYNTHAUG_STORE must be s3://BUCKET?endpoint=HOST:PORT, got '$store'" >&2; exit 2 ;;
 esac
-rest=${SYNTHAUG_STORE#s3://}
+rest=${store#s3://}
 bucket=${rest%%\?*}
-endpoint=$(printf '%s' "$rest" | sed -n 's/.*[?&]endpoint=\([^&]*\).*/\1/p')
-secure=$(printf '%s' "$rest" | sed -n 's/.*[?&]secure=\([^&]*\).*/\1/p')
+query=
+case "$rest" in *\?*) query=${rest#*\?} ;; esac
+endpoint=
+secure=0
+old_ifs=$IFS
+IFS='&'
+for part in $query; do
+    case "$part" in
+        endpoint=*) endpoint=${part#endpoint=} ;;
+        secure=*) secure=${part#secure=} ;;
+    esac
+done
+IFS=$old_ifs
+if [ -z "$bucket" ] || [ -z "$endpoint" ]; then
+    echo "minio-init: SYNTHAUG_STORE '$store' needs a bucket and endpoint=HOST:PORT" >&2; exit 2
+fi
 scheme=http
 case "$secure" in 1|true) scheme=https ;; esac
 access_key=$(secret SYNTHAUG_S3_ACCESS_KEY)
 secret_key=$(secret SYNTHAUG_S3_SECRET_KEY)
 
-export HOME=/tmp
+work="${TMPDIR:-/tmp}/minio-init.$$"
+mkdir -p "$work"
+export HOME="$work"
+mc() { command mc --config-dir "$work/mc" "$@"; }
+
 tries=0
-until mc --config-dir /tmp/.mc alias set store "$scheme://$endpoint" "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" >/dev/null 2>&1; do
+until mc alias set store "$scheme://$endpoint" "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" >/dev/null 2>&1; do
     tries=$((tries + 1))
     if [ "$tries" -ge 90 ]; then echo "minio-init: MinIO at $endpoint not reachable" >&2; exit 1; fi
     sleep 2
 done
-mc() { command mc --config-dir /tmp/.mc "$@"; }
 
 mc mb --ignore-existing "store/$bucket"
-cat > /tmp/synthaug-rw.json <<POLICY
-{
-  "Version": "2012-10-17",
-  "Statement": [
-    {"Effect": "Allow",
-     "Action": ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"],
-     "Resource": ["arn:aws:s3:::$bucket"]},
-    {"Effect": "Allow",
-     "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
-     "Resource": ["arn:aws:s3:::$bucket/*"]}
-  ]
-}
-POLICY
-mc admin policy create store synthaug-rw /tmp/synthaug-rw.json
+printf '%s\n' \
+    '{"Version": "2012-10-17", "Statement": [' \
+    "  {\"Effect\": \"Allow\", \"Action\": [\"s3:GetBucketLocation\", \"s3:ListBucket\", \"s3:ListBucketMultipartUploads\"], \"Resource\": [\"arn:aws:s3:::$bucket\"]}," \
+    "  {\"Effect\": \"Allow\", \"Action\": [\"s3:GetObject\", \"s3:PutObject\", \"s3:DeleteObject\", \"s3:AbortMultipartUpload\", \"s3:ListMultipartUploadParts\"], \"Resource\": [\"arn:aws:s3:::$bucket/*\"]}" \
+    ']}' > "$work/synthaug-rw.json"
+mc admin policy create store synthaug-rw "$work/synthaug-rw.json"
 mc admin user add store "$access_key" "$secret_key"
-if ! mc admin policy entities store --user "$access_key" | grep -q synthaug-rw; then
-    mc admin policy attach store synthaug-rw --user "$access_key"
-fi
+attached=$(mc admin policy entities store --user "$access_key" 2>/dev/null || true)
+case "$attached" in
+    *synthaug-rw*) ;;
+    *) mc admin policy attach store synthaug-rw --user "$access_key" ;;
+esac
 echo "minio-init: bucket $bucket ready; user $access_key has read/write on it"

@@ -22,7 +22,8 @@ import numpy as np
 
 from services.compositor.core.params import ComposeParams
 from services.compositor.core.transforms import (
-    brightness_contrast_lut, color_jitter, flip_rgba, match_tone, resize_rgba, rotate_expand, rotated_size,
+    apply_color, brightness_contrast_lut, color_matrix, flip_rgba, object_mean_grey, resize_rgba, rotate_expand,
+    rotated_size, tone_gains,
 )
 
 _POISSON_PAD = 4
@@ -145,10 +146,10 @@ def _find_position(rng: np.random.Generator, size: int, tw: int, th: int,
 
 def _source_skin(rgba: np.ndarray, dark_threshold: int) -> np.ndarray | None:
     """Mean RGB of the object's original surroundings (alpha 0, not dark), if enough is kept."""
-    context = (rgba[..., 3] == 0) & (cv2.cvtColor(np.ascontiguousarray(rgba[..., :3]), cv2.COLOR_RGB2GRAY) >= dark_threshold)
+    context = (rgba[..., 3] == 0) & (cv2.cvtColor(rgba, cv2.COLOR_RGBA2GRAY) >= dark_threshold)
     if np.count_nonzero(context) < 16:
         return None
-    return np.asarray(cv2.mean(np.ascontiguousarray(rgba[..., :3]), mask=context.astype(np.uint8))[:3])
+    return np.asarray(cv2.mean(rgba, mask=context.astype(np.uint8))[:3])
 
 
 def _destination_skin(canvas: np.ndarray, box: tuple[int, int, int, int], dark_threshold: int) -> np.ndarray | None:
@@ -209,8 +210,11 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
         rw, rh = rotated_size(w * factor, h * factor, angle)
         if max(rw, rh) > size - 2:  # larger than the canvas: scale down to fit, never clip
             factor *= (size - 2) / max(rw, rh)
-        small = color_jitter(resize_rgba(rgba, factor), **jitter)
+        small = resize_rgba(rgba, factor)
+        mean_grey = object_mean_grey(small) if jitter["contrast"] != 1.0 else 128.0
         skin = _source_skin(small, p.dark_threshold) if p.tone_match > 0 else None
+        # colour is applied after placement, in one pass with the tone gains (it never
+        # changes alpha, so placement does not depend on it)
         fg = rotate_expand(flip_rgba(small, hflip, vflip), angle, margin)
         hard = fg[..., 3] >= 128
         rows, cols = np.flatnonzero(hard.any(axis=1)), np.flatnonzero(hard.any(axis=0))
@@ -235,11 +239,14 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
             continue
         bx, by = pos
         ox, oy = bx - tx0, by - ty0  # crop origin in image coordinates (may be negative)
+        gains = None
         if skin is not None:
             target = _destination_skin(canvas, (bx, by, tw, th), p.dark_threshold)
             if target is not None:
-                fg, gains = match_tone(fg, skin, target, p.tone_match)
+                gains = tone_gains(skin, target, p.tone_match)
                 record["tone_gains"] = [round(float(g), 6) for g in gains]
+        if gains is not None or any(v != (0.0 if k == "hue_degrees" else 1.0) for k, v in jitter.items()):
+            fg = apply_color(fg, color_matrix(**jitter, mean_grey=mean_grey, gains=gains))
         ch, cw = fg.shape[:2]
         ix0, iy0, ix1, iy1 = max(0, ox), max(0, oy), min(size, ox + cw), min(size, oy + ch)
         crop = fg[iy0 - oy:iy1 - oy, ix0 - ox:ix1 - ox]
@@ -247,10 +254,9 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
         if p.blend == "poisson":
             canvas = _poisson_paste(canvas, fg, hard, (bx, by, tw, th))
         else:
-            region = canvas[iy0:iy1, ix0:ix1].astype(np.float32)
-            rgb = crop[..., :3].astype(np.float32)
-            region += (rgb - region) * alpha[..., None]
-            canvas[iy0:iy1, ix0:ix1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
+            rgb = cv2.cvtColor(crop, cv2.COLOR_RGBA2RGB)
+            region = np.ascontiguousarray(canvas[iy0:iy1, ix0:ix1])
+            canvas[iy0:iy1, ix0:ix1] = cv2.blendLinear(rgb, region, alpha, 1.0 - alpha)
         for wmap, (rx0, ry0, rx1, ry1) in zip(weights, regions):
             if rx0 < ix1 and ix0 < rx1 and ry0 < iy1 and iy0 < ry1:
                 wmap[iy0:iy1, ix0:ix1] *= (1.0 - alpha)

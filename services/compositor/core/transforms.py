@@ -29,12 +29,13 @@ def rotated_size(width: float, height: float, degrees: float) -> tuple[float, fl
 
 
 def resize_rgba(rgba: np.ndarray, factor: float) -> np.ndarray:
-    """Resize by `factor`: area averaging when shrinking (no aliasing), bilinear when growing."""
+    """Resize by `factor`: area averaging when shrinking a lot (no aliasing), else bilinear."""
     h, w = rgba.shape[:2]
     new_w, new_h = max(1, round(w * factor)), max(1, round(h * factor))
     if (new_w, new_h) == (w, h):
         return rgba
-    interp = cv2.INTER_AREA if factor < 1.0 else cv2.INTER_LINEAR
+    # area averaging only where bilinear would alias (shrinking to under ~60 %)
+    interp = cv2.INTER_AREA if factor < 0.6 else cv2.INTER_LINEAR
     return cv2.resize(np.ascontiguousarray(rgba), (new_w, new_h), interpolation=interp)
 
 
@@ -92,38 +93,64 @@ def _gain_lut(gain: float, offset: float) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
+_LUMA = np.array([0.299, 0.587, 0.114])
+# RGB <-> YIQ: hue is a rotation of the (I, Q) chroma plane, luma untouched.
+_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ2RGB = np.linalg.inv(_RGB2YIQ)
+
+
+def color_matrix(brightness: float = 1.0, contrast: float = 1.0, saturation: float = 1.0,
+                 hue_degrees: float = 0.0, mean_grey: float = 128.0,
+                 gains: np.ndarray | None = None) -> np.ndarray:
+    """4×5 affine colour transform for RGBA pixels (cv2.transform), alpha row = identity.
+
+    Every colour operation here is affine in RGB, so all of them cost one pass: hue is a
+    rotation in YIQ, saturation a blend with luma, contrast a blend with the object's mean
+    grey, brightness and per-channel gains are scalings.
+    """
+    t = np.radians(hue_degrees)
+    rot = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+    m = _YIQ2RGB @ rot @ _RGB2YIQ
+    m = saturation * m + (1.0 - saturation) * np.outer(np.ones(3), _LUMA) @ m
+    offset = np.full(3, (1.0 - contrast) * mean_grey)
+    m = contrast * m
+    g = np.full(3, brightness) * (np.ones(3) if gains is None else np.asarray(gains, dtype=np.float64))
+    m = g[:, None] * m
+    offset = g * offset
+    out = np.zeros((4, 5))
+    out[:3, :3] = m
+    out[:3, 4] = offset
+    out[3, 3] = 1.0
+    return out
+
+
+def object_mean_grey(rgba: np.ndarray) -> float:
+    """Mean grey level of the object (alpha ≥ 128); 128 when there is none."""
+    inside = (rgba[..., 3] >= 128).astype(np.uint8)
+    if not inside.any():
+        return 128.0
+    return float(cv2.mean(cv2.cvtColor(rgba, cv2.COLOR_RGBA2GRAY), mask=inside)[0])
+
+
+def apply_color(rgba: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply a `color_matrix`; alpha comes back bit for bit (its row is the identity)."""
+    out = cv2.transform(np.ascontiguousarray(rgba), matrix)
+    out[..., 3] = rgba[..., 3]  # belt and braces: never let rounding touch alpha
+    return out
+
+
 def color_jitter(rgba: np.ndarray, brightness: float = 1.0, contrast: float = 1.0,
                  saturation: float = 1.0, hue_degrees: float = 0.0) -> np.ndarray:
     """Brightness/contrast/saturation factors and a hue shift applied to RGB only.
 
-    Contrast pivots on the mean grey level of the object (alpha ≥ 128), so it
-    changes the object's own contrast rather than pulling it toward mid-grey. The alpha
-    channel of the result is the input's, bit for bit.
+    Contrast pivots on the mean grey level of the object (alpha ≥ 128), so it changes the
+    object's own contrast rather than pulling it toward mid-grey. The alpha channel of the
+    result is the input's, bit for bit.
     """
-    rgb = np.ascontiguousarray(rgba[..., :3])
-    alpha = rgba[..., 3]
-    out_rgb = rgb
-    if saturation != 1.0 or hue_degrees != 0.0:
-        hsv = cv2.cvtColor(out_rgb, cv2.COLOR_RGB2HSV_FULL)
-        if hue_degrees != 0.0:
-            shift = int(round(hue_degrees / 360.0 * 256.0)) % 256
-            hsv[..., 0] = (hsv[..., 0].astype(np.uint16) + shift).astype(np.uint8)  # wraps mod 256
-        if saturation != 1.0:
-            hsv[..., 1] = cv2.LUT(hsv[..., 1], _gain_lut(saturation, 0.0))
-        out_rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
-    if brightness != 1.0 or contrast != 1.0:
-        inside = (alpha >= 128).astype(np.uint8)
-        if inside.any():
-            mean = float(cv2.mean(cv2.cvtColor(out_rgb, cv2.COLOR_RGB2GRAY), mask=inside)[0])
-        else:
-            mean = 128.0
-        # out = ((x - mean) * contrast + mean) * brightness
-        lut = _gain_lut(contrast * brightness, (mean - mean * contrast) * brightness)
-        out_rgb = cv2.LUT(out_rgb, lut)
-    out = np.empty_like(rgba)
-    out[..., :3] = out_rgb
-    out[..., 3] = alpha
-    return out
+    if brightness == 1.0 and contrast == 1.0 and saturation == 1.0 and hue_degrees == 0.0:
+        return rgba.copy()
+    mean = object_mean_grey(rgba) if contrast != 1.0 else 128.0
+    return apply_color(rgba, color_matrix(brightness, contrast, saturation, hue_degrees, mean))
 
 
 def brightness_contrast_lut(mean: float, brightness: float, contrast: float) -> np.ndarray:
@@ -137,20 +164,22 @@ def channel_gain_lut(gains: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8).reshape(256, 1, 3)
 
 
-def match_tone(rgba: np.ndarray, source_skin: np.ndarray, target_skin: np.ndarray,
-               strength: float, max_gain: float = 1.6) -> tuple[np.ndarray, np.ndarray]:
-    """Re-light an object from its source context to its destination.
+def tone_gains(source_skin: np.ndarray, target_skin: np.ndarray, strength: float,
+               max_gain: float = 1.6) -> np.ndarray:
+    """Per-channel gains re-lighting an object from its source context to its destination.
 
-    Per-channel gains map the mean colour of the object's original surroundings
-    (`source_skin`) to the destination's (`target_skin`), as a white-balance transfer: a
-    lesion photographed under warm light pasted onto skin under bluish light takes the
-    bluish cast too. `strength` in [0, 1] interpolates in log space; alpha is untouched.
-    Returns (new rgba, gains).
+    They map the mean colour of the object's original surroundings (`source_skin`) to the
+    destination's (`target_skin`), as a white-balance transfer: a lesion photographed under
+    warm light pasted onto skin under bluish light takes the bluish cast too. `strength` in
+    [0, 1] interpolates in log space.
     """
     src = np.maximum(np.asarray(source_skin, dtype=np.float64), 1.0)
     dst = np.maximum(np.asarray(target_skin, dtype=np.float64), 1.0)
-    gains = np.clip((dst / src) ** strength, 1.0 / max_gain, max_gain)
-    out = np.empty_like(rgba)
-    out[..., :3] = cv2.LUT(np.ascontiguousarray(rgba[..., :3]), channel_gain_lut(gains))
-    out[..., 3] = rgba[..., 3]
-    return out, gains
+    return np.clip((dst / src) ** strength, 1.0 / max_gain, max_gain)
+
+
+def match_tone(rgba: np.ndarray, source_skin: np.ndarray, target_skin: np.ndarray,
+               strength: float, max_gain: float = 1.6) -> tuple[np.ndarray, np.ndarray]:
+    """`tone_gains` applied to RGB (alpha untouched); returns (new rgba, gains)."""
+    gains = tone_gains(source_skin, target_skin, strength, max_gain)
+    return apply_color(rgba, color_matrix(gains=gains)), gains

@@ -292,6 +292,13 @@ def test_every_container_opens_the_minio_store(target: str, captured_s3: list[di
 
 
 @targets
+def test_store_url_is_the_same_in_kubernetes_and_compose(target: str) -> None:
+    config = one(target, "ConfigMap", only_container(one(target, "Deployment", "orchestrator"))["envFrom"][0]["configMapRef"]["name"])
+    urls = {svc["environment"]["SYNTHAUG_STORE"] for name, svc in compose()["services"].items() if name in (*SYNTHAUG, "minio-init")}
+    assert urls == {config["data"]["SYNTHAUG_STORE"]}
+
+
+@targets
 def test_gpus_only_for_gan_and_segmenter(target: str) -> None:
     for workload in workloads(target):
         name = workload["metadata"]["name"]
@@ -579,7 +586,7 @@ def _run_init(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProces
 def test_minio_init_creates_bucket_and_least_privilege_user(tmp_path: Path) -> None:
     (tmp_path / "access").write_text("svc-user\n")
     (tmp_path / "secret").write_text("svc-secret-123\n")
-    store_url = one("deploy", "ConfigMap", pod_spec(one("deploy", "Job", "minio-init"))["containers"][0]["envFrom"][0]["configMapRef"]["name"])["data"]["SYNTHAUG_STORE"]
+    store_url = compose()["services"]["minio-init"]["environment"]["SYNTHAUG_STORE"]
     proc = _run_init(tmp_path, {
         "SYNTHAUG_STORE": store_url, "MINIO_ROOT_USER": "root", "MINIO_ROOT_PASSWORD": "root-password",
         "SYNTHAUG_S3_ACCESS_KEY_FILE": str(tmp_path / "access"), "SYNTHAUG_S3_SECRET_KEY_FILE": str(tmp_path / "secret"),

@@ -18,7 +18,7 @@ class TrainingSource(_message.Message):
     def __init__(self, dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class SegmenterConfig(_message.Message):
-    __slots__ = ("architecture", "weights", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "warmup_iters", "grad_clip", "amp", "patience", "num_workers", "augment", "trainable_backbone_layers")
+    __slots__ = ("architecture", "weights", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "warmup_iters", "grad_clip", "amp", "patience", "num_workers", "augment", "trainable_backbone_layers", "min_size", "max_size", "val_score_threshold", "val_mask_threshold", "select_metric")
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,11 @@ class SegmenterConfig(_message.Message):
     NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
     AUGMENT_FIELD_NUMBER: _ClassVar[int]
     TRAINABLE_BACKBONE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    VAL_SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    VAL_MASK_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SELECT_METRIC_FIELD_NUMBER: _ClassVar[int]
     architecture: str
     weights: str
     epochs: int
@@ -51,7 +56,12 @@ class SegmenterConfig(_message.Message):
     num_workers: int
     augment: bool
     trainable_backbone_layers: int
-    def __init__(self, architecture: _Optional[str] = ..., weights: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., schedule: _Optional[str] = ..., warmup_iters: _Optional[int] = ..., grad_clip: _Optional[float] = ..., amp: _Optional[str] = ..., patience: _Optional[int] = ..., num_workers: _Optional[int] = ..., augment: _Optional[bool] = ..., trainable_backbone_layers: _Optional[int] = ...) -> None: ...
+    min_size: int
+    max_size: int
+    val_score_threshold: float
+    val_mask_threshold: float
+    select_metric: str
+    def __init__(self, architecture: _Optional[str] = ..., weights: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., schedule: _Optional[str] = ..., warmup_iters: _Optional[int] = ..., grad_clip: _Optional[float] = ..., amp: _Optional[str] = ..., patience: _Optional[int] = ..., num_workers: _Optional[int] = ..., augment: _Optional[bool] = ..., trainable_backbone_layers: _Optional[int] = ..., min_size: _Optional[int] = ..., max_size: _Optional[int] = ..., val_score_threshold: _Optional[float] = ..., val_mask_threshold: _Optional[float] = ..., select_metric: _Optional[str] = ...) -> None: ...
 
 class SegmenterTrainRequest(_message.Message):
     __slots__ = ("sources", "val_dataset", "val_split", "config", "seed")

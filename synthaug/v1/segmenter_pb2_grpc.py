@@ -66,14 +66,15 @@ class SegmenterServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SubmitTrain(self, request, context):
-        """Result: objects[0] best checkpoint, objects[1] training record (JSON).
+        """Result: objects[0] best model file (torch, weights_only), objects[1] training record
+        (JSON: epochs[{epoch, losses, images_per_s, val}], best_epoch, steps, training_set…).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitPredict(self, request, context):
-        """Result: objects[0] COCO results JSON.
+        """Result: objects[0] COCO results JSON {results, score_threshold, mask_threshold, dataset, split}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -76,7 +76,7 @@ def validate_architecture(name: str) -> str:
     return name
 
 
-def _torchvision_weights(name: str, architecture: str) -> tuple[Any, Any]:
+def torchvision_weights(name: str, architecture: str) -> tuple[Any, Any]:
     """(detector weights, backbone weights) enums for a torchvision weights name."""
     enum_names = {
         "maskrcnn_resnet50_fpn": "MaskRCNN_ResNet50_FPN_Weights",
@@ -109,7 +109,7 @@ def build_model(spec: ModelSpec, torchvision_weights: str | None = None) -> Mask
         raise InvalidArgument(f"num_classes must be ≥ 2 (background + one category), got {spec.num_classes}")
     det_w, bb_w = (None, None)
     if torchvision_weights:
-        det_w, bb_w = _torchvision_weights(torchvision_weights, spec.architecture)
+        det_w, bb_w = torchvision_weights(torchvision_weights, spec.architecture)
     common = dict(min_size=spec.min_size, max_size=spec.max_size)
     tbl = spec.trainable_backbone_layers
     if spec.architecture == "maskrcnn_resnet18_fpn":

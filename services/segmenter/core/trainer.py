@@ -34,7 +34,13 @@ from services.segmenter.core.data import (
     sample_training_set,
 )
 from services.segmenter.core.distributed import DistInfo, barrier, broadcast_flag, init_from_env
-from services.segmenter.core.models import ModelSpec, build_model, load_state_dict_into, validate_architecture
+from services.segmenter.core.models import (
+    ModelSpec,
+    build_model,
+    load_state_dict_into,
+    torchvision_weights,
+    validate_architecture,
+)
 from services.segmenter.core.predictor import autocast, pixel_validation
 
 log = logging.getLogger(__name__)
@@ -183,7 +189,7 @@ class Trainer:
     """One training run. ``run()`` resumes from the last checkpoint in ``checkpoints``."""
 
     def __init__(self, cfg: TrainConfig, sources: Sequence[tuple[ExampleSource, int]], val: ExampleSource | None,
-                 checkpoints: ck.CheckpointIO, progress: Progress | None = None,
+                 checkpoints: ck.CheckpointIO | None, progress: Progress | None = None,
                  init_state: dict[str, torch.Tensor] | None = None, init_source: str = "",
                  on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
                  dist_info: DistInfo | None = None):
@@ -210,6 +216,8 @@ class Trainer:
         if cfg.amp != "none" and self.device.type != "cuda":
             log.info("amp=%s ignored on %s", cfg.amp, self.device)
         self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+        if cfg.weights not in ("", "none") and not cfg.weights.startswith(("file:", "store:")):
+            torchvision_weights(cfg.weights, cfg.architecture)  # a bad name fails here, not mid-job
         min_size, max_size = resolve_sizes(cfg, self.sources, self.items, val)
         self.spec = ModelSpec(cfg.architecture, self.category_map.num_classes, min_size, max_size,
                               cfg.trainable_backbone_layers,
@@ -260,6 +268,8 @@ class Trainer:
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg, device = self.cfg, self.device
+        if self.checkpoints is None:
+            raise RuntimeError("Trainer.run() needs a CheckpointIO")
         torch.manual_seed(cfg.seed)
         model = self._build_model().to(device=device, dtype=self.dtype)
         if device.type == "cuda":

@@ -98,7 +98,9 @@ def _add_import_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="", help="register the dataset under this name (letters, digits, . _ -)")
     p.add_argument("--size", type=_size, default=256, metavar="N|keep",
                    help="resize images to N×N (area/linear for images, nearest neighbour for masks) or keep their size (default 256)")
-    p.add_argument("--image-format", choices=("png", "jpeg"), default="png", help="how images are stored (default png, lossless)")
+    p.add_argument("--image-format", choices=("auto", "png", "jpeg"), default="auto",
+                   help="how images are stored: auto keeps a PNG/JPEG source file's own bytes when it needs no resizing "
+                   "(no re-encoding, no loss) and writes PNG otherwise; png always re-encodes losslessly (default auto)")
     p.add_argument("--workers", type=_non_negative, default=_default_workers(), metavar="N",
                    help=f"decode/encode processes (default {_default_workers()}: the CPU count, at most 8)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -115,7 +117,7 @@ def _import_options(args: argparse.Namespace) -> Any:
     return ImportOptions(
         name=args.name,
         size=args.size if hasattr(args, "size") else None,
-        image_format=getattr(args, "image_format", "png"),
+        image_format=getattr(args, "image_format", "auto"),
         split=split,
         metadata=args.metadata,
         id_column=args.id_column,

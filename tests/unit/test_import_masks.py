@@ -92,6 +92,10 @@ def test_binary_and_instance_masks(tmp_path: Path, store: ObjectStore) -> None:
         assert np.array_equal(m, ids == value)
     assert np.array_equal(b.image, noise_image(64, 64, 1))  # PNG in, lossless all the way
     assert list(b.labels) == [1, 1, 1] and ds.categories[0]["name"] == "lesion"
+    # image_format auto: unresized PNG/JPEG sources are stored as their own bytes (no re-encoding)
+    assert recs["a.jpg"]["key"].endswith(".jpg")
+    assert store.get_bytes(recs["a.jpg"]["key"]) == (img_dir / "a.jpg").read_bytes()
+    assert np.array_equal(a.image, cv2.cvtColor(cv2.imread(str(img_dir / "a.jpg")), cv2.COLOR_BGR2RGB))
 
 
 def test_resize_is_nearest_for_masks(tmp_path: Path, file_store: FileStore) -> None:
@@ -102,6 +106,7 @@ def test_resize_is_nearest_for_masks(tmp_path: Path, file_store: FileStore) -> N
     import_masks(file_store, tmp_path / "i", tmp_path / "m", MaskOptions(), ImportOptions(name="r", size=64, split=None, workers=1))
     s = Dataset.load(file_store, "r").load_sample(1)
     assert s.image.shape == (64, 64, 3) and s.masks.shape == (2, 64, 64)
+    assert s.record["key"].endswith(".png")  # resized: re-encoded losslessly
     assert np.array_equal(s.masks, np.stack([resize_mask(ids == 1, 64), resize_mask(ids == 2, 64)]))
     kept = import_masks(file_store, tmp_path / "i", tmp_path / "m", MaskOptions(), ImportOptions(name="k", size=None, split=None, workers=1))
     assert Dataset.load(file_store, kept.dataset_id).load_sample(1).image.shape == (90, 120, 3)

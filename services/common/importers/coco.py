@@ -16,13 +16,13 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from services.common.errors import InvalidArgument
-from services.common.imageio import read_image
 from services.common.importers.pipeline import (
     Decoded,
     ImportOptions,
     ImportProblems,
     ImportSummary,
     ImportTask,
+    read_source,
     require_dir,
     run_import,
 )
@@ -97,7 +97,7 @@ def segmentation_to_mask(seg: Any, height: int, width: int) -> np.ndarray:
 def decode_coco_task(task: ImportTask) -> Decoded:
     """Read one image and rasterise its annotations (task.source = (height, width, annotations))."""
     height, width, anns = task.source
-    image = read_image(task.image_path)
+    data, image = read_source(task.image_path)
     if image.shape[:2] != (height, width):
         raise InvalidArgument(
             f"{task.file_name}: image is {image.shape[1]}×{image.shape[0]}, the annotation file says {width}×{height}"
@@ -113,7 +113,8 @@ def decode_coco_task(task: ImportTask) -> Decoded:
         labels.append(int(ann["category_id"]))
         crowd.append(bool(ann.get("iscrowd", 0)))
     stacked = np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool)
-    return Decoded(image, stacked, labels, crowd, notes={"empty_annotations_dropped": empty} if empty else {})
+    return Decoded(image, stacked, labels, crowd, notes={"empty_annotations_dropped": empty} if empty else {},
+                   source=data, source_suffix=Path(task.image_path).suffix)
 
 
 def _load_json(path: Path) -> Any:

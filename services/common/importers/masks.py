@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from services.common.errors import InvalidArgument
-from services.common.imageio import read_image, read_mask
+from services.common.imageio import read_mask
 from services.common.importers.pipeline import (
     Decoded,
     ImportOptions,
@@ -31,6 +31,7 @@ from services.common.importers.pipeline import (
     ImportSummary,
     ImportTask,
     list_images,
+    read_source,
     require_dir,
     run_import,
 )
@@ -108,7 +109,7 @@ def binary_components(fg: np.ndarray, min_area: float) -> tuple[np.ndarray, int]
 def decode_masks_task(task: ImportTask) -> Decoded:
     """Read one image + its mask file (task.source = (mask_path, MaskOptions))."""
     mask_path, opts = task.source
-    image = read_image(task.image_path)
+    data, image = read_source(task.image_path)
     mask = read_mask(mask_path)
     if mask.shape != image.shape[:2]:
         raise InvalidArgument(
@@ -131,7 +132,8 @@ def decode_masks_task(task: ImportTask) -> Decoded:
     else:
         masks = (mask[None, :, :] == values[:, None, None]) if len(values) else np.zeros((0,) + mask.shape, dtype=bool)
     n = len(masks)
-    return Decoded(image=image, masks=masks, labels=[1] * n, iscrowd=[False] * n, notes=notes)
+    return Decoded(image=image, masks=masks, labels=[1] * n, iscrowd=[False] * n, notes=notes,
+                   source=data, source_suffix=Path(task.image_path).suffix)
 
 
 def import_masks(

@@ -21,9 +21,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from services.common.datasets import Dataset, DatasetWriter, ImageRecord, encode_sample, validate_name
+from services.common.datasets import Dataset, DatasetWriter, ImageRecord, encode_sample, masks_to_rle, validate_name
 from services.common.errors import InvalidArgument, SynthaugError
-from services.common.imageio import resize_image, resize_mask
+from services.common.imageio import decode_image, resize_image, resize_mask
 from services.common.splits import SplitSpec, assign_splits, groups_for, read_groups
 from services.common.store import ObjectInfo, ObjectStore, blob_key, sha256_bytes
 
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MAX_LISTED_PROBLEMS = 30
+IMAGE_FORMATS = ("auto", "png", "jpeg")
+#: Source files whose bytes can be stored as they are (what `decode_image` reads back is then
+#: exactly what the importer decoded: same bytes, same decoder).
+KEEP_AS_IS = {".png": ".png", ".jpg": ".jpg", ".jpeg": ".jpg"}
 
 
 class ImportProblems(InvalidArgument):
@@ -50,7 +54,7 @@ class ImportOptions:
 
     name: str = ""
     size: int | None = 256  # square side; None keeps each image's own size
-    image_format: str = "png"  # how images are stored: png (lossless) or jpeg
+    image_format: str = "auto"  # auto: the source file's own bytes when unchanged, else png; png; jpeg
     split: SplitSpec | None = field(default_factory=SplitSpec)  # None: leave images unsplit
     metadata: str = ""  # CSV with one row per image (for grouped splits)
     id_column: str = "image_id"  # CSV column matched against image file stems
@@ -61,8 +65,8 @@ class ImportOptions:
             validate_name(self.name)
         if self.size is not None and not 8 <= self.size <= 8192:
             raise InvalidArgument(f"--size must be in [8, 8192] or 'keep', got {self.size}")
-        if self.image_format not in ("png", "jpeg"):
-            raise InvalidArgument(f"--image-format must be png or jpeg, got {self.image_format!r}")
+        if self.image_format not in IMAGE_FORMATS:
+            raise InvalidArgument(f"--image-format must be one of {IMAGE_FORMATS}, got {self.image_format!r}")
         if self.workers < 0:
             raise InvalidArgument(f"--workers must be ≥ 0, got {self.workers}")
         if self.split is not None and self.split.group_by and not self.metadata:
@@ -101,6 +105,19 @@ class Decoded:
     labels: list[int]
     iscrowd: list[bool]
     notes: dict[str, int] = field(default_factory=dict)  # counters for the summary
+    source: bytes | None = None  # the encoded source file, when the decoder read one
+    source_suffix: str = ""  # its file suffix (".jpg", ".png", …)
+
+
+def read_source(path: str) -> tuple[bytes, np.ndarray]:
+    """The file's bytes and its decoded RGB image (InvalidArgument naming the file)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InvalidArgument(f"{path}: file not found") from None
+    except OSError as exc:
+        raise InvalidArgument(f"{path}: cannot read ({exc.strerror})") from None
+    return data, decode_image(data, path)
 
 
 @dataclass
@@ -167,12 +184,14 @@ class _CaptureStore(ObjectStore):
 _BLOB_TYPES = {".png": "image/png", ".jpg": "image/jpeg"}
 
 
+
 def _process(task: ImportTask, decode: Callable[[ImportTask], Decoded], size: int | None, image_format: str) -> _Outcome:
     try:
         dec = decode(task)
         image, masks = dec.image, dec.masks
         notes = dict(dec.notes)
-        if size is not None:
+        resized = size is not None and image.shape[:2] != (size, size)
+        if resized:
             image = resize_image(image, size)
             masks = resize_mask(masks, size)
         labels, crowd = list(dec.labels), list(dec.iscrowd)
@@ -184,14 +203,42 @@ def _process(task: ImportTask, decode: Callable[[ImportTask], Decoded], size: in
                 labels = [l for l, k in zip(labels, keep) if k]
                 crowd = [c for c, k in zip(crowd, keep) if k]
         capture = _CaptureStore()
-        record = encode_sample(
-            capture, image, masks, labels, task.file_name, split=task.split, iscrowd=crowd, image_format=image_format
-        )
+        suffix = KEEP_AS_IS.get(dec.source_suffix.lower(), "")
+        if image_format == "auto" and not resized and dec.source is not None and suffix:
+            # the source bytes decode to exactly `image`: store them, no re-encoding, no loss
+            record = _record_from_source(capture, dec.source, suffix, image, masks, labels, crowd, task)
+        else:
+            fmt = "png" if image_format == "auto" else image_format
+            record = encode_sample(
+                capture, image, masks, labels, task.file_name, split=task.split, iscrowd=crowd, image_format=fmt
+            )
         return _Outcome(task.index, record, capture.data, notes=notes)
     except SynthaugError as exc:
         return _Outcome(task.index, error=str(exc))
     except (cv2.error, ValueError, MemoryError) as exc:
         return _Outcome(task.index, error=f"{task.file_name}: {exc.__class__.__name__}: {exc}".strip())
+
+
+def _record_from_source(capture: "_CaptureStore", data: bytes, suffix: str, image: np.ndarray, masks: np.ndarray,
+                        labels: list[int], crowd: list[bool], task: ImportTask) -> ImageRecord:
+    """Like `datasets.encode_sample`, but with the source file's bytes as the stored image."""
+    from pycocotools import mask as mask_utils
+
+    if masks.shape[1:] != image.shape[:2]:  # decoders check this; keep the invariant explicit
+        raise InvalidArgument(f"{task.file_name}: masks {masks.shape[1:]} do not match the image {image.shape[:2]}")
+    info = capture.put_blob(data, suffix)
+    annotations = []
+    areas = masks.reshape(len(masks), -1).sum(axis=1) if len(masks) else []
+    for rle, label, area, is_crowd in zip(masks_to_rle(masks) if len(masks) else [], labels, areas, crowd):
+        x, y, w, h = mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).tolist()
+        annotations.append({
+            "category_id": int(label),
+            "segmentation": rle,
+            "area": int(area),
+            "bbox": [float(x), float(y), float(w), float(h)],
+            "iscrowd": int(bool(is_crowd)),
+        })
+    return ImageRecord(task.file_name, int(image.shape[1]), int(image.shape[0]), info.key, info.sha256, annotations, task.split)
 
 
 def _process_chunk(tasks: list[ImportTask], decode: Callable[[ImportTask], Decoded], size: int | None,

@@ -22,6 +22,7 @@ log = logging.getLogger("synthaug")
 COMMAND_MODULES: tuple[str, ...] = (
     "services.common.cli_data",
     "orchestrator.commands",
+    "services.compositor.cli",
     "services.evaluator.cli",
 )
 

@@ -65,6 +65,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def start_service(name: str, store_url: str, log_dir: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     env = {**os.environ, **(extra_env or {})}
     cmd = [sys.executable, "-m", f"services.{name}", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1", "--store", store_url]

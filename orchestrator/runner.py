@@ -278,8 +278,9 @@ class Runner:
             tracker.state = S.JOB_STATE_SUCCEEDED
         report_step = graph.of_kind("report")[0]
         report_result = results.get(report_step.key)
-        if report_result is not None and report_result.objects:
-            tracker.report = report_result.objects[0]
+        if report_result is not None:
+            index = [o for o in report_result.objects if o.key.endswith("index.html")]
+            tracker.report = index[0] if index else None
         summary = RunSummary(tracker.run_id, tracker.state, tracker.wall_seconds, tracker.compute_union(), executed, cached, failed, tracker.report)
         self.store.put_json(
             f"runs/{tracker.run_id}/summary.json",

@@ -97,8 +97,14 @@ def encode_sample(
     extra: dict[str, Any] | None = None,
     iscrowd: Sequence[bool] | None = None,
     image_format: str = "png",
+    encoded: tuple[bytes, str] | None = None,
+    jpeg_quality: int = 95,
 ) -> ImageRecord:
-    """Encode and upload one image, encode its instance masks. Empty instances are an error."""
+    """Encode and upload one image, encode its instance masks. Empty instances are an error.
+
+    `encoded` = (bytes, suffix) stores those bytes as the image (an import keeps a source JPEG
+    as it is, without a lossy re-encode); `image` must be their decoded pixels.
+    """
     _check_sample(image, masks, labels, file_name)
     if split not in SPLITS:
         raise InvalidArgument(f"{file_name}: unknown split {split!r}; expected one of {SPLITS[1:]} or ''")
@@ -106,10 +112,12 @@ def encode_sample(
     empty = [i for i, a in enumerate(areas) if a == 0]
     if empty:
         raise InvalidArgument(f"{file_name}: instance(s) {empty} have an empty mask")
-    if image_format == "png":
+    if encoded is not None:
+        data, suffix = encoded
+    elif image_format == "png":
         data, suffix = encode_png(image), ".png"
     elif image_format == "jpeg":
-        data, suffix = encode_jpeg(image), ".jpg"
+        data, suffix = encode_jpeg(image, jpeg_quality), ".jpg"
     else:
         raise InvalidArgument(f"unknown image format {image_format!r} (png or jpeg)")
     info = store.put_blob(data, suffix=suffix, content_type="image/png" if suffix == ".png" else "image/jpeg")

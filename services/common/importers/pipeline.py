@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from services.common.datasets import Dataset, DatasetWriter, ImageRecord, encode_sample, masks_to_rle, validate_name
+from services.common.datasets import Dataset, DatasetWriter, ImageRecord, encode_sample, validate_name
 from services.common.errors import InvalidArgument, SynthaugError
 from services.common.imageio import decode_image, resize_image, resize_mask
 from services.common.splits import SplitSpec, assign_splits, groups_for, read_groups
@@ -206,7 +206,9 @@ def _process(task: ImportTask, decode: Callable[[ImportTask], Decoded], size: in
         suffix = KEEP_AS_IS.get(dec.source_suffix.lower(), "")
         if image_format == "auto" and not resized and dec.source is not None and suffix:
             # the source bytes decode to exactly `image`: store them, no re-encoding, no loss
-            record = _record_from_source(capture, dec.source, suffix, image, masks, labels, crowd, task)
+            record = encode_sample(
+                capture, image, masks, labels, task.file_name, split=task.split, iscrowd=crowd, encoded=(dec.source, suffix)
+            )
         else:
             fmt = "png" if image_format == "auto" else image_format
             record = encode_sample(
@@ -217,28 +219,6 @@ def _process(task: ImportTask, decode: Callable[[ImportTask], Decoded], size: in
         return _Outcome(task.index, error=str(exc))
     except (cv2.error, ValueError, MemoryError) as exc:
         return _Outcome(task.index, error=f"{task.file_name}: {exc.__class__.__name__}: {exc}".strip())
-
-
-def _record_from_source(capture: "_CaptureStore", data: bytes, suffix: str, image: np.ndarray, masks: np.ndarray,
-                        labels: list[int], crowd: list[bool], task: ImportTask) -> ImageRecord:
-    """Like `datasets.encode_sample`, but with the source file's bytes as the stored image."""
-    from pycocotools import mask as mask_utils
-
-    if masks.shape[1:] != image.shape[:2]:  # decoders check this; keep the invariant explicit
-        raise InvalidArgument(f"{task.file_name}: masks {masks.shape[1:]} do not match the image {image.shape[:2]}")
-    info = capture.put_blob(data, suffix)
-    annotations = []
-    areas = masks.reshape(len(masks), -1).sum(axis=1) if len(masks) else []
-    for rle, label, area, is_crowd in zip(masks_to_rle(masks) if len(masks) else [], labels, areas, crowd):
-        x, y, w, h = mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).tolist()
-        annotations.append({
-            "category_id": int(label),
-            "segmentation": rle,
-            "area": int(area),
-            "bbox": [float(x), float(y), float(w), float(h)],
-            "iscrowd": int(bool(is_crowd)),
-        })
-    return ImageRecord(task.file_name, int(image.shape[1]), int(image.shape[0]), info.key, info.sha256, annotations, task.split)
 
 
 def _process_chunk(tasks: list[ImportTask], decode: Callable[[ImportTask], Decoded], size: int | None,

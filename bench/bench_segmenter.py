@@ -36,7 +36,7 @@ def batches(size: int, n: int, batch: int) -> list:
 
 
 def time_config(name: str, spec: ModelSpec, dtype: torch.dtype, batch: int, iters: int, device: torch.device,
-                amp: str) -> tuple[float, float]:
+                amp: str, warmup: bool = True) -> tuple[float, float]:
     torch.manual_seed(0)
     model = build_model(spec).to(device=device, dtype=dtype)
     if device.type == "cuda":
@@ -62,7 +62,8 @@ def time_config(name: str, spec: ModelSpec, dtype: torch.dtype, batch: int, iter
         scaler.update()
 
     model.train()
-    step(0)
+    if warmup:
+        step(0)
     sync()
     t0 = time.perf_counter()
     for k in range(iters):
@@ -73,8 +74,9 @@ def time_config(name: str, spec: ModelSpec, dtype: torch.dtype, batch: int, iter
     model.eval()
     with torch.inference_mode():
         images = [im.to(device, dtype) for im in data[0][0]]
-        with autocast(device, amp):
-            model(images)
+        if warmup:
+            with autocast(device, amp):
+                model(images)
         sync()
         t0 = time.perf_counter()
         for _ in range(iters):
@@ -122,6 +124,8 @@ def main() -> int:
     p.add_argument("--amp", default="bf16")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--skip-thesis", action="store_true")
+    p.add_argument("--thesis-batch", type=int, default=8, help="8 as in the thesis; smaller on slow CPUs")
+    p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up step (slow CPUs)")
     p.add_argument("--isic", default="")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--workers", type=int, default=4)
@@ -135,10 +139,10 @@ def main() -> int:
         isic_run(Path(args.isic), args.epochs, args.batch, args.amp, args.workers)
         return 0
     ours = time_config("ours", ModelSpec("maskrcnn_resnet50_fpn", 2, 256, 256), torch.float32, args.batch,
-                       args.iters, device, args.amp)
+                       args.iters, device, args.amp, not args.no_warmup)
     if not args.skip_thesis:
-        thesis = time_config("thesis", ModelSpec("maskrcnn_resnet50_fpn", 2, 800, 1333), torch.float64, 8,
-                             args.iters, device, "none")
+        thesis = time_config("thesis", ModelSpec("maskrcnn_resnet50_fpn", 2, 800, 1333), torch.float64,
+                             args.thesis_batch, args.iters, device, "none", not args.no_warmup)
         print(f"ratio ours/thesis: training {ours[0] / thesis[0]:.1f}x, inference {ours[1] / thesis[1]:.1f}x")
     return 0
 

@@ -58,6 +58,7 @@ def light_config(**kw) -> pb.SegmenterConfig:
     return pb.SegmenterConfig(**base)
 
 
+@pytest.mark.slow
 def test_train_and_predict_end_to_end(served) -> None:  # type: ignore[no-untyped-def]
     store, stub = served
     ds = shapes_dataset(store, 16, 4, "shapes")

@@ -192,6 +192,7 @@ def _cfg(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_resume_continues_with_identical_losses(tmp_path):
     train = make_source("t", 12, size=48, seed=11)
     val = make_source("v", 2, size=48, seed=12)
@@ -229,6 +230,7 @@ def trained(tmp_path_factory):
     return result, train, val, events
 
 
+@pytest.mark.slow
 def test_training_raises_val_iou_well_above_untrained(trained):
     result, train, val, events = trained
     torch.manual_seed(1)
@@ -248,6 +250,7 @@ def test_training_raises_val_iou_well_above_untrained(trained):
     assert len(epoch_events) == 6 and "val/iou" in epoch_events[-1] and "loss/loss_mask" in epoch_events[-1]
 
 
+@pytest.mark.slow
 def test_prediction_is_coco_results_that_round_trip_through_pycocotools(trained):
     result, _train, val, _ = trained
     loaded = load_model_file(result.model_file, "model", torch.device("cpu"))

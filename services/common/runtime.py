@@ -157,19 +157,13 @@ class _ServerInterceptor(grpc.ServerInterceptor):
         self.metrics = metrics
         self.service = service
 
-    def _abort(self, context: grpc.ServicerContext, exc: BaseException, method: str) -> str:
-        """Turn an exception into a status on `context`; returns the code name."""
+    def _status_for(self, exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
+        """The status an exception maps to; unexpected ones are logged with their traceback."""
         if isinstance(exc, SynthaugError):
-            code = exc.code
-            status = getattr(grpc.StatusCode, code, grpc.StatusCode.INTERNAL)
-            context.set_code(status)
-            context.set_details(str(exc))
-            return status.name
+            return getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL), str(exc)
         ref = uuid.uuid4().hex[:12]
         log.error("%s failed (ref %s)", method, ref, exc_info=exc, extra={"service": self.service, "method": method})
-        context.set_code(grpc.StatusCode.INTERNAL)
-        context.set_details(f"internal error in {self.service} (ref {ref}; details in the server log)")
-        return "INTERNAL"
+        return grpc.StatusCode.INTERNAL, f"internal error in {self.service} (ref {ref}; details in the server log)"
 
     @staticmethod
     def _code_of(context: grpc.ServicerContext) -> str:
@@ -197,8 +191,9 @@ class _ServerInterceptor(grpc.ServerInterceptor):
                     if self._code_of(context) != "OK":  # the handler called context.abort()
                         record(self._code_of(context), start)
                         raise
-                    record(self._abort(context, exc, details.method), start)
-                    return None
+                    status, message = self._status_for(exc, details.method)
+                    record(status.name, start)
+                    context.abort(status, message)
                 record(self._code_of(context), start)
                 return response
 
@@ -217,8 +212,9 @@ class _ServerInterceptor(grpc.ServerInterceptor):
                     if self._code_of(context) != "OK":
                         record(self._code_of(context), start)
                         raise
-                    record(self._abort(context, exc, details.method), start)
-                    return
+                    status, message = self._status_for(exc, details.method)
+                    record(status.name, start)
+                    context.abort(status, message)
                 record(self._code_of(context), start)
 
             return wrapped

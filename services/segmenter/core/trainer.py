@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
@@ -73,7 +74,9 @@ class TrainConfig:
     grad_clip: float = 0.0
     amp: str = "none"
     patience: int = 0
-    num_workers: int = 2
+    #: DataLoader worker processes; -1 = auto: none on CPU (the model, not loading, is the
+    #: bottleneck there, and forking a serving process is best avoided), 4 on CUDA.
+    num_workers: int = -1
     augment: bool = True
     trainable_backbone_layers: int | None = None
     min_size: int = 0
@@ -101,7 +104,7 @@ class TrainConfig:
             (self.grad_clip >= 0, f"grad_clip must be ≥ 0 (0 = off), got {self.grad_clip}"),
             (self.amp in ("none", "bf16", "fp16"), f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}"),
             (self.patience >= 0, f"patience must be ≥ 0 (0 = off), got {self.patience}"),
-            (self.num_workers >= 0, f"num_workers must be ≥ 0, got {self.num_workers}"),
+            (self.num_workers >= -1, f"num_workers must be ≥ 0 (or -1 = auto), got {self.num_workers}"),
             (self.dtype in ("float32", "float64"), f"dtype must be 'float32' or 'float64', got {self.dtype!r}"),
             (self.select_metric in METRICS, f"select_metric must be one of {METRICS}, got {self.select_metric!r}"),
             (self.min_size >= 0 and self.max_size >= 0, "min_size and max_size must be ≥ 0 (0 = image size)"),
@@ -257,8 +260,9 @@ class Trainer:
 
     def _loader(self, dataset: TrainingDataset, sampler: EpochSampler) -> DataLoader:
         cuda = self.device.type == "cuda"
+        workers = self.cfg.num_workers if self.cfg.num_workers >= 0 else (min(4, os.cpu_count() or 1) if cuda else 0)
         return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=collate,
-                          num_workers=self.cfg.num_workers, pin_memory=cuda, drop_last=False,
+                          num_workers=workers, pin_memory=cuda, drop_last=False,
                           persistent_workers=False)
 
     def _report(self, fraction: float, message: str, metrics: dict[str, float] | None = None) -> None:

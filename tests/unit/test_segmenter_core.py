@@ -282,3 +282,15 @@ def test_prediction_is_coco_results_that_round_trip_through_pycocotools(trained)
         ious.append(float(pixel_scores(union_of_instances(masks), union_of_instances(ex.masks)).iou))
     best_val = result.record["epochs"][result.record["best_epoch"]]["val"]["iou"]
     assert np.mean(ious) == pytest.approx(best_val, abs=1e-9)
+
+
+def test_target_of_an_image_without_instances_is_empty_not_an_error() -> None:
+    from services.segmenter.core.data import make_target
+
+    target = make_target(np.zeros((0, 16, 24), dtype=bool), np.zeros(0, dtype=np.int64), 7)
+    assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
+    assert target["masks"].shape == (0, 16, 24) and int(target["image_id"]) == 7
+    masks = np.zeros((2, 16, 24), dtype=bool)
+    masks[1, 3:5, 4:9] = True  # instance 0 is empty (pushed out by augmentation): dropped
+    target = make_target(masks, np.array([1, 2]), 1)
+    assert target["labels"].tolist() == [2] and target["boxes"].tolist() == [[4.0, 3.0, 9.0, 5.0]]

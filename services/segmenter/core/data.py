@@ -209,7 +209,9 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def make_target(example_masks: np.ndarray, labels: np.ndarray, image_id: int) -> dict[str, torch.Tensor]:
-    keep = example_masks.reshape(example_masks.shape[0], -1).any(axis=1)
+    """Mask R-CNN's target; an image without instances (a composite whose pastes were all
+    occluded, a background-only photo) is a valid negative example with empty tensors."""
+    keep = example_masks.any(axis=(1, 2)) if example_masks.ndim == 3 else np.zeros(0, dtype=bool)
     masks, labels = example_masks[keep], labels[keep]
     return {
         "boxes": torch.from_numpy(masks_to_boxes(masks)).reshape(-1, 4),

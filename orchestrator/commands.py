@@ -116,13 +116,9 @@ def print_results_table(console: Console, store: ObjectStore, index_key: str) ->
     console.print(f"report: {location}")
 
 
-def _plan_from_args(path: str) -> Plan:
-    return load_plan(path)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     console = _console()
-    plan = _plan_from_args(args.plan)
+    plan = load_plan(args.plan)
     if args.orchestrator:
         return _run_remote(args, console, Path(args.plan).read_text(), plan)
     store = open_store(args.store)

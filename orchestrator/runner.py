@@ -19,7 +19,6 @@ from orchestrator.graph import Graph, Step
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.steps import LOCAL_EXECUTORS, SERVICE_EXECUTORS, StepContext, StepOutput, report_request
 from services.common.errors import JobCancelled, NotFound, SynthaugError
-from services.common.refs import object_ref
 from services.common.store import ObjectStore, canonical_json, sha256_bytes
 from synthaug import CODE_VERSION
 from synthaug.v1 import common_pb2, orchestrator_pb2
@@ -364,7 +363,3 @@ class Runner:
         for name in names:
             values = [r.result.metrics[name] for r in done if name in r.result.metrics]  # type: ignore[union-attr]
             self.metrics.score.labels(tracker.plan_name, arm, name).set(sum(values) / len(values))
-
-
-def object_ref_of(store: ObjectStore, key: str) -> common_pb2.ObjectRef:
-    return object_ref(store, store.stat(key))

@@ -181,6 +181,8 @@ def _print_status(console: Console, status: orchestrator_pb2.RunStatus) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     console = _console()
+    if args.orchestrator and not args.run:
+        raise InvalidArgument("status --orchestrator needs a RUN id (synthaug run prints it)")
     if args.orchestrator and args.run:
         channel = open_channel(args.orchestrator)
         try:

@@ -77,7 +77,7 @@ class LiveProgress:
     def update(self, step: orchestrator_pb2.StepStatus) -> None:
         label = f"{step.kind}" + (f" {step.arm}" if step.arm else "") + (f" s{step.seed}" if step.arm else "")
         info = ""
-        for name in ("images_per_s", "images_per_second", "loss"):
+        for name in ("images_per_s", "pairs_per_s", "loss", "G_L1"):
             if name in step.metrics:
                 info = f"{name}={step.metrics[name]:.3g}"
                 break

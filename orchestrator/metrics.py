@@ -24,7 +24,28 @@ class OrchestratorMetrics:
             buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600),
         )
         self.images = Counter("synthaug_images_produced", "Images produced by synthesis steps", ["plan", "kind"], registry=r)
-        self.training_loss = Gauge("synthaug_training_loss", "Latest training loss reported by a running training step", ["plan", "arm", "kind"], registry=r)
-        self.throughput = Gauge("synthaug_training_images_per_second", "Latest training throughput", ["plan", "arm", "kind"], registry=r)
+        self.training_loss = Gauge(
+            "synthaug_training_loss", "Latest loss reported by a training step, per component ('total' for the sum)", ["plan", "arm", "kind", "loss"], registry=r
+        )
+        self.throughput = Gauge("synthaug_training_images_per_second", "Latest throughput reported by a running step (images or pairs per second)", ["plan", "arm", "kind"], registry=r)
         self.score = Gauge("synthaug_evaluation_score", "Evaluation score per arm (mean over the seeds finished so far)", ["plan", "arm", "metric"], registry=r)
         self.overhead = Gauge("synthaug_run_overhead_fraction", "Share of the last run's wall time outside service compute", ["plan"], registry=r)
+
+
+#: Progress metrics that are losses: the segmenter's "loss" (total) and "loss/<component>",
+#: pix2pix's G_GAN, G_L1, D_real, D_fake.
+GAN_LOSSES = ("G_GAN", "G_L1", "D_real", "D_fake")
+THROUGHPUT_NAMES = ("images_per_s", "pairs_per_s")
+
+
+def loss_components(metrics: dict[str, float]) -> dict[str, float]:
+    """The loss figures in a progress event's metrics, by component name."""
+    out = {}
+    for name, value in metrics.items():
+        if name == "loss":
+            out["total"] = value
+        elif name.startswith("loss/"):
+            out[name[len("loss/"):]] = value
+        elif name in GAN_LOSSES:
+            out[name] = value
+    return out

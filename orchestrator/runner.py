@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from orchestrator.dispatch import Dispatcher
 from orchestrator.graph import Graph, Step
-from orchestrator.metrics import OrchestratorMetrics
+from orchestrator.metrics import THROUGHPUT_NAMES, OrchestratorMetrics, loss_components
 from orchestrator.steps import LOCAL_EXECUTORS, SERVICE_EXECUTORS, StepContext, StepOutput, report_request
 from services.common.errors import JobCancelled, NotFound, SynthaugError
 from services.common.store import ObjectStore, canonical_json, sha256_bytes
@@ -322,11 +322,11 @@ class Runner:
             if metrics:
                 rec.metrics = metrics
                 if self.metrics:
-                    for name, value in metrics.items():
-                        if name in ("loss", "G_L1", "loss_total"):
-                            self.metrics.training_loss.labels(plan.name, step.arm, step.kind).set(value)
-                        if name in ("images_per_s", "images_per_second"):
-                            self.metrics.throughput.labels(plan.name, step.arm, step.kind).set(value)
+                    for component, value in loss_components(metrics).items():
+                        self.metrics.training_loss.labels(plan.name, step.arm, step.kind, component).set(value)
+                    for name in THROUGHPUT_NAMES:
+                        if name in metrics:
+                            self.metrics.throughput.labels(plan.name, step.arm, step.kind).set(metrics[name])
             tracker.update(rec, persist=False)
 
         ctx = StepContext(self.store, self.dispatcher, plan, progress, cancel)

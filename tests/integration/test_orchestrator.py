@@ -56,6 +56,14 @@ def test_tiny_plan_runs_then_reruns_from_cache_and_replicas_share_the_arms(share
         assert {s.replica for s in trains} == set(services.addresses["segmenter"])
         assert status.report.key.endswith("index.html") and store.exists(status.report.key)
         assert 0.0 <= first.overhead_fraction < 1.0
+        # Prometheus: steps by kind, evaluation scores per arm, run outcome.
+        reg = manager.metrics.registry
+        assert reg.get_sample_value("synthaug_steps_finished_total", {"plan": "tiny", "kind": "segment_train", "state": "JOB_STATE_SUCCEEDED", "cached": "false"}) == 4
+        assert reg.get_sample_value("synthaug_runs_total", {"plan": "tiny", "state": "JOB_STATE_SUCCEEDED"}) == 1
+        assert reg.get_sample_value("synthaug_images_produced_total", {"plan": "tiny", "kind": "compose"}) == 8
+        for arm in ("real", "comp"):
+            assert reg.get_sample_value("synthaug_evaluation_score", {"plan": "tiny", "arm": arm, "metric": "mean_iou"}) is not None
+        assert reg.get_sample_value("synthaug_step_duration_seconds_count", {"plan": "tiny", "kind": "segment_train"}) == 4
 
         again = manager.run(plan)
         assert again.run_id == first.run_id

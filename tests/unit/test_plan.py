@@ -121,3 +121,12 @@ def test_dry_run_shows_the_graph(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "33 steps (0 cached)" in out
     assert "train arm=hybrid seed=2" in out and "compose GAN masks" in out
     assert main(["run", str(tmp_path / "missing.yaml"), "--dry-run"]) == 2
+
+
+def test_loss_components_of_progress_metrics() -> None:
+    from orchestrator.metrics import loss_components
+
+    segmenter_epoch = {"loss/loss_mask": 0.3, "loss/loss_classifier": 0.2, "images_per_s": 5.0, "val/iou": 0.7}
+    assert loss_components(segmenter_epoch) == {"loss_mask": 0.3, "loss_classifier": 0.2}
+    assert loss_components({"loss": 1.5, "lr": 0.01}) == {"total": 1.5}
+    assert loss_components({"G_L1": 20.0, "D_fake": 0.6, "pairs_per_s": 3.0}) == {"G_L1": 20.0, "D_fake": 0.6}

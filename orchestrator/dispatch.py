@@ -149,27 +149,35 @@ class ServicePool:
         on_event: Callable[[common_pb2.JobEvent], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> JobOutcome:
-        """Submit a job, follow it to the end, fail over on dead replicas. JobFailed on failure."""
+        """Submit a job, follow it to the end, fail over on lost replicas. JobFailed on failure.
+
+        Lost means: unreachable, no replica resolves, the event stream broke, or the replica
+        cancelled the job itself while shutting down (a rollout, a scale-down). The same
+        request then goes to a replica again, which resumes from the job's checkpoints.
+        """
         delay = self.backoff
         for attempt in range(1, self.attempts + 1):
-            replica = self._pick()
-            failed = True
+            replica: _Replica | None = None
+            lost = False
             try:
+                replica = self._pick()
                 outcome = self._follow(replica, submit, request, on_event, cancel)
                 outcome.attempts = attempt
-                failed = False
                 return outcome
-            except (grpc.RpcError, _StreamLost) as exc:
+            except (grpc.RpcError, _StreamLost, ServiceUnavailable) as exc:
                 code = exc.code() if isinstance(exc, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
-                if code not in RETRYABLE or attempt == self.attempts:
-                    if isinstance(exc, _StreamLost):
-                        raise ServiceUnavailable(f"{self.service}: job stream kept breaking on {replica.address}") from None
-                    raise _as_error(self.service, submit, exc) from None  # type: ignore[arg-type]
-                log.warning("%s replica %s lost during %s (%s); retrying in %.1fs", self.service, replica.address, submit, code.name, delay)
+                lost = code in RETRYABLE
+                if not lost or attempt == self.attempts or (cancel is not None and cancel.is_set()):
+                    if isinstance(exc, grpc.RpcError):
+                        raise _as_error(self.service, submit, exc) from None
+                    raise ServiceUnavailable(f"{self.service}: {exc or 'job stream kept breaking'} (after {attempt} attempts)") from None
+                where = replica.address if replica is not None else "(no replica)"
+                log.warning("%s replica %s lost during %s (%s); retrying in %.1fs", self.service, where, submit, code.name, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
             finally:
-                self._release(replica, failed=failed)
+                if replica is not None:
+                    self._release(replica, failed=lost)
         raise AssertionError("unreachable")
 
     def _follow(
@@ -182,41 +190,47 @@ class ServicePool:
     ) -> JobOutcome:
         stub = replica.stub
         ref = getattr(stub, submit)(request, timeout=120)
-        after = 0
         running_since: float | None = None
         running = 0.0
-        stream = stub.WatchJob(common_pb2.WatchJobRequest(job_id=ref.id, after_sequence=after))
-        canceller = None
+        stream = stub.WatchJob(common_pb2.WatchJobRequest(job_id=ref.id))
         if cancel is not None:
             def watch_cancel() -> None:
                 while not cancel.wait(0.2):
                     if stream.done():
                         return
+                if stream.done():
+                    return
                 try:
                     stub.CancelJob(common_pb2.CancelJobRequest(job_id=ref.id), timeout=10)
                 except grpc.RpcError as exc:
                     log.warning("cancel of job %s failed: %s", ref.id, exc.code().name)
 
-            canceller = threading.Thread(target=watch_cancel, daemon=True)
-            canceller.start()
-        for event in stream:
-            after = event.sequence
-            now = time.monotonic()
-            if event.state == common_pb2.JOB_STATE_RUNNING and running_since is None:
-                running_since = now
-            if event.state in TERMINAL and running_since is not None:
-                running += now - running_since
-                running_since = None
-            if on_event is not None:
-                on_event(event)
-            if event.state in TERMINAL:
-                break
+            threading.Thread(target=watch_cancel, name=f"cancel-{ref.id[:8]}", daemon=True).start()
+        try:
+            for event in stream:
+                now = time.monotonic()
+                if event.state == common_pb2.JOB_STATE_RUNNING and running_since is None:
+                    running_since = now
+                if event.state in TERMINAL and running_since is not None:
+                    running += now - running_since
+                    running_since = None
+                if on_event is not None:
+                    try:
+                        on_event(event)
+                    except Exception:  # progress display is best-effort; the job goes on
+                        log.exception("progress callback failed for job %s", ref.id)
+                if event.state in TERMINAL:
+                    break
+        finally:
+            stream.cancel()
         status = stub.GetJob(common_pb2.GetJobRequest(job_id=ref.id), timeout=30)
-        if status.state != common_pb2.JOB_STATE_SUCCEEDED:
-            if status.state not in TERMINAL:
-                raise _StreamLost()
-            raise JobFailed(status)
-        return JobOutcome(status.result, running, replica.address, 1)
+        if status.state == common_pb2.JOB_STATE_SUCCEEDED:
+            return JobOutcome(status.result, running, replica.address, 1)
+        if status.state not in TERMINAL:
+            raise _StreamLost(f"event stream of job {ref.id} ended early on {replica.address}")
+        if status.state == common_pb2.JOB_STATE_CANCELLED and not (cancel is not None and cancel.is_set()):
+            raise _StreamLost(f"{replica.address} cancelled job {ref.id} (shutting down)")
+        raise JobFailed(status)
 
     def close(self) -> None:
         with self._lock:

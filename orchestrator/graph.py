@@ -63,9 +63,6 @@ class Graph:
     plan: Plan
     steps: list[Step]  # topological order
 
-    def by_key(self) -> dict[str, Step]:
-        return {s.key: s for s in self.steps}
-
     def of_kind(self, kind: str) -> list[Step]:
         return [s for s in self.steps if s.kind == kind]
 
@@ -88,10 +85,12 @@ def _folder_fingerprint(path: str | None) -> dict[str, Any] | None:
         return {"missing": str(p)}
     h = hashlib.sha256()
     count = 0
-    for entry in sorted(os.scandir(p), key=lambda e: e.name):
-        if entry.is_file():
-            st = entry.stat()
-            h.update(f"{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for dirpath, dirs, files in os.walk(p):
+        dirs.sort()
+        for name in sorted(files):
+            full = Path(dirpath, name)
+            st = full.stat()
+            h.update(f"{full.relative_to(p).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
             count += 1
     return {"files": count, "digest": h.hexdigest()}
 
@@ -124,7 +123,10 @@ def build_graph(plan: Plan) -> Graph:
         return step
 
     dataset = add(Step("dataset", "dataset", dataset_params(plan)))
-    split = add(Step("split", "split", plan.split.model_dump(), {"dataset": dataset}))
+    split_params = plan.split.model_dump()
+    if plan.split.group_csv:
+        split_params["group_csv_fingerprint"] = _folder_fingerprint(plan.split.group_csv)
+    split = add(Step("split", "split", split_params, {"dataset": dataset}))
 
     compose = gan_masks = None
     if plan.max_composite > 0 or plan.max_gan > 0:

@@ -140,8 +140,10 @@ class SegmenterPlan(_Strict):
 class EvaluationPlan(_Strict):
     score_threshold: float = Field(default=0.5, ge=0, le=1)
     mask_threshold: float = Field(default=0.5, ge=0, le=1)
-    n_bootstrap: int = Field(default=1000, ge=0)
-    overlay_images: int = Field(default=8, ge=0)
+    #: Bootstrap resamples for confidence intervals (the evaluator's range).
+    n_bootstrap: int = Field(default=2000, ge=100, le=100_000)
+    #: Test images drawn with each arm's prediction in the report.
+    overlay_images: int = Field(default=8, ge=1, le=24)
 
 
 class ArmPlan(_Strict):
@@ -159,8 +161,8 @@ class Plan(_Strict):
     #: Seed of the synthetic data (backgrounds, composites, shared GAN): one pool for all arms.
     data_seed: int = Field(default=0, ge=0)
     dataset: DatasetSpec
-    #: Square side every image is resized to (None: keep the dataset's size).
-    image_size: int | None = Field(default=None, ge=32, le=4096)
+    #: Square side imported images are resized to, or "keep" (default: 256, as `synthaug import`).
+    image_size: int | Literal["keep"] | None = None
     split: SplitPlan = Field(default_factory=SplitPlan)
     compositor: CompositorPlan = Field(default_factory=CompositorPlan)
     gan: GanPlan = Field(default_factory=GanPlan)
@@ -185,6 +187,14 @@ class Plan(_Strict):
         if dup:
             raise ValueError(f"arm names must be unique; repeated: {dup}")
         return v
+
+    @model_validator(mode="after")
+    def _image_size_only_for_imports(self) -> "Plan":
+        if isinstance(self.image_size, int) and not 32 <= self.image_size <= 4096:
+            raise ValueError(f"image_size must be in [32, 4096] or 'keep', got {self.image_size}")
+        if self.image_size is not None and self.dataset.import_ is None:
+            raise ValueError("image_size resizes imported images; a demo dataset has its own `size`, a named dataset its stored size")
+        return self
 
     @property
     def max_composite(self) -> int:

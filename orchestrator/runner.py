@@ -7,6 +7,7 @@ does not throw away the others' training.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ from orchestrator.graph import Graph, Step
 from orchestrator.metrics import THROUGHPUT_NAMES, OrchestratorMetrics, loss_components
 from orchestrator.steps import LOCAL_EXECUTORS, SERVICE_EXECUTORS, StepContext, StepOutput, report_request
 from services.common.errors import JobCancelled, NotFound, SynthaugError
+from services.common.jobs import TERMINAL
 from services.common.store import ObjectStore, canonical_json, sha256_bytes
 from synthaug import CODE_VERSION
 from synthaug.v1 import common_pb2, orchestrator_pb2
@@ -26,7 +28,7 @@ from synthaug.v1 import common_pb2, orchestrator_pb2
 log = logging.getLogger(__name__)
 
 S = common_pb2
-TERMINAL = (S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED)
+MAX_EVENTS = 10_000
 
 
 def step_cache_key(step_key: str) -> str:
@@ -96,7 +98,9 @@ class RunTracker:
         self.report: common_pb2.ObjectRef | None = None
         self.started = time.monotonic()
         self.wall_seconds = 0.0
-        self._events: list[orchestrator_pb2.RunEvent] = []
+        # A bounded log: a watcher that falls more than MAX_EVENTS behind skips to the recent ones.
+        self._events: collections.deque[orchestrator_pb2.RunEvent] = collections.deque(maxlen=MAX_EVENTS)
+        self._sequence = 0
         self._cond = threading.Condition()
         self._last_persist = 0.0
 
@@ -106,7 +110,8 @@ class RunTracker:
 
     def update(self, record: StepRecord | None, persist: bool = True) -> None:
         with self._cond:
-            event = orchestrator_pb2.RunEvent(run=self.ref, sequence=len(self._events) + 1, run_state=self.state, time=time.time())
+            self._sequence += 1
+            event = orchestrator_pb2.RunEvent(run=self.ref, sequence=self._sequence, run_state=self.state, time=time.time())
             if record is not None:
                 event.step.CopyFrom(record.proto())
             self._events.append(event)
@@ -120,7 +125,10 @@ class RunTracker:
         now = time.monotonic()
         if persist or now - self._last_persist > 2.0:
             self._last_persist = now
-            self.store.put_bytes(f"runs/{self.run_id}/status.pb", self.status().SerializeToString())
+            try:
+                self.store.put_bytes(f"runs/{self.run_id}/status.pb", self.status().SerializeToString())
+            except Exception:  # the status file is for observers; the run itself goes on
+                log.warning("run %s: could not write its status to the store", self.run_id, exc_info=True)
 
     def status(self) -> orchestrator_pb2.RunStatus:
         st = orchestrator_pb2.RunStatus(run=self.ref, state=self.state, steps=[r.proto() for r in self.records.values()])
@@ -134,14 +142,15 @@ class RunTracker:
         last = after
         while True:
             with self._cond:
-                if len(self._events) <= last and self.state not in TERMINAL:
+                if self._sequence <= last and self.state not in TERMINAL:
                     self._cond.wait(timeout=0.5)
-                pending = self._events[last:]
+                pending = [e for e in self._events if e.sequence > last]
                 done = self.state in TERMINAL
+                newest = self._sequence
             for event in pending:
                 last = event.sequence
                 yield event
-            if done and last >= len(self._events):
+            if done and last >= newest:
                 return
             if not is_active():
                 return
@@ -200,73 +209,13 @@ class Runner:
         tracker.update(None)
         results: dict[str, common_pb2.JobResult] = {}
         failed: list[str] = []
-        executed = cached = 0
-        records = tracker.records
-        futures: dict[Future[StepOutput | common_pb2.JobResult], StepRecord] = {}
-        with ThreadPoolExecutor(max_workers=self.max_parallel, thread_name_prefix="step") as pool:
-            while True:
-                progressed = False
-                for step in graph.steps:
-                    rec = records[step.key]
-                    if rec.state != S.JOB_STATE_QUEUED or rec in futures.values():
-                        continue
-                    dep_states = [records[d.key].state for d in step.deps.values()]
-                    if any(s in (S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED) for s in dep_states) or cancel.is_set():
-                        rec.state = S.JOB_STATE_CANCELLED
-                        rec.message = "cancelled" if cancel.is_set() else "skipped: a step it depends on failed"
-                        tracker.update(rec)
-                        progressed = True
-                        continue
-                    if not all(s == S.JOB_STATE_SUCCEEDED for s in dep_states):
-                        continue
-                    hit = load_cached(self.store, step)
-                    if hit is not None:
-                        rec.state, rec.cached, rec.progress, rec.result, rec.message = S.JOB_STATE_SUCCEEDED, True, 1.0, hit, "cached"
-                        results[step.key] = hit
-                        cached += 1
-                        self._finished(tracker, rec)
-                        progressed = True
-                        continue
-                    rec.state = S.JOB_STATE_RUNNING
-                    rec.started = time.monotonic()
-                    rec.message = "started"
-                    tracker.update(rec)
-                    inputs = {role: results[d.key] for role, d in step.deps.items()}
-                    futures[pool.submit(self._execute, tracker, rec, inputs, results, cancel)] = rec
-                    progressed = True
-                if not futures:
-                    if progressed:
-                        continue
-                    break
-                done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
-                for fut in done:
-                    rec = futures.pop(fut)
-                    rec.finished = time.monotonic()
-                    try:
-                        out = fut.result()
-                        if isinstance(out, StepOutput):
-                            result, compute = out.result, out.compute_seconds
-                            rec.replica = out.replica
-                        else:
-                            result, compute = out, rec.finished - (rec.started or rec.finished)
-                        rec.compute = (rec.finished - compute, rec.finished)
-                        # The step's commit point: written only once its outputs exist.
-                        self.store.put_bytes(step_cache_key(rec.step.key), result.SerializeToString(deterministic=True))
-                        rec.result = result
-                        results[rec.step.key] = result
-                        rec.state, rec.progress, rec.message = S.JOB_STATE_SUCCEEDED, 1.0, "done"
-                        executed += 1
-                    except JobCancelled as exc:
-                        rec.state, rec.message = S.JOB_STATE_CANCELLED, str(exc)
-                    except Exception as exc:  # a failed step fails its run, never the orchestrator
-                        cancelled = cancel.is_set()
-                        rec.state = S.JOB_STATE_CANCELLED if cancelled else S.JOB_STATE_FAILED
-                        rec.message = str(exc) if isinstance(exc, SynthaugError) else f"{type(exc).__name__}: {exc}"
-                        if not isinstance(exc, SynthaugError):
-                            log.exception("step %s crashed", rec.step.label)
-                        if not cancelled:
-                            failed.append(f"{rec.step.label}: {rec.message}")
-                    self._finished(tracker, rec)
+        counts = {"executed": 0, "cached": 0}
+        try:
+            self._schedule(tracker, cancel, results, failed, counts)
+        finally:
+            if self.metrics:
+                self.metrics.runs_active.labels(plan.name).dec()
+        executed, cached = counts["executed"], counts["cached"]
         tracker.wall_seconds = time.monotonic() - tracker.started
         if cancel.is_set():
             tracker.state = S.JOB_STATE_CANCELLED
@@ -297,12 +246,94 @@ class Runner:
             },
         )
         if self.metrics:
-            self.metrics.runs_active.labels(plan.name).dec()
             self.metrics.runs.labels(plan.name, S.JobState.Name(tracker.state)).inc()
             if executed:
                 self.metrics.overhead.labels(plan.name).set(summary.overhead_fraction)
         tracker.update(None)
         return summary
+
+    def _schedule(
+        self,
+        tracker: RunTracker,
+        cancel: threading.Event,
+        results: dict[str, common_pb2.JobResult],
+        failed: list[str],
+        counts: dict[str, int],
+    ) -> None:
+        """Start every step whose dependencies succeeded, as threads allow, until none is left."""
+        graph = tracker.graph
+        records = tracker.records
+        futures: dict[Future[StepOutput | common_pb2.JobResult], StepRecord] = {}
+        with ThreadPoolExecutor(max_workers=self.max_parallel, thread_name_prefix="step") as pool:
+            try:
+                while True:
+                    progressed = False
+                    for step in graph.steps:
+                        rec = records[step.key]
+                        if rec.state != S.JOB_STATE_QUEUED or rec in futures.values():
+                            continue
+                        dep_states = [records[d.key].state for d in step.deps.values()]
+                        if any(s in (S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED) for s in dep_states) or cancel.is_set():
+                            rec.state = S.JOB_STATE_CANCELLED
+                            rec.message = "cancelled" if cancel.is_set() else "skipped: a step it depends on failed"
+                            tracker.update(rec)
+                            progressed = True
+                            continue
+                        if not all(s == S.JOB_STATE_SUCCEEDED for s in dep_states):
+                            continue
+                        hit = load_cached(self.store, step)
+                        if hit is not None:
+                            rec.state, rec.cached, rec.progress, rec.result, rec.message = S.JOB_STATE_SUCCEEDED, True, 1.0, hit, "cached"
+                            results[step.key] = hit
+                            counts["cached"] += 1
+                            self._finished(tracker, rec)
+                            progressed = True
+                            continue
+                        rec.state = S.JOB_STATE_RUNNING
+                        rec.started = time.monotonic()
+                        rec.message = "started"
+                        tracker.update(rec)
+                        inputs = {role: results[d.key] for role, d in step.deps.items()}
+                        futures[pool.submit(self._execute, tracker, rec, inputs, results, cancel)] = rec
+                        progressed = True
+                    if not futures:
+                        if progressed:
+                            continue
+                        break
+                    done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        rec = futures.pop(fut)
+                        rec.finished = time.monotonic()
+                        try:
+                            out = fut.result()
+                            if isinstance(out, StepOutput):
+                                result, compute = out.result, out.compute_seconds
+                                rec.replica = out.replica
+                            else:
+                                result, compute = out, rec.finished - (rec.started or rec.finished)
+                            rec.compute = (rec.finished - compute, rec.finished)
+                            # The step's commit point: written only once its outputs exist.
+                            self.store.put_bytes(step_cache_key(rec.step.key), result.SerializeToString(deterministic=True))
+                            rec.result = result
+                            results[rec.step.key] = result
+                            rec.state, rec.progress, rec.message = S.JOB_STATE_SUCCEEDED, 1.0, "done"
+                            counts["executed"] += 1
+                        except JobCancelled as exc:
+                            rec.state, rec.message = S.JOB_STATE_CANCELLED, str(exc)
+                        except Exception as exc:  # a failed step fails its run, never the orchestrator
+                            cancelled = cancel.is_set()
+                            rec.state = S.JOB_STATE_CANCELLED if cancelled else S.JOB_STATE_FAILED
+                            rec.message = str(exc) if isinstance(exc, SynthaugError) else f"{type(exc).__name__}: {exc}"
+                            if not isinstance(exc, SynthaugError):
+                                log.exception("step %s crashed", rec.step.label)
+                            if not cancelled:
+                                failed.append(f"{rec.step.label}: {rec.message}")
+                        self._finished(tracker, rec)
+            except BaseException:
+                # Ctrl-C or a crash of the scheduler: cancel the jobs in flight before the pool
+                # waits for their threads.
+                cancel.set()
+                raise
 
     def _execute(
         self,

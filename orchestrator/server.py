@@ -32,6 +32,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         plan = load_plan_text(request.plan_yaml, "submitted plan")
         if plan.dataset.import_ is not None:
             raise InvalidArgument("dataset.import reads local files, which a remote orchestrator cannot see: import first (`synthaug import … --store s3://…`) and name the dataset")
+        if plan.split.group_csv:
+            raise InvalidArgument("split.group_csv reads a local file, which a remote orchestrator cannot see: import with --metadata/--group-by and use split.existing")
         return self.runs.submit(plan, dry_run=request.dry_run)
 
     def GetRun(self, request: orchestrator_pb2.GetRunRequest, context: grpc.ServicerContext) -> orchestrator_pb2.RunStatus:

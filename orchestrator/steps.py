@@ -91,7 +91,7 @@ def run_dataset(step: Step, inputs: dict[str, common_pb2.JobResult], ctx: StepCo
     else:
         imp = params["import"]
         size = params.get("image_size")
-        options = ImportOptions(name="", size=size, split=None)
+        options = ImportOptions(name="", size=None if size == "keep" else (size or 256), split=None)
         if imp["format"] == "masks":
             from services.common.importers.masks import MaskOptions, import_masks
 

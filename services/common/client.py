@@ -8,10 +8,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.errors import SynthaugError
+from services.common.jobs import TERMINAL
 from services.common.runtime import DEFAULT_MAX_MESSAGE_BYTES
 from synthaug.v1 import common_pb2
 
-TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
 
 
 class JobFailed(SynthaugError):
@@ -24,6 +24,11 @@ class JobFailed(SynthaugError):
         super().__init__(f"job {status.job.id} ({status.job.kind}) ended {state}: {status.error.message or status.message}")
 
 
+#: HTTP/2 keepalive: a job's event stream can be idle for an hour; a replica on a dead node
+#: must still be noticed (the servers allow pings this often, see runtime.py).
+KEEPALIVE_MS = 30_000
+
+
 def open_channel(address: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.Channel:
     return grpc.insecure_channel(
         address,
@@ -31,6 +36,10 @@ def open_channel(address: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTE
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.enable_retries", 1),
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
         ],
     )
 

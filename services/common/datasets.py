@@ -420,8 +420,8 @@ class Dataset:
         prov = dict(self.provenance)
         prov["parents"] = [self.id]
         prov["params"] = {**prov.get("params", {}), "split": dict(split_params)}
-        prov["name"] = name or prov.get("name", "")
-        if name:
-            validate_name(name)
+        # The child is registered only under a name given here: a parent's name keeps
+        # pointing at the parent (a split never moves the user's name).
+        prov["name"] = validate_name(name) if name else ""
         manifest["synthaug"] = prov
         return write_manifest(self.store, manifest)

@@ -28,6 +28,12 @@ class NotFound(SynthaugError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class Unavailable(SynthaugError):
+    """This replica can't take the work now (draining, shutting down): try another. Maps to UNAVAILABLE."""
+
+    code = "UNAVAILABLE"
+
+
 class JobCancelled(SynthaugError):
     """Raised inside a job when it was cancelled; the job ends CANCELLED, not FAILED."""
 

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from services.common.errors import InvalidArgument, JobCancelled, NotFound, SynthaugError, error_code
+from services.common.errors import InvalidArgument, JobCancelled, NotFound, SynthaugError, Unavailable, error_code
 from services.common.store import ObjectStore
 from synthaug import CODE_VERSION
 from synthaug.v1 import common_pb2
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 JOB_PREFIX = "jobs"
 TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
 MAX_EVENTS_KEPT = 1000
+#: Progress events closer together than this are coalesced (a compositor reports every image).
+PROGRESS_INTERVAL_S = 0.25
 
 RunFn = Callable[["JobContext"], common_pb2.JobResult]
 
@@ -62,6 +64,7 @@ class JobContext:
         self.kind = job.ref.kind
         self.store = store
         self.work_prefix = f"{JOB_PREFIX}/{job.ref.id}/work/"
+        self._last_emit = float("-inf")
 
     @property
     def cancelled(self) -> bool:
@@ -72,8 +75,15 @@ class JobContext:
             raise JobCancelled(f"job {self.job_id} was cancelled")
 
     def progress(self, fraction: float, message: str = "", metrics: dict[str, float] | None = None) -> None:
-        """Report progress (0..1) and named figures; raises JobCancelled when cancelled."""
+        """Report progress (0..1) and named figures; raises JobCancelled when cancelled.
+
+        Reports closer together than PROGRESS_INTERVAL_S are dropped (the last one of a job
+        always arrives: its terminal event carries the result)."""
         self.check_cancelled()
+        now = time.monotonic()
+        if now - self._last_emit < PROGRESS_INTERVAL_S and fraction < 1.0:
+            return
+        self._last_emit = now
         self._job.emit(common_pb2.JOB_STATE_RUNNING, min(max(float(fraction), 0.0), 1.0), message, metrics)
 
 
@@ -91,10 +101,12 @@ class _Job:
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=MAX_EVENTS_KEPT))
     sequence: int = 0
-    cond: threading.Condition = field(default_factory=threading.Condition)
+    cond: threading.Condition = field(default_factory=lambda: threading.Condition(threading.RLock()))
 
     def emit(self, state: int, progress: float | None = None, message: str = "", metrics: dict[str, float] | None = None) -> None:
         with self.cond:
+            if self.state in TERMINAL and state != self.state:
+                return  # a late progress or cancel note never reopens a finished job
             self.state = state
             if progress is not None:
                 self.progress = progress
@@ -162,7 +174,7 @@ class JobManager:
         ref = common_pb2.JobRef(id=job_id, kind=kind)
         with self._lock:
             if self._closed:
-                raise SynthaugError(f"{self.service} is shutting down; submit to another replica")
+                raise Unavailable(f"{self.service} is shutting down; submit to another replica")
             existing = self._jobs.get(job_id)
             if existing is not None and existing.state not in (common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED):
                 return ref
@@ -177,9 +189,17 @@ class JobManager:
             job.emit(common_pb2.JOB_STATE_QUEUED, 0.0, "queued")
             self._jobs[job_id] = job
             self._queued.labels(self.service).inc()
-        self.store.put_json(f"{JOB_PREFIX}/{job_id}/job.json", {"kind": kind, "service": self.service, "request_type": request.DESCRIPTOR.full_name})
-        self.store.put_bytes(f"{JOB_PREFIX}/{job_id}/request.pb", request.SerializeToString(deterministic=True))
-        self._pool.submit(self._run, job, run)
+        try:
+            self.store.put_json(f"{JOB_PREFIX}/{job_id}/job.json", {"kind": kind, "service": self.service, "request_type": request.DESCRIPTOR.full_name})
+            self.store.put_bytes(f"{JOB_PREFIX}/{job_id}/request.pb", request.SerializeToString(deterministic=True))
+            self._pool.submit(self._run, job, run)
+        except BaseException:
+            # Never leave a job QUEUED that nothing will run: the next submission starts afresh.
+            with self._lock:
+                if self._jobs.get(job_id) is job:
+                    del self._jobs[job_id]
+            self._queued.labels(self.service).dec()
+            raise
         return ref
 
     def _load_result(self, job_id: str) -> common_pb2.JobResult | None:
@@ -281,14 +301,11 @@ class JobManager:
 
     def cancel(self, job_id: str) -> common_pb2.JobStatus:
         job = self._find(job_id)
-        if job.state not in TERMINAL:
-            job.cancel_requested.set()
-            job.emit(job.state, None, "cancel requested")
+        with job.cond:
+            if job.state not in TERMINAL:
+                job.cancel_requested.set()
+                job.emit(job.state, None, "cancel requested")
         return job.status()
-
-    def active_jobs(self) -> list[str]:
-        with self._lock:
-            return [jid for jid, j in self._jobs.items() if j.state not in TERMINAL]
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Refuse new jobs, cancel running ones (they resume from checkpoints elsewhere), wait."""

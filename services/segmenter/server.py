@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -83,6 +85,32 @@ def _progress(ctx: JobContext) -> Callable[[float, str, "dict[str, float] | None
     return report
 
 
+#: Folder that "file:PATH" weights must lie in; unset, "file:" weights are refused, so a
+#: request can never make the server read an arbitrary file of its host.
+WEIGHTS_DIR_ENV = "SYNTHAUG_WEIGHTS_DIR"
+MAX_WEIGHTS_BYTES = 2 * 1024**3
+
+
+def _read_weights_file(weights: str) -> bytes:
+    root = os.environ.get(WEIGHTS_DIR_ENV, "")
+    if not root:
+        raise InvalidArgument(
+            f"SegmenterConfig.weights {weights!r}: file weights are disabled on this server; "
+            f"set {WEIGHTS_DIR_ENV} to a folder of weight files, or put the file in the store and use store:KEY"
+        )
+    base = Path(root).resolve()
+    path = (base / weights[len("file:"):]).resolve()
+    if not path.is_relative_to(base):
+        raise InvalidArgument(f"SegmenterConfig.weights {weights!r}: outside {WEIGHTS_DIR_ENV}")
+    try:
+        size = path.stat().st_size
+        if size > MAX_WEIGHTS_BYTES:
+            raise InvalidArgument(f"SegmenterConfig.weights {weights!r}: {size} bytes exceeds {MAX_WEIGHTS_BYTES}")
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidArgument(f"SegmenterConfig.weights {weights!r}: {exc.strerror}") from None
+
+
 def _initial_weights(store: ObjectStore, weights: str) -> tuple[dict[str, torch.Tensor] | None, str]:
     """State dict for "store:KEY" / "file:PATH" weights (read with weights_only=True)."""
     if weights.startswith("store:"):
@@ -93,11 +121,7 @@ def _initial_weights(store: ObjectStore, weights: str) -> tuple[dict[str, torch.
         except (InvalidArgument, NotFound) as exc:
             raise InvalidArgument(f"SegmenterConfig.weights {weights!r}: {exc}") from None
     elif weights.startswith("file:"):
-        try:
-            with open(weights[len("file:"):], "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise InvalidArgument(f"SegmenterConfig.weights {weights!r}: {exc.strerror}") from None
+        data = _read_weights_file(weights)
     else:
         return None, ""
     return ck.state_dict_from(ck.from_bytes(data, f"weights {weights!r}"), f"weights {weights!r}"), weights
@@ -164,7 +188,7 @@ class SegmenterServicer(JobServicerMixin, segmenter_pb2_grpc.SegmenterServiceSer
     # -- Predict -----------------------------------------------------------------------------
     def SubmitPredict(self, request: segmenter_pb2.PredictRequest, context: Any) -> common_pb2.JobRef:
         what = "PredictRequest"
-        key = resolve_object(self.store, request.checkpoint, f"{what}.checkpoint")
+        key = resolve_object(self.store, request.checkpoint, f"{what}.checkpoint", verify=True)
         split = _split(request.split, f"{what}.split")
         dataset = Dataset.load(self.store, request.dataset)
         source = DatasetSplitSource(dataset, split)

@@ -33,12 +33,14 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FileStore
     root = tmp_path_factory.mktemp("orch")
     store = FileStore(root / "store")
     services = start_embedded(store.url, root / "logs")
-    proc, address = start_service("segmenter", store.url, root / "logs2")
-    wait_serving("segmenter", proc, address, root / "logs2" / "segmenter.log", timeout=180)
-    services.processes["segmenter-2"] = proc
-    services.addresses["segmenter"].append(address)
-    yield store, services
-    services.stop()
+    try:
+        proc, address = start_service("segmenter", store.url, root / "logs2")
+        services.processes["segmenter-2"] = proc
+        wait_serving("segmenter", proc, address, root / "logs2" / "segmenter.log", timeout=180)
+        services.addresses["segmenter"].append(address)
+        yield store, services
+    finally:
+        services.stop()
 
 
 def test_tiny_plan_runs_then_reruns_from_cache_and_replicas_share_the_arms(shared: tuple[FileStore, EmbeddedServices]) -> None:

@@ -130,3 +130,26 @@ def test_loss_components_of_progress_metrics() -> None:
     assert loss_components(segmenter_epoch) == {"loss_mask": 0.3, "loss_classifier": 0.2}
     assert loss_components({"loss": 1.5, "lr": 0.01}) == {"total": 1.5}
     assert loss_components({"G_L1": 20.0, "D_fake": 0.6, "pairs_per_s": 3.0}) == {"G_L1": 20.0, "D_fake": 0.6}
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"evaluation": {"n_bootstrap": 50}}, "evaluation.n_bootstrap: Input should be greater than or equal to 100"),
+        ({"evaluation": {"overlay_images": 100}}, "evaluation.overlay_images: Input should be less than or equal to 24"),
+        ({"image_size": 128}, "image_size resizes imported images"),
+    ],
+)
+def test_values_the_services_would_reject_fail_up_front(changes: dict, message: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_plan(plan_with(**changes))
+    assert message in str(info.value)
+
+
+def test_group_csv_content_enters_the_split_key(tmp_path: Path) -> None:
+    csv = tmp_path / "meta.csv"
+    csv.write_text("image,lesion_id\na,1\n")
+    plan = plan_with(split={"train": 0.6, "val": 0.2, "test": 0.2, "group_csv": str(csv), "group_column": "lesion_id"})
+    before = build_graph(parse_plan(plan)).of_kind("split")[0].key
+    csv.write_text("image,lesion_id\na,2\n")
+    assert build_graph(parse_plan(plan)).of_kind("split")[0].key != before

@@ -294,3 +294,30 @@ def test_target_of_an_image_without_instances_is_empty_not_an_error() -> None:
     masks[1, 3:5, 4:9] = True  # instance 0 is empty (pushed out by augmentation): dropped
     target = make_target(masks, np.array([1, 2]), 1)
     assert target["labels"].tolist() == [2] and target["boxes"].tolist() == [[4.0, 3.0, 9.0, 5.0]]
+
+
+def test_smaller_counts_take_a_prefix_so_arms_are_nested() -> None:
+    a = make_source("a", 60, size=16, seed=3)
+    b = make_source("b", 30, size=16, seed=4)
+    small = {img for _, img in sample_training_set([(a, 20)], seed=9)}
+    large = {img for _, img in sample_training_set([(a, 45)], seed=9)}
+    assert len(small) == 20 and len(large) == 45 and small < large
+    # A source draws the same images wherever it stands in the list.
+    alone = [img for _, img in sample_training_set([(b, 10)], seed=9)]
+    second = [img for src, img in sample_training_set([(a, 5), (b, 10)], seed=9) if src == 1]
+    assert alone == second
+
+
+def test_file_weights_are_confined_to_the_weights_dir(tmp_path, monkeypatch) -> None:
+    from services.segmenter.server import WEIGHTS_DIR_ENV, _read_weights_file
+
+    monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
+    with pytest.raises(InvalidArgument, match="file weights are disabled"):
+        _read_weights_file("file:/etc/passwd")
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    assert _read_weights_file("file:w.pt") == b"weights"
+    with pytest.raises(InvalidArgument, match="outside"):
+        _read_weights_file("file:../../etc/passwd")
+    with pytest.raises(InvalidArgument, match="outside"):
+        _read_weights_file("file:/etc/passwd")

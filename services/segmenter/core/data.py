@@ -12,6 +12,8 @@ of DataLoader workers or processes.
 """
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Protocol, Sequence
 
@@ -82,8 +84,18 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in key]))
 
 
+def _source_order(seed: int, source_name: str, n: int) -> np.ndarray:
+    """A seeded order of a source's images that depends only on (seed, source), so that a
+    smaller count takes a prefix of a larger one: arms are nested (real[:1000] ⊂ real[:1500]),
+    and a source draws the same images wherever it stands in the list."""
+    digest = hashlib.sha256(source_name.encode()).digest()
+    words = [int.from_bytes(digest[k:k + 4], "big") for k in range(0, 16, 4)]
+    return _rng(seed, *words, 0x5A4D).permutation(n)
+
+
 def sample_training_set(sources: Sequence[tuple[ExampleSource, int]], seed: int) -> list[tuple[int, int]]:
-    """Exactly ``count`` images of each source, drawn without replacement with ``seed``.
+    """Exactly ``count`` images of each source, drawn without replacement with ``seed``:
+    the first ``count`` of the source's seeded order (see `_source_order`).
 
     Returns (source index, image id) pairs, sorted. Raises InvalidArgument when a count is
     < 1 or larger than the source, or when the same source is listed twice (which would
@@ -102,7 +114,7 @@ def sample_training_set(sources: Sequence[tuple[ExampleSource, int]], seed: int)
             raise InvalidArgument(f"sources[{i}].count must be ≥ 1, got {count} ({source.name})")
         if count > len(ids):
             raise InvalidArgument(f"sources[{i}].count = {count} but {source.name} has only {len(ids)} images")
-        chosen = _rng(seed, i, 0x5A4D).choice(len(ids), size=count, replace=False)
+        chosen = _source_order(seed, source.name, len(ids))[:count]
         items.extend((i, ids[j]) for j in sorted(chosen.tolist()))
     return items
 

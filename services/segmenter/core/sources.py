@@ -19,7 +19,9 @@ class DatasetSplitSource:
 
     @property
     def name(self) -> str:
-        label = self.dataset.name or self.dataset.id
+        # The id names the content (the training-set order is keyed by this name); the
+        # registered name, when there is one, is for people reading error messages.
+        label = self.dataset.id + (f" ({self.dataset.name})" if self.dataset.name else "")
         return f"dataset {label} split {self.split or '(all)'}"
 
     @property

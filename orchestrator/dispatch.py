@@ -166,8 +166,10 @@ class ServicePool:
                 return outcome
             except (grpc.RpcError, _StreamLost, ServiceUnavailable) as exc:
                 code = exc.code() if isinstance(exc, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
-                lost = code in RETRYABLE
-                if not lost or attempt == self.attempts or (cancel is not None and cancel.is_set()):
+                cancelled_here = cancel is not None and cancel.is_set()
+                # A stream CANCELLED that we did not cancel: the replica closed it while stopping.
+                lost = code in RETRYABLE or (code == grpc.StatusCode.CANCELLED and not cancelled_here)
+                if not lost or attempt == self.attempts or cancelled_here:
                     if isinstance(exc, grpc.RpcError):
                         raise _as_error(self.service, submit, exc) from None
                     raise ServiceUnavailable(f"{self.service}: {exc or 'job stream kept breaking'} (after {attempt} attempts)") from None

@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Sequence
 
-from services.common.errors import InvalidArgument, NotFound, SynthaugError
+from services.common.cli_support import guarded
 from services.common.logs import configure_logging
 from synthaug import __version__
 
@@ -48,13 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(args.func(args))
-    except (InvalidArgument, NotFound) as exc:
-        sys.stderr.write(f"synthaug: error: {exc}\n")
-        return 2
-    except SynthaugError as exc:
-        sys.stderr.write(f"synthaug: failed: {exc}\n")
-        return 1
+        return guarded(args.func)(args)
     except KeyboardInterrupt:
         sys.stderr.write("synthaug: interrupted\n")
         return 130

@@ -12,7 +12,8 @@ import os
 import sys
 from typing import Any, Callable
 
-from services.common.errors import InvalidArgument, NotFound, SynthaugError
+from services.common.cli_support import guarded
+from services.common.errors import InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -150,27 +151,6 @@ def _print_summary(summary: Any, as_json: bool) -> None:
         print(json.dumps(asdict(summary), sort_keys=True))
     else:
         print("\n".join(summary.lines()))
-
-
-def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Map errors to exit codes here too, so the handlers behave the same under any main()."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except (InvalidArgument, NotFound) as exc:
-            sys.stderr.write(f"synthaug: error: {exc}\n")
-            return 2
-        except SynthaugError as exc:
-            sys.stderr.write(f"synthaug: failed: {exc}\n")
-            return 1
-        except OSError as exc:  # the store or a folder failed underneath us
-            log.debug("I/O failure", exc_info=True)
-            sys.stderr.write(f"synthaug: failed: {exc}\n")
-            return 1
-
-    run.__name__ = handler.__name__
-    return run
 
 
 # --- handlers ---------------------------------------------------------------------------------
@@ -349,7 +329,7 @@ def register(subparsers: Any) -> None:
                    "merged into the nearest larger component; 0 makes every component an instance (default 1%%)")
     p.add_argument("--category", default="lesion", help="category name of the instances (default lesion)")
     _add_import_common(p)
-    p.set_defaults(func=_guard(_cmd_import_masks))
+    p.set_defaults(func=guarded(_cmd_import_masks))
 
     p = imports.add_parser(
         "coco",
@@ -363,7 +343,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--annotations", required=True, metavar="JSON", help="COCO instances JSON")
     p.add_argument("--images", required=True, metavar="DIR", help="folder the JSON's file_name entries are relative to")
     _add_import_common(p)
-    p.set_defaults(func=_guard(_cmd_import_coco))
+    p.set_defaults(func=guarded(_cmd_import_coco))
 
     datasets = _subcommand_group(subparsers, "dataset", "datasets in the store: demo data, list, show")
     p = datasets.add_parser(
@@ -389,16 +369,16 @@ def register(subparsers: Any) -> None:
                    help=f"generator processes (default {_default_workers()})")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_split(p)
-    p.set_defaults(func=_guard(_cmd_dataset_demo))
+    p.set_defaults(func=guarded(_cmd_dataset_demo))
 
     p = datasets.add_parser("list", help="named datasets in the store", description="List the named datasets in the store.")
     _add_store(p)
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_guard(_cmd_dataset_list))
+    p.set_defaults(func=guarded(_cmd_dataset_list))
 
     p = datasets.add_parser("show", help="one dataset: counts, splits, categories, provenance",
                             description="Show a dataset's counts, splits, categories and provenance.")
     p.add_argument("dataset", metavar="NAME_OR_ID", help="registered name or 32-hex id")
     _add_store(p)
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_guard(_cmd_dataset_show))
+    p.set_defaults(func=guarded(_cmd_dataset_show))

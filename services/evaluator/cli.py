@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.common.errors import InvalidArgument, NotFound, SynthaugError
+from services.common.cli_support import guarded
+from services.common.errors import NotFound
 from services.evaluator.core.coco import GroundTruth, Predictions, predictions_from_results
 from services.evaluator.core.evaluate import DEFAULT_SCORE_THRESHOLD, EvalConfig, evaluate
 from services.evaluator.core.sources import load_predictions, load_truth, truth_from_dataset
@@ -94,18 +95,11 @@ def _summary(ev: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def handle_evaluate(args: argparse.Namespace) -> int:
-    try:
-        truth, preds = _load(args)
-        config = EvalConfig(score_threshold=args.score_threshold, n_bootstrap=args.n_bootstrap, seed=args.seed,
-                            coco_ap=not args.no_coco_ap)
-        ev = evaluate(truth, preds, config, predictions_source=str(args.pred))
-    except (InvalidArgument, NotFound) as exc:
-        sys.stderr.write(f"synthaug evaluate: error: {exc}\n")
-        return 2
-    except SynthaugError as exc:
-        sys.stderr.write(f"synthaug evaluate: failed: {exc}\n")
-        return 1
+def _evaluate(args: argparse.Namespace) -> int:
+    truth, preds = _load(args)
+    config = EvalConfig(score_threshold=args.score_threshold, n_bootstrap=args.n_bootstrap, seed=args.seed,
+                        coco_ap=not args.no_coco_ap)
+    ev = evaluate(truth, preds, config, predictions_source=str(args.pred))
     text = json.dumps(ev, indent=1, allow_nan=False)
     if args.output is not None:
         args.output.write_text(text + "\n", encoding="utf-8")
@@ -121,3 +115,6 @@ def handle_evaluate(args: argparse.Namespace) -> int:
         sys.stderr.write(f"synthaug evaluate: warning: {w}\n")
     sys.stdout.write(text + "\n" if args.json else _summary(ev))
     return 0
+
+
+handle_evaluate = guarded(_evaluate, prog="synthaug evaluate")

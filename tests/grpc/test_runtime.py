@@ -12,7 +12,6 @@ from typing import Iterator
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.client import JobFailed, health_status, open_channel, wait_job

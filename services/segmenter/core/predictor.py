@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from torch import nn
 from services.common.errors import InvalidArgument
 from services.evaluator.core.metrics import pixel_scores, union_of_instances
 from services.segmenter.core.checkpoints import from_bytes, state_dict_from
-from services.segmenter.core.data import CategoryMap, Example, ExampleSource, image_to_tensor
+from services.segmenter.core.data import CategoryMap, ExampleSource, image_to_tensor
 from services.segmenter.core.models import ModelSpec, build_model, load_state_dict_into
 
 Progress = Callable[[float, str, "dict[str, float] | None"], None]

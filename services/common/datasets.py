@@ -29,6 +29,13 @@ _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+def validate_split(value: str, field: str) -> str:
+    """A split name from a request; InvalidArgument naming the request field otherwise."""
+    if value not in SPLITS:
+        raise InvalidArgument(f"{field} must be one of train, val, test or '' (all), got {value!r}")
+    return value
+
+
 def manifest_key(dataset_id: str) -> str:
     return f"{DATASET_PREFIX}/{dataset_id}/dataset.json"
 
@@ -250,6 +257,7 @@ class DatasetWriter:
 
 
 def write_manifest(store: ObjectStore, manifest: dict[str, Any]) -> common_pb2.DatasetRef:
+    store.flush()  # every image the manifest names is durable before the manifest exists
     data = canonical_json(manifest)
     dataset_id = sha256_bytes(data)[:32]
     key = manifest_key(dataset_id)

@@ -145,6 +145,10 @@ class ObjectStore(ABC):
             self.put_bytes(key, data, content_type=content_type)
         return ObjectInfo(key=key, sha256=digest, size=len(data))
 
+    def flush(self) -> None:
+        """Make every object written so far durable (FileStore blobs are written without a
+        per-file fsync). Called before a commit point such as a dataset manifest."""
+
     def check_bucket(self, bucket: str, what: str = "object") -> None:
         """A reference from another component must point into this store."""
         if bucket and bucket != self.bucket:
@@ -163,7 +167,7 @@ class FileStore(ObjectStore):
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
 
-    def _atomic_write(self, key: str, fill: Callable[[BinaryIO], None]) -> ObjectInfo:
+    def _atomic_write(self, key: str, fill: Callable[[BinaryIO], None], durable: bool = True) -> ObjectInfo:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".tmp-{uuid.uuid4().hex}"
@@ -187,7 +191,8 @@ class FileStore(ObjectStore):
             with open(tmp, "wb") as raw:
                 fill(_Hashing(raw))  # type: ignore[arg-type]
                 raw.flush()
-                os.fsync(raw.fileno())
+                if durable:
+                    os.fsync(raw.fileno())
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -196,6 +201,18 @@ class FileStore(ObjectStore):
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectInfo:
         return self._atomic_write(key, lambda f: f.write(data))
+
+    def put_blob(self, data: bytes, suffix: str = "", content_type: str = "application/octet-stream") -> ObjectInfo:
+        """Blobs skip the per-file fsync (it would cost more than composing the image): the
+        writer of a manifest calls `flush()` once before the manifest that names them."""
+        digest = sha256_bytes(data)
+        key = blob_key(digest, suffix)
+        if not self.exists(key):
+            self._atomic_write(key, lambda f: f.write(data), durable=False)
+        return ObjectInfo(key=key, sha256=digest, size=len(data))
+
+    def flush(self) -> None:
+        os.sync()  # once per dataset: also covers blobs that worker processes wrote
 
     def put_file(self, key: str, path: str | os.PathLike[str], content_type: str = "application/octet-stream") -> ObjectInfo:
         def fill(out: BinaryIO) -> None:

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from services.common.datasets import SPLITS, Dataset, validate_name
+from services.common.datasets import Dataset, validate_name, validate_split
 from services.common.errors import InvalidArgument
 from services.common.jobs import JobContext, JobServicerMixin
 from services.common.refs import object_ref, resolve_object
@@ -55,11 +55,6 @@ def compose_params(msg: compositor_pb2.ComposeParams) -> ComposeParams:
     return dataclasses.replace(ComposeParams(), **changes).validate()
 
 
-def _split(value: str, what: str) -> str:
-    if value not in SPLITS:
-        raise InvalidArgument(f"{what}.split must be one of train, val, test or '' (all), got {value!r}")
-    return value
-
 
 def _progress(ctx: JobContext):  # type: ignore[no-untyped-def]
     def report(fraction: float, message: str = "", metrics: dict[str, float] | None = None) -> None:
@@ -74,7 +69,7 @@ class CompositorServicer(JobServicerMixin, compositor_pb2_grpc.CompositorService
 
     def SubmitExtractForegrounds(self, request: compositor_pb2.ExtractForegroundsRequest, context: Any) -> common_pb2.JobRef:
         what = "ExtractForegroundsRequest"
-        split = _split(request.split, what)
+        split = validate_split(request.split, f"{what}.split")
         if request.min_area < 0:
             raise InvalidArgument(f"{what}.min_area must be ≥ 0, got {request.min_area}")
         if not 0 <= request.feather_sigma <= 50:
@@ -120,7 +115,7 @@ class CompositorServicer(JobServicerMixin, compositor_pb2_grpc.CompositorService
         dataset = None
         if has_dataset:
             dataset = Dataset.load(self.store, request.dataset)
-            split = _split(request.split, what)
+            split = validate_split(request.split, f"{what}.split")
             if not dataset.image_records(split):
                 raise InvalidArgument(f"{what}.dataset {dataset.id}: split {split or '(all)'!r} has no images")
         else:

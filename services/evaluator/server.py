@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from services.common.datasets import SPLITS, Dataset
+from services.common.datasets import Dataset, validate_split
 from services.common.errors import InvalidArgument
 from services.common.jobs import JobContext, JobServicerMixin, job_id_for
 from services.common.refs import object_ref, resolve_object
@@ -41,11 +41,6 @@ def _n_bootstrap(value: int, what: str) -> int:
     return value
 
 
-def _split(value: str, what: str) -> str:
-    if value not in SPLITS:
-        raise InvalidArgument(f"{what}.split must be one of train, val, test or '' (all), got {value!r}")
-    return value
-
 
 def eval_config(request: evaluator_pb2.EvaluateRequest) -> EvalConfig:
     config = EvalConfig(
@@ -70,7 +65,7 @@ class EvaluatorServicer(JobServicerMixin, evaluator_pb2_grpc.EvaluatorServiceSer
 
     def SubmitEvaluate(self, request: evaluator_pb2.EvaluateRequest, context: Any) -> common_pb2.JobRef:
         config = eval_config(request)
-        split = _split(request.split, "EvaluateRequest")
+        split = validate_split(request.split, "EvaluateRequest.split")
         if not request.HasField("truth"):
             raise InvalidArgument("EvaluateRequest.truth: a dataset reference is required")
         if not request.HasField("predictions"):
@@ -130,7 +125,7 @@ class EvaluatorServicer(JobServicerMixin, evaluator_pb2_grpc.EvaluatorServiceSer
         if overlay > MAX_OVERLAY_IMAGES:
             raise InvalidArgument(f"ReportRequest.overlay_images must be ≤ {MAX_OVERLAY_IMAGES}, got {overlay}")
         n_boot = _n_bootstrap(request.n_bootstrap, "ReportRequest")
-        split = _split(request.split, "ReportRequest")
+        split = validate_split(request.split, "ReportRequest.split")
         prefix = request.prefix or f"reports/{job_id_for('evaluator.Report', request)}/"
         if not prefix.endswith("/"):
             prefix += "/"

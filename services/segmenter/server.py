@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from services.common.datasets import SPLITS, Dataset
+from services.common.datasets import Dataset, validate_split
 from services.common.errors import InvalidArgument, NotFound
 from services.common.jobs import JobContext, JobServicerMixin
 from services.common.refs import object_ref, resolve_object
@@ -72,11 +72,6 @@ class StoreCheckpointIO:
     def remove(self, name: str) -> None:
         self.store.delete(self.prefix + name)
 
-
-def _split(value: str, what: str) -> str:
-    if value not in SPLITS:
-        raise InvalidArgument(f"{what} must be one of train, val, test or '' (all), got {value!r}")
-    return value
 
 
 def _progress(ctx: JobContext) -> Callable[[float, str, "dict[str, float] | None"], None]:
@@ -136,12 +131,12 @@ def prepare_trainer(store: ObjectStore, request: segmenter_pb2.SegmenterTrainReq
         raise InvalidArgument(f"{what}.sources is empty: name at least one (dataset, split, count)")
     sources = []
     for i, src in enumerate(request.sources):
-        split = _split(src.split, f"{what}.sources[{i}].split")
+        split = validate_split(src.split, f"{what}.sources[{i}].split")
         dataset = Dataset.load(store, src.dataset)
         if not dataset.manifest.get("annotations"):
             raise InvalidArgument(f"{what}.sources[{i}]: dataset {dataset.name or dataset.id} has no annotations")
         sources.append((DatasetSplitSource(dataset, split), int(src.count)))
-    val_split = _split(request.val_split or "val", f"{what}.val_split")
+    val_split = validate_split(request.val_split or "val", f"{what}.val_split")
     has_val = bool(request.val_dataset.id or request.val_dataset.name)
     val_dataset = Dataset.load(store, request.val_dataset) if has_val else sources[0][0].dataset
     val = DatasetSplitSource(val_dataset, val_split)
@@ -189,7 +184,7 @@ class SegmenterServicer(JobServicerMixin, segmenter_pb2_grpc.SegmenterServiceSer
     def SubmitPredict(self, request: segmenter_pb2.PredictRequest, context: Any) -> common_pb2.JobRef:
         what = "PredictRequest"
         key = resolve_object(self.store, request.checkpoint, f"{what}.checkpoint", verify=True)
-        split = _split(request.split, f"{what}.split")
+        split = validate_split(request.split, f"{what}.split")
         dataset = Dataset.load(self.store, request.dataset)
         source = DatasetSplitSource(dataset, split)
         if not source.image_ids():

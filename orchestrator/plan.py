@@ -8,7 +8,7 @@ messages and checked against them here, field by field.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 from google.protobuf import json_format
@@ -88,12 +88,37 @@ class SplitPlan(_Strict):
         return self
 
 
-def _check_proto(message_type: type[Message], value: dict[str, Any], where: str) -> dict[str, Any]:
+def _check_proto(message_type: type[Message], value: dict[str, Any], where: str, convert: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """Parse into the service's message, then run the service's own conversion and checks, so a
+    value the service would refuse fails now rather than after hours of earlier steps."""
     try:
-        json_format.ParseDict(value, message_type())
+        message = json_format.ParseDict(value, message_type())
     except json_format.ParseError as exc:
         raise ValueError(f"{where}: {exc}") from None
+    if convert is not None:
+        try:
+            convert(message)
+        except InvalidArgument as exc:
+            raise ValueError(str(exc)) from None
     return value
+
+
+def _compose_params(message: Any) -> Any:
+    from services.compositor.server import compose_params
+
+    return compose_params(message)
+
+
+def _gan_config(message: Any) -> Any:
+    from services.gan.config import GanConfig
+
+    return GanConfig.from_proto(message)
+
+
+def _segmenter_config(message: Any) -> Any:
+    from services.segmenter.server import train_config
+
+    return train_config(message, seed=0)
 
 
 class CompositorPlan(_Strict):
@@ -109,7 +134,7 @@ class CompositorPlan(_Strict):
     @field_validator("params")
     @classmethod
     def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _check_proto(compositor_pb2.ComposeParams, v, "ComposeParams")
+        return _check_proto(compositor_pb2.ComposeParams, v, "ComposeParams", _compose_params)
 
 
 class GanPlan(_Strict):
@@ -123,7 +148,7 @@ class GanPlan(_Strict):
     @field_validator("config")
     @classmethod
     def _config(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _check_proto(gan_pb2.GanConfig, v, "GanConfig")
+        return _check_proto(gan_pb2.GanConfig, v, "GanConfig", _gan_config)
 
 
 class SegmenterPlan(_Strict):
@@ -134,7 +159,7 @@ class SegmenterPlan(_Strict):
     @field_validator("config")
     @classmethod
     def _config(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _check_proto(segmenter_pb2.SegmenterConfig, v, "SegmenterConfig")
+        return _check_proto(segmenter_pb2.SegmenterConfig, v, "SegmenterConfig", _segmenter_config)
 
 
 class EvaluationPlan(_Strict):

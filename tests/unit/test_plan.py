@@ -138,6 +138,9 @@ def test_loss_components_of_progress_metrics() -> None:
         ({"evaluation": {"n_bootstrap": 50}}, "evaluation.n_bootstrap: Input should be greater than or equal to 100"),
         ({"evaluation": {"overlay_images": 100}}, "evaluation.overlay_images: Input should be less than or equal to 24"),
         ({"image_size": 128}, "image_size resizes imported images"),
+        ({"segmenter": {"config": {"architecture": "unet"}}}, "segmenter.config: SegmenterConfig.architecture"),
+        ({"gan": {"config": {"norm": "layer"}}}, "gan.config: GanConfig.norm"),
+        ({"compositor": {"params": {"min_objects": 3, "max_objects": 2}}}, "compositor.params"),
     ],
 )
 def test_values_the_services_would_reject_fail_up_front(changes: dict, message: str) -> None:

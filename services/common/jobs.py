@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 JOB_PREFIX = "jobs"
 TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
 MAX_EVENTS_KEPT = 1000
-#: Progress events closer together than this are coalesced (a compositor reports every image).
-PROGRESS_INTERVAL_S = 0.25
 
 RunFn = Callable[["JobContext"], common_pb2.JobResult]
 
@@ -64,7 +62,6 @@ class JobContext:
         self.kind = job.ref.kind
         self.store = store
         self.work_prefix = f"{JOB_PREFIX}/{job.ref.id}/work/"
-        self._last_emit = float("-inf")
 
     @property
     def cancelled(self) -> bool:
@@ -77,13 +74,9 @@ class JobContext:
     def progress(self, fraction: float, message: str = "", metrics: dict[str, float] | None = None) -> None:
         """Report progress (0..1) and named figures; raises JobCancelled when cancelled.
 
-        Reports closer together than PROGRESS_INTERVAL_S are dropped (the last one of a job
-        always arrives: its terminal event carries the result)."""
+        Every report becomes an event (an epoch's losses must never be dropped), so callers
+        report at a human rate: per epoch, per percent of a long loop, every few seconds."""
         self.check_cancelled()
-        now = time.monotonic()
-        if now - self._last_emit < PROGRESS_INTERVAL_S and fraction < 1.0:
-            return
-        self._last_emit = now
         self._job.emit(common_pb2.JOB_STATE_RUNNING, min(max(float(fraction), 0.0), 1.0), message, metrics)
 
 

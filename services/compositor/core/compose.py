@@ -27,6 +27,7 @@ from services.compositor.core.transforms import (
 )
 
 _POISSON_PAD = 4
+_LUMA = (0.299, 0.587, 0.114)
 
 
 class Assets(Protocol):
@@ -41,6 +42,26 @@ class Assets(Protocol):
     def background(self, i: int) -> np.ndarray:
         """RGB uint8 background `i` (any size; cropped/resized to the output size here)."""
 
+    def foreground_stats(self, i: int, dark_threshold: int) -> "ForegroundStats":
+        """`foreground_stats` of foreground `i`, computed once per asset (not once per paste)."""
+
+
+@dataclass(frozen=True)
+class ForegroundStats:
+    """What colour jitter and tone matching need to know about a foreground's pixels.
+
+    Measured on the asset itself rather than on each resized paste: a mean does not depend
+    on the paste's scale, and this saves two colour conversions and masked means per object.
+    """
+
+    mean_grey: float               # of the object (alpha ≥ 128); the contrast pivot
+    skin: np.ndarray | None        # mean RGB of the original surroundings (alpha 0, not dark)
+
+
+def foreground_stats(rgba: np.ndarray, dark_threshold: int) -> ForegroundStats:
+    rgba = np.ascontiguousarray(rgba)
+    return ForegroundStats(object_mean_grey(rgba), _source_skin(rgba, dark_threshold))
+
 
 @dataclass
 class InMemoryAssets:
@@ -49,6 +70,7 @@ class InMemoryAssets:
     foregrounds: Sequence[np.ndarray]
     categories: Sequence[int]
     backgrounds: Sequence[np.ndarray]
+    _stats: dict[tuple[int, int], ForegroundStats] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def num_foregrounds(self) -> int:
@@ -63,6 +85,12 @@ class InMemoryAssets:
 
     def background(self, i: int) -> np.ndarray:
         return self.backgrounds[i]
+
+    def foreground_stats(self, i: int, dark_threshold: int) -> ForegroundStats:
+        stats = self._stats.get((i, dark_threshold))
+        if stats is None:
+            stats = self._stats[(i, dark_threshold)] = foreground_stats(self.foregrounds[i], dark_threshold)
+        return stats
 
 
 @dataclass
@@ -103,7 +131,7 @@ def _prepare_background(bg: np.ndarray, p: ComposeParams, rng: np.random.Generat
     b = p.background_brightness.sample(rng)
     c = p.background_contrast.sample(rng)
     if b != 1.0 or c != 1.0:
-        mean = float(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY).mean())
+        mean = float(np.dot(cv2.mean(out)[:3], _LUMA))  # mean grey, without a grey image
         out = cv2.LUT(out, brightness_contrast_lut(mean, b, c))
     audit = {"crop": [x0, y0, side], "flip_h": hflip, "flip_v": vflip, "rot90": k,
              "brightness": round(b, 6), "contrast": round(c, 6)}
@@ -168,12 +196,11 @@ def _destination_skin(canvas: np.ndarray, box: tuple[int, int, int, int], dark_t
 def _alpha_for_blend(fg: np.ndarray, p: ComposeParams) -> np.ndarray:
     alpha = fg[..., 3]
     if p.blend == "gaussian":
-        a = cv2.GaussianBlur(alpha, (0, 0), sigmaX=p.blend_sigma, sigmaY=p.blend_sigma,
-                             borderType=cv2.BORDER_CONSTANT)
-        return a.astype(np.float32) * np.float32(1.0 / 255.0)
-    if p.blend == "poisson":
+        alpha = cv2.GaussianBlur(alpha, (0, 0), sigmaX=p.blend_sigma, sigmaY=p.blend_sigma,
+                                 borderType=cv2.BORDER_CONSTANT)
+    elif p.blend == "poisson":
         return (alpha >= 128).astype(np.float32)
-    return alpha.astype(np.float32) * np.float32(1.0 / 255.0)
+    return np.multiply(alpha, np.float32(1.0 / 255.0), dtype=np.float32)
 
 
 def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) -> Composite:
@@ -211,25 +238,22 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
         if max(rw, rh) > size - 2:  # larger than the canvas: scale down to fit, never clip
             factor *= (size - 2) / max(rw, rh)
         small = resize_rgba(rgba, factor)
-        mean_grey = object_mean_grey(small) if jitter["contrast"] != 1.0 else 128.0
-        skin = _source_skin(small, p.dark_threshold) if p.tone_match > 0 else None
+        stats = assets.foreground_stats(fi, p.dark_threshold)
         # colour is applied after placement, in one pass with the tone gains (it never
         # changes alpha, so placement does not depend on it)
         fg = rotate_expand(flip_rgba(small, hflip, vflip), angle, margin)
         hard = fg[..., 3] >= 128
-        rows, cols = np.flatnonzero(hard.any(axis=1)), np.flatnonzero(hard.any(axis=0))
+        tx0, ty0, tw, th = cv2.boundingRect(hard.view(np.uint8))  # tight box of the object
         record: dict[str, Any] = {
             "foreground": fi, "category_id": int(category), "flip_h": hflip, "flip_v": vflip,
             "scale": round(scale, 6), "rotation": round(angle, 6),
             **{k: round(v, 6) for k, v in jitter.items()},
         }
-        if rows.size == 0:
+        if tw == 0:
             record["status"] = "empty"
             skipped += 1
             objects.append(record)
             continue
-        ty0, ty1, tx0, tx1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        tw, th = tx1 - tx0, ty1 - ty0
         pos = None if (tw > size or th > size) else _find_position(
             rng, size, tw, th, placed_boxes, p, usable_int)
         if pos is None:
@@ -240,39 +264,46 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
         bx, by = pos
         ox, oy = bx - tx0, by - ty0  # crop origin in image coordinates (may be negative)
         gains = None
-        if skin is not None:
+        if p.tone_match > 0 and stats.skin is not None:
             target = _destination_skin(canvas, (bx, by, tw, th), p.dark_threshold)
             if target is not None:
-                gains = tone_gains(skin, target, p.tone_match)
+                gains = tone_gains(stats.skin, target, p.tone_match)
                 record["tone_gains"] = [round(float(g), 6) for g in gains]
+        color = None
         if gains is not None or any(v != (0.0 if k == "hue_degrees" else 1.0) for k, v in jitter.items()):
-            fg = apply_color(fg, color_matrix(**jitter, mean_grey=mean_grey, gains=gains))
+            mean_grey = stats.mean_grey if jitter["contrast"] != 1.0 else 128.0
+            color = color_matrix(**jitter, mean_grey=mean_grey, gains=gains)
         ch, cw = fg.shape[:2]
         ix0, iy0, ix1, iy1 = max(0, ox), max(0, oy), min(size, ox + cw), min(size, oy + ch)
-        crop = fg[iy0 - oy:iy1 - oy, ix0 - ox:ix1 - ox]
-        alpha = np.ascontiguousarray(_alpha_for_blend(fg, p)[iy0 - oy:iy1 - oy, ix0 - ox:ix1 - ox])
+        inside = (slice(iy0 - oy, iy1 - oy), slice(ix0 - ox, ix1 - ox))  # the part on the canvas
+        alpha = np.ascontiguousarray(_alpha_for_blend(fg, p)[inside])
         if p.blend == "poisson":
+            if color is not None:
+                fg = apply_color(fg, color)
             canvas = _poisson_paste(canvas, fg, hard, (bx, by, tw, th))
         else:
-            rgb = cv2.cvtColor(crop, cv2.COLOR_RGBA2RGB)
+            rgb = cv2.cvtColor(fg[inside], cv2.COLOR_RGBA2RGB)
+            if color is not None:  # RGB only: the 3×4 part of the RGBA matrix
+                rgb = cv2.transform(rgb, color[:3, [0, 1, 2, 4]])
             region = np.ascontiguousarray(canvas[iy0:iy1, ix0:ix1])
             canvas[iy0:iy1, ix0:ix1] = cv2.blendLinear(rgb, region, alpha, 1.0 - alpha)
+        # occlusion: each earlier object's weight map (over its own canvas region) loses
+        # (1 - alpha) of this one where the regions intersect
         for wmap, (rx0, ry0, rx1, ry1) in zip(weights, regions):
-            if rx0 < ix1 and ix0 < rx1 and ry0 < iy1 and iy0 < ry1:
-                wmap[iy0:iy1, ix0:ix1] *= (1.0 - alpha)
-        wmap = np.zeros((size, size), dtype=np.float32)
-        wmap[iy0:iy1, ix0:ix1] = alpha
-        weights.append(wmap)
+            x0, y0, x1, y1 = max(rx0, ix0), max(ry0, iy0), min(rx1, ix1), min(ry1, iy1)
+            if x0 < x1 and y0 < y1:
+                wmap[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0] *= 1.0 - alpha[y0 - iy0:y1 - iy0, x0 - ix0:x1 - ix0]
+        weights.append(alpha)
         regions.append((ix0, iy0, ix1, iy1))
         placed_boxes.append((bx, by, bx + tw, by + th))
         record.update(status="placed", box=[bx, by, tw, th], pasted_area=int(np.count_nonzero(alpha > 0.5)))
         objects.append(record)
 
-    masks: list[np.ndarray] = []
     labels: list[int] = []
+    kept: list[tuple[np.ndarray, tuple[int, int, int, int]]] = []
     dropped = 0
     placed_records = [r for r in objects if r["status"] == "placed"]
-    for record, wmap in zip(placed_records, weights):
+    for record, wmap, box in zip(placed_records, weights, regions):
         mask = wmap > 0.5
         visible = int(np.count_nonzero(mask))
         pasted = record["pasted_area"]
@@ -282,10 +313,12 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
             record["status"] = "dropped"
             dropped += 1
             continue
-        record["instance"] = len(masks)
-        masks.append(mask)
+        record["instance"] = len(kept)
+        kept.append((mask, box))
         labels.append(record["category_id"])
-    mask_array = np.stack(masks) if masks else np.zeros((0, size, size), dtype=bool)
+    mask_array = np.zeros((len(kept), size, size), dtype=bool)
+    for m, (mask, (rx0, ry0, rx1, ry1)) in enumerate(kept):
+        mask_array[m, ry0:ry1, rx0:rx1] = mask
     audit = {"seed": int(seed), "index": int(index), "background": bg_audit, "objects": objects,
              "requested": count, "skipped": skipped, "dropped": dropped}
     return Composite(image=canvas, masks=mask_array, labels=np.asarray(labels, dtype=np.int64), audit=audit)

@@ -23,7 +23,7 @@ from services.common.errors import InvalidArgument
 from services.common.imageio import decode_image, encode_png
 from services.common.store import ObjectInfo, ObjectStore, open_store
 from services.compositor.core.backgrounds import free_crops, inpaint_objects
-from services.compositor.core.compose import compose_image, rng_for
+from services.compositor.core.compose import ForegroundStats, compose_image, foreground_stats, rng_for
 from services.compositor.core.foregrounds import extract_cutouts
 from services.compositor.core.params import ComposeParams
 from services.compositor.core.sets import (
@@ -230,6 +230,7 @@ class StoreAssets:
         self.max_side = max(8, math.ceil(params.scale.max * params.output_size * 1.25))
         self._fg: dict[int, np.ndarray] = {}
         self._bg: dict[int, np.ndarray] = {}
+        self._stats: dict[tuple[int, int], ForegroundStats] = {}
 
     def foreground(self, i: int) -> tuple[np.ndarray, int]:
         rgba = self._fg.get(i)
@@ -251,6 +252,12 @@ class StoreAssets:
             image = decode_image(self.store.get_bytes(entry["key"]), entry["key"])
             self._bg[i] = image
         return image
+
+    def foreground_stats(self, i: int, dark_threshold: int) -> ForegroundStats:
+        stats = self._stats.get((i, dark_threshold))
+        if stats is None:
+            stats = self._stats[(i, dark_threshold)] = foreground_stats(self.foreground(i)[0], dark_threshold)
+        return stats
 
 
 @dataclass

@@ -7,10 +7,13 @@ so image ids, bytes and the manifest are the same for any number of workers.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import multiprocessing
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -218,11 +221,17 @@ class StoreAssets:
     Foregrounds larger than any paste can need are shrunk once at load time (area
     averaging), so each paste resizes a small crop; this is a pure function of the blob and
     the params, so every worker gets the same pixels.
+
+    With `shared_dir`, the worker processes of one job share their decoding work: the first
+    to need an asset decodes it (PNG decoding costs more than composing with it) and leaves
+    the raw pixels there as .npy (ideally on tmpfs); the others load those instead.
     """
 
     def __init__(self, store: ObjectStore, foregrounds: Sequence[dict[str, Any]],
-                 backgrounds: Sequence[dict[str, Any]], params: ComposeParams):
+                 backgrounds: Sequence[dict[str, Any]], params: ComposeParams,
+                 shared_dir: str | None = None):
         self.store = store
+        self.shared_dir = shared_dir
         self.fg_entries = list(foregrounds)
         self.bg_entries = list(backgrounds)
         self.num_foregrounds = len(self.fg_entries)
@@ -234,24 +243,42 @@ class StoreAssets:
 
     def foreground(self, i: int) -> tuple[np.ndarray, int]:
         rgba = self._fg.get(i)
-        entry = self.fg_entries[i]
         if rgba is None:
-            rgba = decode_rgba(self.store.get_bytes(entry["key"]), entry["key"])
-            side = max(rgba.shape[:2])
-            if side > self.max_side:
-                f = self.max_side / side
-                size = (max(1, round(rgba.shape[1] * f)), max(1, round(rgba.shape[0] * f)))
-                rgba = cv2.resize(rgba, size, interpolation=cv2.INTER_AREA)
-            self._fg[i] = rgba
-        return rgba, int(entry["category_id"])
+            rgba = self._fg[i] = self._shared(f"fg-{i}", lambda: self._load_foreground(i))
+        return rgba, int(self.fg_entries[i]["category_id"])
 
     def background(self, i: int) -> np.ndarray:
         image = self._bg.get(i)
         if image is None:
-            entry = self.bg_entries[i]
-            image = decode_image(self.store.get_bytes(entry["key"]), entry["key"])
-            self._bg[i] = image
+            key = self.bg_entries[i]["key"]
+            image = self._bg[i] = self._shared(f"bg-{i}", lambda: decode_image(self.store.get_bytes(key), key))
         return image
+
+    def _load_foreground(self, i: int) -> np.ndarray:
+        key = self.fg_entries[i]["key"]
+        rgba = decode_rgba(self.store.get_bytes(key), key)
+        side = max(rgba.shape[:2])
+        if side > self.max_side:
+            f = self.max_side / side
+            size = (max(1, round(rgba.shape[1] * f)), max(1, round(rgba.shape[0] * f)))
+            rgba = cv2.resize(rgba, size, interpolation=cv2.INTER_AREA)
+        return rgba
+
+    def _shared(self, name: str, load: Callable[[], np.ndarray]) -> np.ndarray:
+        """`load()`, or its result as another worker of this job left it in `shared_dir`."""
+        if self.shared_dir is None:
+            return load()
+        path = os.path.join(self.shared_dir, f"{name}.npy")
+        try:
+            return np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            pass
+        array = load()
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(tmp, path)  # atomic: a reader sees a complete file or none
+        return array
 
     def foreground_stats(self, i: int, dark_threshold: int) -> ForegroundStats:
         stats = self._stats.get((i, dark_threshold))
@@ -267,6 +294,7 @@ class _ComposeTask:
     backgrounds: list[dict[str, Any]]
     params: dict[str, Any]
     seed: int
+    shared_dir: str | None = None  # decoded assets shared by the workers (see StoreAssets)
 
 
 class _Composer:
@@ -276,7 +304,7 @@ class _Composer:
         self.store = store if store is not None else open_store(task.store_url)
         self.params = ComposeParams.from_dict(task.params)
         self.seed = task.seed
-        self.assets = StoreAssets(self.store, task.foregrounds, task.backgrounds, self.params)
+        self.assets = StoreAssets(self.store, task.foregrounds, task.backgrounds, self.params, task.shared_dir)
 
     def make(self, index: int) -> ImageRecord:
         p = self.params
@@ -313,22 +341,33 @@ def default_workers() -> int:
 
 
 def _records(task: _ComposeTask, store: ObjectStore, count: int, workers: int) -> Iterator[ImageRecord]:
-    if workers == 1:
+    if workers == 1:  # in this process, on one core like each pool worker
         composer = _Composer(task, store)
-        for i in range(count):
-            yield composer.make(i)
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            for i in range(count):
+                yield composer.make(i)
+        finally:
+            cv2.setNumThreads(threads)
         return
     chunk = max(1, min(32, math.ceil(count / (workers * 4))))
     bounds = [(s, min(count, s + chunk)) for s in range(0, count, chunk)]
     ctx = multiprocessing.get_context("spawn")  # safe under a threaded gRPC server
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(task,))
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    shared_dir = tempfile.mkdtemp(prefix="synthaug-compose-assets-", dir=shm)
     try:
-        for records in pool.imap(_run_chunk, bounds):
-            yield from records
-        pool.close()
+        task = dataclasses.replace(task, shared_dir=shared_dir)
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(task,))
+        try:
+            for records in pool.imap(_run_chunk, bounds):
+                yield from records
+            pool.close()
+        finally:
+            pool.terminate()
+            pool.join()
     finally:
-        pool.terminate()
-        pool.join()
+        shutil.rmtree(shared_dir, ignore_errors=True)
 
 
 def compose_dataset(store: ObjectStore, foregrounds_key: str, backgrounds_key: str, count: int, seed: int,

@@ -99,6 +99,15 @@ _RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.
 _YIQ2RGB = np.linalg.inv(_RGB2YIQ)
 
 
+# The hue rotation R(t) of the (I, Q) plane in RGB: _YIQ2RGB @ R(t) @ _RGB2YIQ
+# = _HUE_FIXED + cos(t) * _HUE_COS + sin(t) * _HUE_SIN (luma row/column untouched).
+_HUE_FIXED = np.outer(_YIQ2RGB[:, 0], _RGB2YIQ[0])
+_HUE_COS = _YIQ2RGB[:, 1:] @ _RGB2YIQ[1:]
+_HUE_SIN = _YIQ2RGB[:, 1:] @ np.array([[0.0, -1.0], [1.0, 0.0]]) @ _RGB2YIQ[1:]
+_ONES = np.ones(3)
+_GREY = np.outer(_ONES, _LUMA)  # every channel replaced by luma
+
+
 def color_matrix(brightness: float = 1.0, contrast: float = 1.0, saturation: float = 1.0,
                  hue_degrees: float = 0.0, mean_grey: float = 128.0,
                  gains: np.ndarray | None = None) -> np.ndarray:
@@ -106,20 +115,16 @@ def color_matrix(brightness: float = 1.0, contrast: float = 1.0, saturation: flo
 
     Every colour operation here is affine in RGB, so all of them cost one pass: hue is a
     rotation in YIQ, saturation a blend with luma, contrast a blend with the object's mean
-    grey, brightness and per-channel gains are scalings.
+    grey, brightness and per-channel gains are scalings. (Built from precomputed 3×3 parts:
+    it runs once per pasted object.)
     """
-    t = np.radians(hue_degrees)
-    rot = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
-    m = _YIQ2RGB @ rot @ _RGB2YIQ
-    m = saturation * m + (1.0 - saturation) * np.outer(np.ones(3), _LUMA) @ m
-    offset = np.full(3, (1.0 - contrast) * mean_grey)
-    m = contrast * m
-    g = np.full(3, brightness) * (np.ones(3) if gains is None else np.asarray(gains, dtype=np.float64))
-    m = g[:, None] * m
-    offset = g * offset
+    t = math.radians(hue_degrees)
+    m = _HUE_FIXED + math.cos(t) * _HUE_COS + math.sin(t) * _HUE_SIN
+    m = saturation * m + (1.0 - saturation) * (_GREY @ m)
+    gain = brightness * (_ONES if gains is None else np.asarray(gains, dtype=np.float64))
     out = np.zeros((4, 5))
-    out[:3, :3] = m
-    out[:3, 4] = offset
+    out[:3, :3] = (contrast * gain)[:, None] * m
+    out[:3, 4] = gain * ((1.0 - contrast) * mean_grey)
     out[3, 3] = 1.0
     return out
 

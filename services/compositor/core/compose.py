@@ -201,8 +201,7 @@ def _feather_kernels(sigma: float) -> tuple[np.ndarray, np.ndarray]:
     return kernel, kernel * np.float32(1.0 / 255.0)
 
 
-def _alpha_for_blend(fg: np.ndarray, p: ComposeParams) -> np.ndarray:
-    alpha = fg[..., 3]
+def _alpha_for_blend(alpha: np.ndarray, p: ComposeParams) -> np.ndarray:
     if p.blend == "gaussian":
         # the Gaussian's kernels as cv2.GaussianBlur sizes them for 8-bit images (radius
         # ≤ the object's transparent margin), one of them scaled by 1/255: one separable
@@ -253,7 +252,8 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
         # colour is applied after placement, in one pass with the tone gains (it never
         # changes alpha, so placement does not depend on it)
         fg = rotate_expand(flip_rgba(small, hflip, vflip), angle, margin)
-        hard = fg[..., 3] >= 128
+        alpha8 = cv2.extractChannel(fg, 3)
+        hard = alpha8 >= 128
         tx0, ty0, tw, th = cv2.boundingRect(hard.view(np.uint8))  # tight box of the object
         record: dict[str, Any] = {
             "foreground": fi, "category_id": int(category), "flip_h": hflip, "flip_v": vflip,
@@ -287,7 +287,8 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
         ch, cw = fg.shape[:2]
         ix0, iy0, ix1, iy1 = max(0, ox), max(0, oy), min(size, ox + cw), min(size, oy + ch)
         inside = (slice(iy0 - oy, iy1 - oy), slice(ix0 - ox, ix1 - ox))  # the part on the canvas
-        alpha = np.ascontiguousarray(_alpha_for_blend(fg, p)[inside])
+        alpha = np.ascontiguousarray(_alpha_for_blend(alpha8, p)[inside])
+        rest = 1.0 - alpha  # what this object leaves of the pixels below it
         if p.blend == "poisson":
             if color is not None:
                 fg = apply_color(fg, color)
@@ -297,13 +298,13 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
             if color is not None:  # RGB only: the 3×4 part of the RGBA matrix
                 rgb = cv2.transform(rgb, color[:3, [0, 1, 2, 4]])
             region = np.ascontiguousarray(canvas[iy0:iy1, ix0:ix1])
-            canvas[iy0:iy1, ix0:ix1] = cv2.blendLinear(rgb, region, alpha, 1.0 - alpha)
+            canvas[iy0:iy1, ix0:ix1] = cv2.blendLinear(rgb, region, alpha, rest)
         # occlusion: each earlier object's weight map (over its own canvas region) loses
         # (1 - alpha) of this one where the regions intersect
         for wmap, (rx0, ry0, rx1, ry1) in zip(weights, regions):
             x0, y0, x1, y1 = max(rx0, ix0), max(ry0, iy0), min(rx1, ix1), min(ry1, iy1)
             if x0 < x1 and y0 < y1:
-                wmap[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0] *= 1.0 - alpha[y0 - iy0:y1 - iy0, x0 - ix0:x1 - ix0]
+                wmap[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0] *= rest[y0 - iy0:y1 - iy0, x0 - ix0:x1 - ix0]
         weights.append(alpha)
         regions.append((ix0, iy0, ix1, iy1))
         placed_boxes.append((bx, by, bx + tw, by + th))

@@ -230,6 +230,7 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
     count = int(rng.integers(p.min_objects, p.max_objects + 1))
     placed_boxes: list[tuple[int, int, int, int]] = []
     weights: list[np.ndarray] = []
+    pasted_masks: list[np.ndarray | None] = []  # weights > 0.5 while nothing covers the object
     regions: list[tuple[int, int, int, int]] = []
     objects: list[dict[str, Any]] = []
     skipped = 0
@@ -301,24 +302,30 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
             canvas[iy0:iy1, ix0:ix1] = cv2.blendLinear(rgb, region, alpha, rest)
         # occlusion: each earlier object's weight map (over its own canvas region) loses
         # (1 - alpha) of this one where the regions intersect
-        for wmap, (rx0, ry0, rx1, ry1) in zip(weights, regions):
+        for k, (wmap, (rx0, ry0, rx1, ry1)) in enumerate(zip(weights, regions)):
             x0, y0, x1, y1 = max(rx0, ix0), max(ry0, iy0), min(rx1, ix1), min(ry1, iy1)
             if x0 < x1 and y0 < y1:
                 wmap[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0] *= rest[y0 - iy0:y1 - iy0, x0 - ix0:x1 - ix0]
+                pasted_masks[k] = None  # occluded: its mask is recomputed from the weights
+        mask = alpha > 0.5
         weights.append(alpha)
+        pasted_masks.append(mask)
         regions.append((ix0, iy0, ix1, iy1))
         placed_boxes.append((bx, by, bx + tw, by + th))
-        record.update(status="placed", box=[bx, by, tw, th], pasted_area=int(np.count_nonzero(alpha > 0.5)))
+        record.update(status="placed", box=[bx, by, tw, th], pasted_area=int(np.count_nonzero(mask)))
         objects.append(record)
 
     labels: list[int] = []
     kept: list[tuple[np.ndarray, tuple[int, int, int, int]]] = []
     dropped = 0
     placed_records = [r for r in objects if r["status"] == "placed"]
-    for record, wmap, box in zip(placed_records, weights, regions):
-        mask = wmap > 0.5
-        visible = int(np.count_nonzero(mask))
+    for record, wmap, mask, box in zip(placed_records, weights, pasted_masks, regions):
         pasted = record["pasted_area"]
+        if mask is None:
+            mask = wmap > 0.5
+            visible = int(np.count_nonzero(mask))
+        else:  # never occluded: the mask as pasted
+            visible = pasted
         record["visible_area"] = visible
         if visible == 0 or visible < p.min_visible_fraction * pasted:
             record["instance"] = -1

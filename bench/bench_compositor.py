@@ -106,12 +106,15 @@ def main() -> None:
         ids = set()
         rates = {}
         for workers in [int(w) for w in args.workers.split(",")]:
+            cpu = time.process_time()  # this process only (with one worker it composes here too)
             ref, metrics = compose_dataset(store, fg.key, bg.key, args.count, seed=1, params=params, workers=workers)
+            cpu = time.process_time() - cpu
             ids.add(ref.id)
             rates[workers] = metrics["images_per_s"]
             print(f"Compose → store, {workers} worker(s): {args.count} composites, {int(metrics['instances'])} instances, "
                   f"{metrics['seconds']:.1f} s → {metrics['images_per_s']:.0f} composites/s "
-                  f"({metrics['images_per_s'] / workers:.0f} per worker; includes pool start and first decodes)")
+                  f"({metrics['images_per_s'] / workers:.0f} per worker; includes pool start and first decodes); "
+                  f"parent process CPU {cpu:.1f} s")
         for w, r in rates.items():
             print(f"  {w} worker(s): {r / w / ref_rate:.2f}× the reference loop per worker")
         if 1 in rates and len(rates) > 1:

@@ -354,7 +354,7 @@ def _records(task: _ComposeTask, store: ObjectStore, count: int, workers: int) -
     chunk = max(1, min(32, math.ceil(count / (workers * 4))))
     bounds = [(s, min(count, s + chunk)) for s in range(0, count, chunk)]
     ctx = multiprocessing.get_context("spawn")  # safe under a threaded gRPC server
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # tmpfs where there is one
     shared_dir = tempfile.mkdtemp(prefix="synthaug-compose-assets-", dir=shm)
     try:
         task = dataclasses.replace(task, shared_dir=shared_dir)

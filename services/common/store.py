@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -33,6 +34,7 @@ DEFAULT_STORE_URL = "file://.synthaug/store"
 MAX_KEY_BYTES = 1024
 _CHUNK = 1 << 20
 BLOB_PREFIX = "blobs/sha256"
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 T = TypeVar("T")
 
@@ -52,7 +54,7 @@ def validate_key(key: str) -> str:
         raise InvalidArgument(f"invalid object key {key!r}: empty")
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:
         raise InvalidArgument(f"invalid object key {key[:60]!r}…: longer than {MAX_KEY_BYTES} bytes")
-    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+    if _CONTROL_CHARS.search(key):
         raise InvalidArgument(f"invalid object key {key!r}: contains a control character")
     if key.startswith("/") or "\\" in key or (len(key) > 1 and key[1] == ":"):
         raise InvalidArgument(f"invalid object key {key!r}: must be a relative path with '/' separators")
@@ -212,7 +214,14 @@ class FileStore(ObjectStore):
         return ObjectInfo(key=key, sha256=digest, size=len(data))
 
     def flush(self) -> None:
-        os.sync()  # once per dataset: also covers blobs that worker processes wrote
+        """syncfs(2) of the store's file system (once per dataset; it also covers blobs that
+        worker processes wrote); os.sync() where syncfs is not available."""
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            if _syncfs is None or _syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
 
     def put_file(self, key: str, path: str | os.PathLike[str], content_type: str = "application/octet-stream") -> ObjectInfo:
         def fill(out: BinaryIO) -> None:
@@ -271,6 +280,20 @@ class FileStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.syncfs  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
 
 
 def _read_secret(env: dict[str, str], name: str) -> str | None:

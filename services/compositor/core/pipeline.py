@@ -7,6 +7,8 @@ so image ids, bytes and the manifest are the same for any number of workers.
 """
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import logging
 import math
@@ -275,9 +277,14 @@ class StoreAssets:
             pass
         array = load()
         tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)  # atomic: a reader sees a complete file or none
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, array, allow_pickle=False)
+            os.replace(tmp, path)  # atomic: a reader sees a complete file or none
+        except OSError:  # a full /dev/shm (64 MiB in a default container): sharing is only a speed-up
+            log.debug("could not share decoded asset %s", name, exc_info=True)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         return array
 
     def foreground_stats(self, i: int, dark_threshold: int) -> ForegroundStats:

@@ -90,3 +90,11 @@ def test_across_seeds_t_interval():
     assert (s.ci_low, s.ci_high) == pytest.approx((0.72 - half, 0.72 + half))
     one = across_seeds([0.7], single_ci=(0.65, 0.75))
     assert (one.n_seeds, one.ci_low, one.ci_high) == (1, 0.65, 0.75)
+
+
+def test_across_seeds_interval_is_clipped_to_the_score_range():
+    s = across_seeds([0.1, 0.9], bounds=(0.0, 1.0))  # t(1) = 12.71: ±5.08 around 0.5
+    assert s.mean == pytest.approx(0.5)
+    assert (s.ci_low, s.ci_high) == (0.0, 1.0)
+    unclipped = across_seeds([0.1, 0.9])
+    assert unclipped.ci_low == pytest.approx(0.5 - 12.7062 * 0.5656854 / 2**0.5, abs=1e-3)

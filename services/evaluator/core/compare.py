@@ -118,7 +118,8 @@ def arm_aggregates(runs: Iterable[tuple[str, int, Mapping[str, Any]]], confidenc
             if metric is not None and len(evs) == 1:
                 m = evs[0]["metrics"][metric]
                 single = (m["ci_low"], m["ci_high"])
-            values[key] = across_seeds(xs, confidence, single)
+            bounds = (0.0, float("inf")) if key == "fp_per_image" else (0.0, 1.0)
+            values[key] = across_seeds(xs, confidence, single, bounds)
         out.append(
             ArmAggregate(
                 arm=arm,

@@ -207,11 +207,13 @@ def across_seeds(
     values: Sequence[float] | np.ndarray,
     confidence: float = DEFAULT_CONFIDENCE,
     single_ci: tuple[float, float] | None = None,
+    bounds: tuple[float, float] = (-np.inf, np.inf),
 ) -> SeedSummary:
     """Mean ± Student-t CI of per-seed aggregates (e.g. each seed's mean IoU).
 
     With one seed the interval is ``single_ci`` (that run's bootstrap CI over images) when
-    given, else the point itself.
+    given, else the point itself. The interval is clipped to ``bounds``, the range the score
+    can take (with 2 seeds t = 12.7, so an unclipped IoU interval runs far outside [0, 1]).
     """
     v = _as_values(values, "per-seed values")
     if v.size == 0:
@@ -222,4 +224,5 @@ def across_seeds(
         return SeedSummary(1, mean, 0.0, float(low), float(high))
     std = float(v.std(ddof=1))
     half = float(sps.t.ppf(0.5 + confidence / 2.0, v.size - 1)) * std / np.sqrt(v.size)
-    return SeedSummary(int(v.size), mean, std, mean - half, mean + half)
+    low, high = bounds
+    return SeedSummary(int(v.size), mean, std, float(max(mean - half, low)), float(min(mean + half, high)))

@@ -181,6 +181,15 @@ class _ServerInterceptor(grpc.ServerInterceptor):
             metrics.handled.labels(grpc_service, grpc_method, code).inc()
             metrics.seconds.labels(grpc_service, grpc_method).observe(time.perf_counter() - start)
 
+        def fail(context: grpc.ServicerContext, exc: Exception, start: float) -> None:
+            """The one error path of every RPC shape: record the code, abort with its status."""
+            if self._code_of(context) != "OK":  # the handler called context.abort() itself
+                record(self._code_of(context), start)
+                raise exc
+            status, message = self._status_for(exc, details.method)
+            record(status.name, start)
+            context.abort(status, message)
+
         def wrap_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
                 metrics.started.labels(grpc_service, grpc_method).inc()
@@ -188,12 +197,7 @@ class _ServerInterceptor(grpc.ServerInterceptor):
                 try:
                     response = behavior(request, context)
                 except Exception as exc:
-                    if self._code_of(context) != "OK":  # the handler called context.abort()
-                        record(self._code_of(context), start)
-                        raise
-                    status, message = self._status_for(exc, details.method)
-                    record(status.name, start)
-                    context.abort(status, message)
+                    fail(context, exc, start)
                 record(self._code_of(context), start)
                 return response
 
@@ -209,12 +213,7 @@ class _ServerInterceptor(grpc.ServerInterceptor):
                     record("CANCELLED", start)
                     raise
                 except Exception as exc:
-                    if self._code_of(context) != "OK":
-                        record(self._code_of(context), start)
-                        raise
-                    status, message = self._status_for(exc, details.method)
-                    record(status.name, start)
-                    context.abort(status, message)
+                    fail(context, exc, start)
                 record(self._code_of(context), start)
 
             return wrapped

@@ -28,3 +28,28 @@ def resolve_object(store: ObjectStore, ref: common_pb2.ObjectRef, what: str = "o
     if ref.sha256 and info.sha256 and ref.sha256 != info.sha256:
         raise InvalidArgument(f"{what}: object {ref.key!r} has sha256 {info.sha256[:12]}…, reference says {ref.sha256[:12]}…")
     return ref.key
+
+
+def add_output(result: common_pb2.JobResult, role: str, ref: common_pb2.ObjectRef | common_pb2.DatasetRef) -> common_pb2.JobResult:
+    """Record `ref` in `result` under `role` (and in the flat list of everything produced)."""
+    if isinstance(ref, common_pb2.DatasetRef):
+        result.dataset_outputs[role].CopyFrom(ref)
+        result.datasets.append(ref)
+    else:
+        result.outputs[role].CopyFrom(ref)
+        result.objects.append(ref)
+    return result
+
+
+def output(result: common_pb2.JobResult, role: str, what: str = "step result") -> common_pb2.ObjectRef:
+    """The object a job produced under `role`; InvalidArgument naming both when absent."""
+    if role not in result.outputs:
+        raise InvalidArgument(f"{what} has no {role!r} output (it has {sorted(result.outputs) or 'none'})")
+    return result.outputs[role]
+
+
+def dataset_output(result: common_pb2.JobResult, role: str = "dataset", what: str = "step result") -> common_pb2.DatasetRef:
+    """The dataset a job produced under `role`; InvalidArgument naming both when absent."""
+    if role not in result.dataset_outputs:
+        raise InvalidArgument(f"{what} has no {role!r} dataset (it has {sorted(result.dataset_outputs) or 'none'})")
+    return result.dataset_outputs[role]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18synthaug/v1/common.proto\x12\x0bsynthaug.v1\"F\n\tObjectRef\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\"{\n\nDatasetRef\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x08manifest\x18\x02 \x01(\x0b\x32\x16.synthaug.v1.ObjectRef\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\nnum_images\x18\x04 \x01(\x03\x12\x15\n\rnum_instances\x18\x05 \x01(\x03\"\"\n\x06JobRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\")\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb4\x02\n\tJobResult\x12)\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x17.synthaug.v1.DatasetRef\x12\'\n\x07objects\x18\x02 \x03(\x0b\x32\x16.synthaug.v1.ObjectRef\x12\x34\n\x07metrics\x18\x03 \x03(\x0b\x32#.synthaug.v1.JobResult.MetricsEntry\x12:\n\nattributes\x18\x04 \x03(\x0b\x32&.synthaug.v1.JobResult.AttributesEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x80\x02\n\tJobStatus\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.synthaug.v1.JobRef\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.synthaug.v1.JobState\x12\x10\n\x08progress\x18\x03 \x01(\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x15.synthaug.v1.JobError\x12&\n\x06result\x18\x06 \x01(\x0b\x32\x16.synthaug.v1.JobResult\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x12\n\nupdated_at\x18\x08 \x01(\x01\x12\x12\n\nfrom_cache\x18\t \x01(\x08\"\xc8\x02\n\x08JobEvent\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.synthaug.v1.JobRef\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.synthaug.v1.JobState\x12\x10\n\x08progress\x18\x04 \x01(\x01\x12\x33\n\x07metrics\x18\x05 \x03(\x0b\x32\".synthaug.v1.JobEvent.MetricsEntry\x12\x0f\n\x07message\x18\x06 \x01(\t\x12&\n\x06result\x18\x07 \x01(\x0b\x32\x16.synthaug.v1.JobResult\x12$\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x15.synthaug.v1.JobError\x12\x0c\n\x04time\x18\t \x01(\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18synthaug/v1/common.proto\x12\x0bsynthaug.v1\"F\n\tObjectRef\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\"{\n\nDatasetRef\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x08manifest\x18\x02 \x01(\x0b\x32\x16.synthaug.v1.ObjectRef\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\nnum_images\x18\x04 \x01(\x03\x12\x15\n\rnum_instances\x18\x05 \x01(\x03\"\"\n\x06JobRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\")\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xc7\x04\n\tJobResult\x12)\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x17.synthaug.v1.DatasetRef\x12\'\n\x07objects\x18\x02 \x03(\x0b\x32\x16.synthaug.v1.ObjectRef\x12\x34\n\x07metrics\x18\x03 \x03(\x0b\x32#.synthaug.v1.JobResult.MetricsEntry\x12:\n\nattributes\x18\x04 \x03(\x0b\x32&.synthaug.v1.JobResult.AttributesEntry\x12\x34\n\x07outputs\x18\x05 \x03(\x0b\x32#.synthaug.v1.JobResult.OutputsEntry\x12\x43\n\x0f\x64\x61taset_outputs\x18\x06 \x03(\x0b\x32*.synthaug.v1.JobResult.DatasetOutputsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x46\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.synthaug.v1.ObjectRef:\x02\x38\x01\x1aN\n\x13\x44\x61tasetOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.synthaug.v1.DatasetRef:\x02\x38\x01\"\x80\x02\n\tJobStatus\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.synthaug.v1.JobRef\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.synthaug.v1.JobState\x12\x10\n\x08progress\x18\x03 \x01(\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x15.synthaug.v1.JobError\x12&\n\x06result\x18\x06 \x01(\x0b\x32\x16.synthaug.v1.JobResult\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x12\n\nupdated_at\x18\x08 \x01(\x01\x12\x12\n\nfrom_cache\x18\t \x01(\x08\"\xc8\x02\n\x08JobEvent\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.synthaug.v1.JobRef\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.synthaug.v1.JobState\x12\x10\n\x08progress\x18\x04 \x01(\x01\x12\x33\n\x07metrics\x18\x05 \x03(\x0b\x32\".synthaug.v1.JobEvent.MetricsEntry\x12\x0f\n\x07message\x18\x06 \x01(\t\x12&\n\x06result\x18\x07 \x01(\x0b\x32\x16.synthaug.v1.JobResult\x12$\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x15.synthaug.v1.JobError\x12\x0c\n\x04time\x18\t \x01(\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBRESULT_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_JOBRESULT_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_JOBRESULT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_JOBRESULT_OUTPUTSENTRY']._loaded_options = None
+  _globals['_JOBRESULT_OUTPUTSENTRY']._serialized_options = b'8\001'
+  _globals['_JOBRESULT_DATASETOUTPUTSENTRY']._loaded_options = None
+  _globals['_JOBRESULT_DATASETOUTPUTSENTRY']._serialized_options = b'8\001'
   _globals['_JOBEVENT_METRICSENTRY']._loaded_options = None
   _globals['_JOBEVENT_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1347
-  _globals['_JOBSTATE']._serialized_end=1501
+  _globals['_JOBSTATE']._serialized_start=1622
+  _globals['_JOBSTATE']._serialized_end=1776
   _globals['_OBJECTREF']._serialized_start=41
   _globals['_OBJECTREF']._serialized_end=111
   _globals['_DATASETREF']._serialized_start=113
@@ -48,21 +52,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBERROR']._serialized_start=274
   _globals['_JOBERROR']._serialized_end=315
   _globals['_JOBRESULT']._serialized_start=318
-  _globals['_JOBRESULT']._serialized_end=626
-  _globals['_JOBRESULT_METRICSENTRY']._serialized_start=529
-  _globals['_JOBRESULT_METRICSENTRY']._serialized_end=575
-  _globals['_JOBRESULT_ATTRIBUTESENTRY']._serialized_start=577
-  _globals['_JOBRESULT_ATTRIBUTESENTRY']._serialized_end=626
-  _globals['_JOBSTATUS']._serialized_start=629
-  _globals['_JOBSTATUS']._serialized_end=885
-  _globals['_JOBEVENT']._serialized_start=888
-  _globals['_JOBEVENT']._serialized_end=1216
-  _globals['_JOBEVENT_METRICSENTRY']._serialized_start=529
-  _globals['_JOBEVENT_METRICSENTRY']._serialized_end=575
-  _globals['_GETJOBREQUEST']._serialized_start=1218
-  _globals['_GETJOBREQUEST']._serialized_end=1249
-  _globals['_WATCHJOBREQUEST']._serialized_start=1251
-  _globals['_WATCHJOBREQUEST']._serialized_end=1308
-  _globals['_CANCELJOBREQUEST']._serialized_start=1310
-  _globals['_CANCELJOBREQUEST']._serialized_end=1344
+  _globals['_JOBRESULT']._serialized_end=901
+  _globals['_JOBRESULT_METRICSENTRY']._serialized_start=652
+  _globals['_JOBRESULT_METRICSENTRY']._serialized_end=698
+  _globals['_JOBRESULT_ATTRIBUTESENTRY']._serialized_start=700
+  _globals['_JOBRESULT_ATTRIBUTESENTRY']._serialized_end=749
+  _globals['_JOBRESULT_OUTPUTSENTRY']._serialized_start=751
+  _globals['_JOBRESULT_OUTPUTSENTRY']._serialized_end=821
+  _globals['_JOBRESULT_DATASETOUTPUTSENTRY']._serialized_start=823
+  _globals['_JOBRESULT_DATASETOUTPUTSENTRY']._serialized_end=901
+  _globals['_JOBSTATUS']._serialized_start=904
+  _globals['_JOBSTATUS']._serialized_end=1160
+  _globals['_JOBEVENT']._serialized_start=1163
+  _globals['_JOBEVENT']._serialized_end=1491
+  _globals['_JOBEVENT_METRICSENTRY']._serialized_start=652
+  _globals['_JOBEVENT_METRICSENTRY']._serialized_end=698
+  _globals['_GETJOBREQUEST']._serialized_start=1493
+  _globals['_GETJOBREQUEST']._serialized_end=1524
+  _globals['_WATCHJOBREQUEST']._serialized_start=1526
+  _globals['_WATCHJOBREQUEST']._serialized_end=1583
+  _globals['_CANCELJOBREQUEST']._serialized_start=1585
+  _globals['_CANCELJOBREQUEST']._serialized_end=1619
 # @@protoc_insertion_point(module_scope)

@@ -65,7 +65,7 @@ class JobError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("datasets", "objects", "metrics", "attributes")
+    __slots__ = ("datasets", "objects", "metrics", "attributes", "outputs", "dataset_outputs")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -80,15 +80,33 @@ class JobResult(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class OutputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ObjectRef
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ObjectRef, _Mapping]] = ...) -> None: ...
+    class DatasetOutputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: DatasetRef
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[DatasetRef, _Mapping]] = ...) -> None: ...
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     datasets: _containers.RepeatedCompositeFieldContainer[DatasetRef]
     objects: _containers.RepeatedCompositeFieldContainer[ObjectRef]
     metrics: _containers.ScalarMap[str, float]
     attributes: _containers.ScalarMap[str, str]
-    def __init__(self, datasets: _Optional[_Iterable[_Union[DatasetRef, _Mapping]]] = ..., objects: _Optional[_Iterable[_Union[ObjectRef, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    outputs: _containers.MessageMap[str, ObjectRef]
+    dataset_outputs: _containers.MessageMap[str, DatasetRef]
+    def __init__(self, datasets: _Optional[_Iterable[_Union[DatasetRef, _Mapping]]] = ..., objects: _Optional[_Iterable[_Union[ObjectRef, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., attributes: _Optional[_Mapping[str, str]] = ..., outputs: _Optional[_Mapping[str, ObjectRef]] = ..., dataset_outputs: _Optional[_Mapping[str, DatasetRef]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
     __slots__ = ("job", "state", "progress", "message", "error", "result", "created_at", "updated_at", "from_cache")

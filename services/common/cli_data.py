@@ -1,7 +1,8 @@
-"""`synthaug import coco|masks` and `synthaug dataset demo|list|show`: data in and out of the store.
+"""`synthaug import coco|masks`, `synthaug dataset demo|list|show` and `synthaug store verify`:
+data in and out of the store, and its integrity.
 
 Exit codes: 0 success, 2 bad input (the message lists the offending items; nothing is
-registered), 1 unexpected failure.
+registered), 1 failure (including corrupt objects found by `store verify` and not repaired).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 from typing import Any, Callable
 
 from services.common.cli_support import guarded
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import IntegrityError, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,23 @@ def _add_split(p: argparse.ArgumentParser, default: str = "0.8,0.1,0.1") -> None
     g.add_argument("--id-column", default="image_id", metavar="COLUMN", help="CSV column holding the image file stem (default image_id)")
 
 
+def _mask_threshold(text: str) -> int:
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a mask value in [1, 65535], got {value}")
+    return value
+
+
+def _add_name(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", default="", help="register the dataset under this name (letters, digits, . _ -)")
+    p.add_argument("--replace", action="store_true",
+                   help="let --name move to this dataset when it already names a different one (the old dataset "
+                   "stays addressable by its id); without it, such an import is refused")
+
+
 def _add_import_common(p: argparse.ArgumentParser) -> None:
     _add_store(p)
-    p.add_argument("--name", default="", help="register the dataset under this name (letters, digits, . _ -)")
+    _add_name(p)
     p.add_argument("--size", type=_size, default=256, metavar="N|keep",
                    help="resize images to N×N (area/linear for images, nearest neighbour for masks) or keep their size (default 256)")
     p.add_argument("--image-format", choices=("auto", "png", "jpeg"), default="auto",
@@ -123,16 +138,21 @@ def _import_options(args: argparse.Namespace) -> Any:
         metadata=args.metadata,
         id_column=args.id_column,
         workers=args.workers,
+        replace=bool(getattr(args, "replace", False)),
     )
 
 
 def _progress() -> Callable[[int, int], None] | None:
+    return _progress_of("images")
+
+
+def _progress_of(unit: str) -> Callable[[int, int], None] | None:
     if not sys.stderr.isatty():
         return None
 
     def report(done: int, total: int) -> None:
         if done == total or done % max(1, total // 100) == 0:
-            sys.stderr.write(f"\r{done}/{total} images")
+            sys.stderr.write(f"\r{done}/{total} {unit}")
             if done == total:
                 sys.stderr.write("\n")
             sys.stderr.flush()
@@ -166,6 +186,7 @@ def _cmd_import_masks(args: argparse.Namespace) -> int:
         binary_instances=args.binary_instances,
         min_area=args.min_area,
         category=args.category,
+        mask_threshold=args.mask_threshold,
     ).validate()
     options = _import_options(args).validate()
     store = open_store(args.store)
@@ -234,6 +255,8 @@ def _cmd_dataset_list(args: argparse.Namespace) -> int:
                          "instances": len(ds.manifest["annotations"]), "splits": ds.split_sizes()})
         except NotFound:
             rows.append({"name": name, "id": dataset_id, "kind": "?", "images": 0, "instances": 0, "splits": {}, "missing": True})
+        except IntegrityError:
+            rows.append({"name": name, "id": dataset_id, "kind": "?", "images": 0, "instances": 0, "splits": {}, "corrupt": True})
     if args.json:
         print(json.dumps(rows, sort_keys=True))
         return 0
@@ -244,7 +267,8 @@ def _cmd_dataset_list(args: argparse.Namespace) -> int:
     for r in rows:
         splits = " ".join(f"{k or 'unsplit'}={v}" for k, v in sorted(r["splits"].items(), key=_split_order))
         print(f"{r['name']:24} {r['id']:32} {r['kind']:9} {r['images']:>7} {r['instances']:>9}  {splits}"
-              + ("  (manifest missing)" if r.get("missing") else ""))
+              + ("  (manifest missing)" if r.get("missing") else "")
+              + ("  (manifest corrupt: run `synthaug store verify`)" if r.get("corrupt") else ""))
     return 0
 
 
@@ -287,6 +311,19 @@ def _cmd_dataset_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_store_verify(args: argparse.Namespace) -> int:
+    from services.common.store import open_store
+    from services.common.store_verify import verify_store
+
+    store = open_store(args.store)
+    report = verify_store(store, repair=args.repair, progress=_progress_of("objects"))
+    if args.json:
+        print(json.dumps(report.to_json(), sort_keys=True))
+    else:
+        print("\n".join(report.lines()))
+    return 0 if report.clean else 1
+
+
 # --- registration -------------------------------------------------------------------------------
 
 
@@ -302,7 +339,7 @@ def _subcommand_group(subparsers: Any, name: str, help_text: str) -> Any:
 
 
 def register(subparsers: Any) -> None:
-    """Add `import coco`, `import masks`, `dataset demo`, `dataset list`, `dataset show`."""
+    """Add `import coco`, `import masks`, `dataset demo`, `dataset list`, `dataset show`, `store verify`."""
     imports = _subcommand_group(subparsers, "import", "import annotated images as a 'real' dataset")
 
     p = imports.add_parser(
@@ -321,7 +358,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pattern", default="{stem}.png",
                    help="mask file name for an image: {stem} (name without extension), {name}, {ext} (default {stem}.png)")
     p.add_argument("--mask-type", choices=("auto", "binary", "instance"), default="auto",
-                   help="auto: binary when a mask has one non-zero value, else instance ids (default auto)")
+                   help="auto: binary when a mask has one non-zero value, else instance ids (default auto). "
+                   "Lossy masks (JPEG files, or grey levels along edges) are refused in every mode unless "
+                   "--mask-threshold is given")
+    p.add_argument("--mask-threshold", type=_mask_threshold, default=None, metavar="V",
+                   help="with --mask-type binary: foreground = mask value ≥ V (e.g. 128), the explicit way to "
+                   "import JPEG or otherwise lossy masks (default: unset, foreground = any non-zero value)")
     p.add_argument("--binary-instances", choices=("components", "single"), default="components",
                    help="binary masks: one instance per connected component, or one for the whole foreground (default components)")
     p.add_argument("--min-area", type=_min_area, default=0.01, metavar="PX|P%",
@@ -364,7 +406,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--vignette-probability", type=float, default=0.3, metavar="P",
                    help="share of images with a dark dermatoscope vignette (default 0.3)")
     _add_store(p)
-    p.add_argument("--name", default="", help="register the dataset under this name")
+    _add_name(p)
     p.add_argument("--workers", type=_non_negative, default=_default_workers(), metavar="N",
                    help=f"generator processes (default {_default_workers()})")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -382,3 +424,20 @@ def register(subparsers: Any) -> None:
     _add_store(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=guarded(_cmd_dataset_show))
+
+    stores = _subcommand_group(subparsers, "store", "the object store: integrity")
+    p = stores.add_parser(
+        "verify",
+        help="check every object's integrity; --repair deletes the bad ones",
+        description="Read every object of the store and check it: blobs against the sha256 in their names, dataset "
+        "manifests against their ids, step records and job results against their checksums (and, on S3, every "
+        "object against the sha256 stored with it). Objects that depend on a bad or missing one (a dataset naming a "
+        "corrupt image, a cached step whose output is gone, a name pointing at a corrupt dataset) are listed as "
+        "broken. Exit code 1 while bad objects remain.",
+        epilog="--repair deletes every corrupt and broken object (records and names first), so the next "
+        "`synthaug run` recomputes what they held; a dataset whose name was deleted must be imported again.",
+    )
+    _add_store(p)
+    p.add_argument("--repair", action="store_true", help="delete the corrupt and broken objects (exit 0 once none remain)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=guarded(_cmd_store_verify))

@@ -256,10 +256,20 @@ class DatasetWriter:
         return write_manifest(self.store, self.manifest())
 
 
+def manifest_id(manifest: Mapping[str, Any]) -> str:
+    """A dataset's id: the first 32 hex digits of the sha256 of its canonical manifest bytes
+    (what the store checks every read of `datasets/<id>/dataset.json` against)."""
+    return _id_of(canonical_json(manifest))
+
+
+def _id_of(manifest_bytes: bytes) -> str:
+    return sha256_bytes(manifest_bytes)[:32]
+
+
 def write_manifest(store: ObjectStore, manifest: dict[str, Any]) -> common_pb2.DatasetRef:
     store.flush()  # every image the manifest names is durable before the manifest exists
     data = canonical_json(manifest)
-    dataset_id = sha256_bytes(data)[:32]
+    dataset_id = _id_of(data)
     key = manifest_key(dataset_id)
     if not store.exists(key):
         store.put_bytes(key, data, content_type="application/json")
@@ -284,11 +294,18 @@ def register_name(store: ObjectStore, name: str, dataset_id: str) -> None:
 
 
 def resolve_name(store: ObjectStore, name: str) -> str:
-    key = f"{NAME_PREFIX}/{validate_name(name)}.json"
+    dataset_id = registered_id(store, name)
+    if dataset_id is None:
+        raise NotFound(f"no dataset named {name!r}")
+    return dataset_id
+
+
+def registered_id(store: ObjectStore, name: str) -> str | None:
+    """The id `name` points at, or None when no dataset has that name."""
     try:
-        return str(store.get_json(key)["id"])
+        return str(store.get_json(f"{NAME_PREFIX}/{validate_name(name)}.json")["id"])
     except NotFound:
-        raise NotFound(f"no dataset named {name!r}") from None
+        return None
 
 
 def list_datasets(store: ObjectStore) -> dict[str, str]:
@@ -380,7 +397,8 @@ class Dataset:
             raise NotFound(f"dataset {self.id}: no image with id {image_id}") from None
 
     def load_image(self, record: Mapping[str, Any]) -> np.ndarray:
-        return decode_image(self.store.get_bytes(record["key"]), f"{self.id}/{record['file_name']}")
+        data = self.store.get_bytes(record["key"], expect_sha256=str(record.get("sha256", "")))
+        return decode_image(data, f"{self.id}/{record['file_name']}")
 
     def load_masks(self, record: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         anns = self.annotations_of(record["id"])

@@ -34,6 +34,19 @@ class Unavailable(SynthaugError):
     code = "UNAVAILABLE"
 
 
+class IntegrityError(SynthaugError):
+    """Stored bytes do not match what names them (a blob's hash, a dataset id, a record's
+    checksum): corruption on disk or an edit. Maps to DATA_LOSS; the CLI exits 1. The message
+    names the key and says how to recover (`synthaug store verify --repair`, then re-run)."""
+
+    code = "DATA_LOSS"
+
+    def __init__(self, message: str, key: str = "", detail: str = ""):
+        super().__init__(message)
+        self.key = key
+        self.detail = detail or message  # what is wrong, without the advice (for listings)
+
+
 class JobCancelled(SynthaugError):
     """Raised inside a job when it was cancelled; the job ends CANCELLED, not FAILED."""
 

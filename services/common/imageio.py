@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -20,14 +21,24 @@ from services.common.errors import InvalidArgument
 #: Default ceiling on pixels per image (64 MP); overridable with SYNTHAUG_MAX_PIXELS.
 MAX_PIXELS = int(os.environ.get("SYNTHAUG_MAX_PIXELS", 64_000_000))
 PNG_COMPRESSION = 1  # fast; PNG is lossless whatever the level
+#: File formats whose compression changes pixel values (a mask stored in one is not exact).
+LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
+_PIL_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
-def _header_size(data: bytes, name: str) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
+def _header(data: bytes, name: str, max_pixels: int) -> tuple[tuple[int, int], str]:
+    """((width, height), format name) from the file header, without decoding the pixels."""
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            return im.size, str(im.format or "")
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses to even open images past twice its own limit: still a size problem.
+        m = _PIL_PIXELS.search(str(exc))
+        pixels = int(m.group(1)) if m else 0
+        limit = max_pixels if pixels > max_pixels else 2 * int(Image.MAX_IMAGE_PIXELS or 0)
+        raise InvalidArgument(f"{name}: too many pixels ({pixels or 'more than ' + str(limit)} > {limit}); "
+                              "SYNTHAUG_MAX_PIXELS sets the limit") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InvalidArgument(f"{name}: not a readable image ({exc.__class__.__name__})") from None
 
 
@@ -36,12 +47,14 @@ def _check_pixels(size: tuple[int, int], name: str, max_pixels: int) -> None:
     if w <= 0 or h <= 0:
         raise InvalidArgument(f"{name}: empty image ({w}×{h})")
     if w * h > max_pixels:
-        raise InvalidArgument(f"{name}: {w}×{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+        raise InvalidArgument(f"{name}: too many pixels ({w * h} > {max_pixels}) in a {w}×{h} image; "
+                              "SYNTHAUG_MAX_PIXELS sets the limit")
 
 
 def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode encoded bytes to H×W×3 uint8 RGB (grey and alpha are converted)."""
-    _check_pixels(_header_size(data, name), name, max_pixels)
+    size, _format = _header(data, name, max_pixels)
+    _check_pixels(size, name, max_pixels)
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise InvalidArgument(f"{name}: image data is corrupt or truncated")
@@ -62,7 +75,14 @@ def decode_mask(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> np.ndar
     A colour mask is accepted only when its channels are equal (a grey PNG saved as RGB);
     anything else is ambiguous and rejected.
     """
-    _check_pixels(_header_size(data, name), name, max_pixels)
+    return decode_mask_and_format(data, name, max_pixels)[0]
+
+
+def decode_mask_and_format(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """`decode_mask`, and the file's format name ("PNG", "JPEG", …) so that a caller can tell
+    a mask stored losslessly from one whose values compression has changed."""
+    size, file_format = _header(data, name, max_pixels)
+    _check_pixels(size, name, max_pixels)
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise InvalidArgument(f"{name}: mask data is corrupt or truncated")
@@ -72,7 +92,7 @@ def decode_mask(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> np.ndar
         if not (np.array_equal(arr[:, :, 0], arr[:, :, 1]) and np.array_equal(arr[:, :, 1], arr[:, :, 2])):
             raise InvalidArgument(f"{name}: colour mask; expected a single-channel binary or instance-id mask")
         arr = np.ascontiguousarray(arr[:, :, 0])
-    return arr
+    return arr, file_format
 
 
 def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -81,6 +101,10 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
 
 def read_mask(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return decode_mask(_read_file(path), str(path), max_pixels)
+
+
+def read_mask_and_format(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
+    return decode_mask_and_format(_read_file(path), str(path), max_pixels)
 
 
 def _read_file(path: str | os.PathLike[str]) -> bytes:

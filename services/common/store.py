@@ -7,6 +7,13 @@ the code that runs in a test against a folder is the code that runs in a cluster
 Conventions: keys are validated (`validate_key`); writes are atomic (a reader never sees a
 half-written object); large payloads are content-addressed blobs (`put_blob`) so that the
 same bytes are stored once and a key names its content.
+
+Integrity: a read never hands out bytes that contradict what names them. Gets of a
+content-addressed key (a blob named by its sha256, a dataset manifest named by its id) are
+hashed while reading and raise IntegrityError on a mismatch, as do S3 objects whose stored
+sha256 metadata no longer matches. Mutable records that nothing names by hash (step records,
+job results) are written with `put_record`: a small self-checking envelope that `get_record`
+verifies, so a zero-byte, truncated or edited record is an error, never an empty result.
 """
 from __future__ import annotations
 
@@ -16,16 +23,15 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, TypeVar
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import parse_qs, urlparse
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import IntegrityError, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,13 @@ MAX_KEY_BYTES = 1024
 _CHUNK = 1 << 20
 BLOB_PREFIX = "blobs/sha256"
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_BLOB_KEY_RE = re.compile(r"^blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64})(?:\.[^/]*)?$")
+#: A dataset manifest is named by the first 32 hex digits of its sha256 (see datasets.py).
+_MANIFEST_KEY_RE = re.compile(r"^datasets/([0-9a-f]{32})/dataset\.json$")
+#: Envelope of a record: magic, sha256 of the payload (32 raw bytes), payload. The magic's first
+#: byte is not ASCII and it holds CR LF, so a text-mode copy or a stray text file never passes.
+RECORD_MAGIC = b"\x89SYR1\r\n\x1a"
+RECORD_HEADER_BYTES = len(RECORD_MAGIC) + 32
 
 T = TypeVar("T")
 
@@ -85,6 +98,105 @@ def blob_key(sha256: str, suffix: str = "") -> str:
     return f"{BLOB_PREFIX}/{sha256[:2]}/{sha256}{suffix}"
 
 
+def named_digest(key: str) -> str | None:
+    """The sha256 (hex, or a hex prefix for dataset manifests) that a content-addressed key
+    names; None for keys that do not name their content."""
+    m = _BLOB_KEY_RE.match(key)
+    if m and m.group(2).startswith(m.group(1)):
+        return m.group(2)
+    m = _MANIFEST_KEY_RE.match(key)
+    return m.group(1) if m else None
+
+
+def _what(key: str) -> str:
+    if _BLOB_KEY_RE.match(key):
+        return "blob"
+    if _MANIFEST_KEY_RE.match(key):
+        return "dataset manifest"
+    return "object"
+
+
+def _corrupt(what: str, key: str, url: str, problem: str) -> IntegrityError:
+    """The error for a corrupt object: which, what is wrong, where, and how to recover."""
+    return IntegrityError(
+        f"{what} {key!r} is corrupt: {problem} (store {url}); run `synthaug store verify --repair --store {url}` "
+        "to list and delete every corrupt object, then re-run (or re-import) to recompute what it held",
+        key=key,
+        detail=problem,
+    )
+
+
+def check_content(key: str, url: str, actual_sha256: str, expect_sha256: str = "", stored_sha256: str = "") -> None:
+    """Raise IntegrityError naming `key` unless its content hash agrees with its name, with
+    the sha256 a caller's reference records (`expect_sha256`) and with the sha256 stored
+    beside it (S3 metadata), each where known."""
+    named = named_digest(key)
+    if named and not actual_sha256.startswith(named):
+        reason = f"its {'id' if len(named) < 64 else 'name'} says {named[:16]}…"
+    elif expect_sha256 and actual_sha256 != expect_sha256:
+        reason = f"the reference to it records sha256 {expect_sha256[:16]}…"
+    elif stored_sha256 and actual_sha256 != stored_sha256:
+        reason = f"the checksum stored with it says {stored_sha256[:16]}…"
+    else:
+        return
+    raise _corrupt(_what(key), key, url, f"its content hashes to sha256 {actual_sha256[:16]}…, but {reason}")
+
+
+def encode_record(payload: bytes) -> bytes:
+    """The self-checking envelope `put_record` stores: magic + sha256(payload) + payload."""
+    return RECORD_MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def decode_record(data: bytes, key: str, url: str) -> bytes:
+    """The payload of a record envelope; IntegrityError naming `key` when the bytes are not
+    an intact envelope (empty, truncated, foreign, or any byte changed)."""
+    if len(data) < RECORD_HEADER_BYTES or not data.startswith(RECORD_MAGIC):
+        if not data:
+            problem = "it is empty (0 bytes)"
+        elif data.startswith(RECORD_MAGIC) or RECORD_MAGIC.startswith(data):
+            problem = f"it is truncated ({len(data)} bytes, shorter than the record header)"
+        else:
+            problem = f"it is not a synthaug record ({len(data)} bytes without the record header)"
+        raise _corrupt("record", key, url, problem)
+    payload = data[RECORD_HEADER_BYTES:]
+    if hashlib.sha256(payload).digest() != data[len(RECORD_MAGIC) : RECORD_HEADER_BYTES]:
+        raise _corrupt("record", key, url, f"its {len(payload)}-byte payload does not match the checksum in its header "
+                                           "(truncated or edited)")
+    return payload
+
+
+class _ContentHash:
+    """sha256 of an object as it streams past, and of the record payload when it is one, so a
+    whole object is checked in one pass whatever its size."""
+
+    def __init__(self) -> None:
+        self.whole = hashlib.sha256()
+        self.size = 0
+        self.head = b""
+        self._payload: Any = None
+
+    def update(self, chunk: bytes) -> None:
+        self.whole.update(chunk)
+        self.size += len(chunk)
+        if self._payload is not None:
+            self._payload.update(chunk)
+        elif len(self.head) < RECORD_HEADER_BYTES:
+            need = RECORD_HEADER_BYTES - len(self.head)
+            self.head += chunk[:need]
+            if len(self.head) == RECORD_HEADER_BYTES and self.head.startswith(RECORD_MAGIC):
+                self._payload = hashlib.sha256(chunk[need:])
+
+    def check(self, key: str, url: str, stored_sha256: str = "") -> ObjectInfo:
+        """Everything one object can be checked against: its name, its stored checksum and,
+        for a record, its envelope."""
+        digest = self.whole.hexdigest()
+        check_content(key, url, digest, stored_sha256=stored_sha256)
+        looks_like_record = self.head.startswith(RECORD_MAGIC) or (bool(self.head) and RECORD_MAGIC.startswith(self.head))
+        if looks_like_record and (self._payload is None or self._payload.digest() != self.head[len(RECORD_MAGIC) :]):
+            raise _corrupt("record", key, url, "its payload does not match the checksum in its header (truncated or edited)")
+        return ObjectInfo(key=key, sha256=digest, size=self.size)
+
+
 def canonical_json(obj: Any) -> bytes:
     """JSON with sorted keys and no insignificant space: the bytes that get hashed."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -105,12 +217,20 @@ class ObjectStore(ABC):
         """Stream a local file to `key` (multipart for large files on S3)."""
 
     @abstractmethod
-    def get_bytes(self, key: str) -> bytes:
-        """The object's content; NotFound when absent."""
+    def get_bytes(self, key: str, expect_sha256: str = "") -> bytes:
+        """The object's content; NotFound when absent. IntegrityError when the content does not
+        match its content-addressed name, `expect_sha256` (e.g. an ObjectRef's sha256) or the
+        checksum stored with it."""
 
     @abstractmethod
-    def get_to_file(self, key: str, path: str | os.PathLike[str]) -> ObjectInfo:
-        """Stream the object into a local file (written atomically)."""
+    def get_to_file(self, key: str, path: str | os.PathLike[str], expect_sha256: str = "") -> ObjectInfo:
+        """Stream the object into a local file (written atomically, only once it checked out
+        as in `get_bytes`); the returned sha256 is that of the bytes written."""
+
+    @abstractmethod
+    def verify(self, key: str) -> ObjectInfo:
+        """Read the whole object and check it against everything that names its content (its
+        key, the stored checksum, a record's envelope): IntegrityError naming it otherwise."""
 
     @abstractmethod
     def stat(self, key: str) -> ObjectInfo:
@@ -138,6 +258,18 @@ class ObjectStore(ABC):
             return json.loads(data)
         except json.JSONDecodeError as exc:
             raise InvalidArgument(f"object {key!r} is not valid JSON: {exc}") from exc
+
+    def put_record(self, key: str, payload: bytes, content_type: str = "application/octet-stream") -> ObjectInfo:
+        """Write `payload` under `key` in a self-checking envelope (magic + sha256 + payload),
+        for mutable records that no hash names (step records, job results). Returns the info of
+        the stored envelope."""
+        return self.put_bytes(key, encode_record(payload), content_type=content_type)
+
+    def get_record(self, key: str) -> bytes:
+        """The payload `put_record` wrote; NotFound when absent, IntegrityError naming the key
+        when the stored bytes are not an intact record (zero bytes, random bytes, truncated,
+        any byte changed)."""
+        return decode_record(self.get_bytes(key), key, self.url)
 
     def put_blob(self, data: bytes, suffix: str = "", content_type: str = "application/octet-stream") -> ObjectInfo:
         """Store `data` under its content hash; a blob already present is not rewritten."""
@@ -231,22 +363,36 @@ class FileStore(ObjectStore):
 
         return self._atomic_write(key, fill)
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, expect_sha256: str = "") -> bytes:
         path = self._path(key)
         try:
-            return path.read_bytes()
+            data = path.read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"object {key!r} not found in {self.url}") from None
+        if expect_sha256 or named_digest(key):  # only hash what can be checked
+            check_content(key, self.url, sha256_bytes(data), expect_sha256)
+        return data
 
-    def get_to_file(self, key: str, path: str | os.PathLike[str]) -> ObjectInfo:
+    def get_to_file(self, key: str, path: str | os.PathLike[str], expect_sha256: str = "") -> ObjectInfo:
         src = self._path(key)
         if not src.is_file():
             raise NotFound(f"object {key!r} not found in {self.url}")
-        dest = Path(path)
-        tmp = dest.parent / f".tmp-{uuid.uuid4().hex}"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-        return self.stat(key)
+        hasher = _ContentHash()
+        with open(src, "rb") as f:
+            info = _write_checked(Path(path), _chunks(f), hasher,
+                                  lambda: check_content(key, self.url, hasher.whole.hexdigest(), expect_sha256))
+        return ObjectInfo(key=key, sha256=info[0], size=info[1])
+
+    def verify(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        hasher = _ContentHash()
+        try:
+            with open(path, "rb") as f:
+                for chunk in _chunks(f):
+                    hasher.update(chunk)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"object {key!r} not found in {self.url}") from None
+        return hasher.check(key, self.url)
 
     def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)
@@ -280,6 +426,28 @@ class FileStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+
+def _chunks(f: BinaryIO) -> Iterator[bytes]:
+    while chunk := f.read(_CHUNK):
+        yield chunk
+
+
+def _write_checked(dest: Path, chunks: Iterable[bytes], hasher: _ContentHash, check: Callable[[], None]) -> tuple[str, int]:
+    """Write `chunks` to `dest` atomically, hashing on the way; `check` runs before the file
+    appears, so a corrupt object never lands at `dest`. Returns (sha256, size)."""
+    tmp = dest.parent / f".tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as out:
+            for chunk in chunks:
+                hasher.update(chunk)
+                out.write(chunk)
+        check()
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return hasher.whole.hexdigest(), hasher.size
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
@@ -412,13 +580,15 @@ class S3Store(ObjectStore):
         )
         return ObjectInfo(key=key, sha256=digest, size=size)
 
-    def get_bytes(self, key: str) -> bytes:
+    def _get(self, key: str, consume: Callable[[Any], T]) -> tuple[T, str]:
+        """GET `key` and hand the response to `consume`; returns its result and the sha256 the
+        object was stored with ('' when written by another tool)."""
         validate_key(key)
 
-        def op() -> bytes:
+        def op() -> tuple[T, str]:
             response = self.client.get_object(self.bucket, key)
             try:
-                return response.read()
+                return consume(response), response.headers.get("x-amz-meta-sha256", "")
             finally:
                 response.close()
                 response.release_conn()
@@ -426,15 +596,35 @@ class S3Store(ObjectStore):
         try:
             return self._with_retry(f"get {key}", op)
         except Exception as exc:
-            raise self._missing(exc, key) from exc
+            missing = self._missing(exc, key)
+            if missing is exc:
+                raise
+            raise missing from exc
 
-    def get_to_file(self, key: str, path: str | os.PathLike[str]) -> ObjectInfo:
-        validate_key(key)
-        try:
-            self._with_retry(f"get {key}", lambda: self.client.fget_object(self.bucket, key, str(path)))
-        except Exception as exc:
-            raise self._missing(exc, key) from exc
-        return self.stat(key)
+    def get_bytes(self, key: str, expect_sha256: str = "") -> bytes:
+        data, stored = self._get(key, lambda response: response.read())
+        check_content(key, self.url, sha256_bytes(data), expect_sha256, stored)
+        return data
+
+    def get_to_file(self, key: str, path: str | os.PathLike[str], expect_sha256: str = "") -> ObjectInfo:
+        def consume(response: Any) -> tuple[str, int]:
+            hasher = _ContentHash()
+            stored = response.headers.get("x-amz-meta-sha256", "")
+            return _write_checked(Path(path), response.stream(_CHUNK), hasher,
+                                  lambda: check_content(key, self.url, hasher.whole.hexdigest(), expect_sha256, stored))
+
+        (digest, size), _stored = self._get(key, consume)
+        return ObjectInfo(key=key, sha256=digest, size=size)
+
+    def verify(self, key: str) -> ObjectInfo:
+        def consume(response: Any) -> _ContentHash:
+            hasher = _ContentHash()
+            for chunk in response.stream(_CHUNK):
+                hasher.update(chunk)
+            return hasher
+
+        hasher, stored = self._get(key, consume)
+        return hasher.check(key, self.url, stored)
 
     def stat(self, key: str) -> ObjectInfo:
         validate_key(key)

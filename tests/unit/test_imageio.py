@@ -1,13 +1,15 @@
 """Image I/O rejects bad input by name and never alters mask values."""
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.common.imageio import decode_image, decode_mask, encode_png, read_image, read_mask, resize_image, resize_mask
+from services.common.imageio import MAX_PIXELS, decode_image, decode_mask, encode_png, read_image, read_mask, resize_image, resize_mask
 
 
 def test_png_round_trip_rgb_and_instance_ids(tmp_path: Path) -> None:
@@ -43,9 +45,31 @@ def test_truncated_image_is_rejected() -> None:
 
 def test_pixel_limit_checked_before_decoding() -> None:
     data = encode_png(np.zeros((100, 100, 3), np.uint8))
-    with pytest.raises(InvalidArgument, match="big.png: 100×100 = 10000 pixels exceeds the limit of 9999"):
+    with pytest.raises(InvalidArgument, match=r"big.png: too many pixels \(10000 > 9999\) in a 100×100 image"):
         decode_image(data, "big.png", max_pixels=9999)
+    with pytest.raises(InvalidArgument, match=r"big.png: too many pixels \(10000 > 9999\)"):
+        decode_mask(data, "big.png", max_pixels=9999)
     assert decode_image(data, "ok.png", max_pixels=10000).shape == (100, 100, 3)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width×height (8-bit grey) with one tiny IDAT: a decompression bomb's
+    header, costing nothing to make."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [9_000, 50_000])  # 81 MP: over our limit; 2.5 GP: over Pillow's own as well
+def test_decompression_bomb_says_too_many_pixels(side: int) -> None:
+    bomb = _png_header(side, side)
+    message = rf"bomb.png: too many pixels \({side * side} > {MAX_PIXELS}\)"
+    with pytest.raises(InvalidArgument, match=message):
+        decode_image(bomb, "bomb.png")
+    with pytest.raises(InvalidArgument, match=message):
+        decode_mask(bomb, "bomb.png")
 
 
 def test_colour_mask_is_rejected_grey_rgb_mask_accepted() -> None:

@@ -196,3 +196,54 @@ def test_malformed_files(tmp_path: Path, file_store: FileStore, content: str, me
         import_coco(file_store, ann, tmp_path, ImportOptions(workers=1))
     with pytest.raises(ImportProblems, match="file not found"):
         import_coco(file_store, tmp_path / "absent.json", tmp_path, ImportOptions(workers=1))
+
+
+def test_file_names_and_symlinks_stay_inside_the_image_folder(export: tuple[Path, Path, dict], tmp_path: Path,
+                                                               file_store: FileStore) -> None:
+    ann, root, coco = export
+    outside = tmp_path / "outside.png"
+    write_png(outside, rgb(9))
+    (root / "images" / "link.png").symlink_to(outside)
+    (root / "images" / "dead.png").symlink_to(root / "images" / "removed.png")
+    (root / "images" / "inner.png").symlink_to(root / "images" / "first.png")  # a link inside the folder: fine
+    bad = json.loads(json.dumps(coco))
+    bad["images"] += [
+        {"id": 20, "file_name": "../outside.png", "width": W, "height": H},
+        {"id": 21, "file_name": str(outside), "width": W, "height": H},
+        {"id": 22, "file_name": "images/link.png", "width": W, "height": H},
+        {"id": 23, "file_name": "images/dead.png", "width": W, "height": H},
+        {"id": 24, "file_name": "images/../../outside.png", "width": W, "height": H},
+    ]
+    ann.write_text(json.dumps(bad))
+    with pytest.raises(ImportProblems) as exc:
+        import_coco(file_store, ann, root, ImportOptions(workers=1))
+    problems = exc.value.problems
+    assert len(problems) == 5, problems
+    assert f"image 20 (../outside.png): file_name contains '..'; it must stay inside {root}" in problems
+    assert f"image 21 ({outside}): file_name is an absolute path; it must be relative to {root}" in problems
+    assert any(p.startswith(f"image 22 (images/link.png): leads outside {root} (to {outside})") for p in problems)
+    assert any(p.startswith("image 23 (images/dead.png): dangling symlink (to ") for p in problems)
+    assert any(p.startswith("image 24 (images/../../outside.png): file_name contains '..'") for p in problems)
+    assert file_store.list("datasets/") == [] and file_store.list("blobs/") == []
+
+    fine = json.loads(json.dumps(coco))
+    fine["images"].append({"id": 30, "file_name": "images/inner.png", "width": W, "height": H})
+    ann.write_text(json.dumps(fine))
+    assert import_coco(file_store, ann, root, ImportOptions(size=None, split=None, workers=1)).images == 4
+
+
+def test_cli_reimport_of_a_name_needs_replace(export: tuple[Path, Path, dict], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    ann, root, _ = export
+    url = f"file://{tmp_path / 'store'}"
+    argv = ["import", "coco", "--annotations", str(ann), "--images", str(root), "--store", url, "--name", "parts",
+            "--workers", "1", "--split", "none"]
+    assert run_cli(argv) == 0
+    assert run_cli(argv) == 0  # the same content again: the name already points at it
+    first = Dataset.load(FileStore(tmp_path / "store"), "parts").id
+    capsys.readouterr()
+    assert run_cli(argv[:-2] + ["--split", "0.34,0.33,0.33"]) == 2  # a different dataset under the same name
+    assert f"the name 'parts' already names dataset {first}" in capsys.readouterr().err
+    assert run_cli(argv[:-2] + ["--split", "0.34,0.33,0.33", "--replace"]) == 0
+    store = FileStore(tmp_path / "store")
+    assert Dataset.load(store, "parts").id != first and len(Dataset.load(store, first)) == 3

@@ -224,3 +224,182 @@ def test_isic_train_real_data(isic_root: Path, file_store: FileStore, capsys: py
     rec = ds.image_records()[0]
     expert = cv2.imread(str(isic_root / "train" / "masks" / (Path(rec["file_name"]).stem + "_segmentation.png")), cv2.IMREAD_UNCHANGED)
     assert np.array_equal(ds.load_masks(rec)[0][0], expert > 0)
+
+
+# --- lossy masks are refused, never guessed at --------------------------------------------------
+
+
+def jpeg_masks(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
+    """Two images whose binary masks were saved as JPEG (quality 90), as some exports do."""
+    img_dir, mask_dir = tmp_path / "images", tmp_path / "masks"
+    truth = two_blobs_and_a_speck()
+    for i, stem in enumerate(("a", "b")):
+        write_rgb(img_dir / f"{stem}.png", noise_image(64, 64, i))
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(mask_dir / f"{stem}.jpg"), truth, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    lossy = cv2.imread(str(mask_dir / "a.jpg"), cv2.IMREAD_UNCHANGED)
+    assert len(np.unique(lossy)) > 10  # really lossy: grey levels all along the edges
+    return img_dir, mask_dir, truth
+
+
+@pytest.mark.parametrize("mask_type", ["auto", "binary", "instance"])
+def test_jpeg_masks_are_refused_with_advice(tmp_path: Path, file_store: FileStore, mask_type: str) -> None:
+    img_dir, mask_dir, _ = jpeg_masks(tmp_path)
+    with pytest.raises(ImportProblems) as exc:
+        import_masks(file_store, img_dir, mask_dir, MaskOptions(pattern="{stem}.jpg", mask_type=mask_type), ONE)
+    assert len(exc.value.problems) == 2
+    text = str(exc.value)
+    assert "a.png: mask a.jpg is a JPEG file" in text and "b.png: mask b.jpg is a JPEG file" in text
+    assert "--mask-type binary --mask-threshold 128" in text and "save them as PNG" in text
+    assert nothing_registered(file_store)
+
+
+def test_jpeg_disguised_as_png_is_still_a_jpeg(tmp_path: Path, file_store: FileStore) -> None:
+    img_dir, mask_dir, _ = jpeg_masks(tmp_path)
+    for stem in ("a", "b"):
+        (mask_dir / f"{stem}.jpg").rename(mask_dir / f"{stem}.png")
+    with pytest.raises(ImportProblems, match="mask a.png is a JPEG file"):
+        import_masks(file_store, img_dir, mask_dir, MaskOptions(), ONE)
+
+
+def test_explicit_threshold_imports_jpeg_masks(tmp_path: Path, file_store: FileStore) -> None:
+    img_dir, mask_dir, truth = jpeg_masks(tmp_path)
+    opts = MaskOptions(pattern="{stem}.jpg", mask_type="binary", mask_threshold=128, min_area=10)
+    summary = import_masks(file_store, img_dir, mask_dir, opts, ImportOptions(name="jpeg", size=None, split=None, workers=1))
+    ds = Dataset.load(file_store, "jpeg")
+    assert summary.instances == 4 and ds.provenance["params"]["mask_threshold"] == 128
+    lossy = cv2.imread(str(mask_dir / "a.jpg"), cv2.IMREAD_UNCHANGED)
+    masks = ds.load_sample(1).masks
+    assert np.array_equal(masks.any(axis=0), lossy >= 128)  # exactly the threshold asked for
+    union, inter = (masks.any(axis=0) | (truth > 0)).sum(), (masks.any(axis=0) & (truth > 0)).sum()
+    assert inter / union > 0.97  # and close to the lossless truth
+
+
+def test_resampled_png_mask_is_refused_unless_told(tmp_path: Path, file_store: FileStore) -> None:
+    """A binary mask resized with interpolation: grey levels along every edge, in a PNG."""
+    big = np.zeros((64, 64), np.uint8)
+    big[8:40, 10:50] = 255
+    big[45:60, 20:30] = 255
+    blurred = cv2.resize(cv2.resize(big, (27, 27), interpolation=cv2.INTER_AREA), (64, 64), interpolation=cv2.INTER_LINEAR)
+    write_rgb(tmp_path / "i" / "x.png", noise_image(64, 64, 0))
+    write_mask(tmp_path / "m" / "x.png", blurred)
+    with pytest.raises(ImportProblems, match=r"x.png: mask x.png has \d+ distinct non-zero values, \d+ of them only along edges") as exc:
+        import_masks(file_store, tmp_path / "i", tmp_path / "m", MaskOptions(), ONE)
+    assert "--mask-type binary --mask-threshold 128" in str(exc.value) and "--mask-type instance" in str(exc.value)
+    with pytest.raises(ImportProblems, match="only along edges"):
+        import_masks(file_store, tmp_path / "i", tmp_path / "m", MaskOptions(mask_type="binary"), ONE)
+    summary = import_masks(file_store, tmp_path / "i", tmp_path / "m", MaskOptions(mask_type="binary", mask_threshold=128),
+                           ImportOptions(size=None, split=None, workers=1))
+    assert summary.instances == 2
+
+
+def test_instance_masks_with_many_ids_are_not_taken_for_lossy(tmp_path: Path, file_store: FileStore) -> None:
+    ids = np.zeros((60, 60), np.uint16)
+    for k in range(36):  # 36 instances of 8×8 (each with an inside), 300 + k as ids
+        r, c = divmod(k, 6)
+        ids[r * 10 + 1 : r * 10 + 9, c * 10 + 1 : c * 10 + 9] = 300 + k
+    ids[0, 0:20] = 999  # one thin line instance among them
+    write_rgb(tmp_path / "i" / "x.png", noise_image(60, 60, 0))
+    write_mask(tmp_path / "m" / "x.png", ids)
+    summary = import_masks(file_store, tmp_path / "i", tmp_path / "m", MaskOptions(), ImportOptions(size=None, split=None, workers=1))
+    assert summary.instances == 37
+
+
+def test_threshold_needs_binary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from services.common.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="--mask-threshold needs --mask-type binary"):
+        MaskOptions(mask_threshold=128).validate()
+    img_dir, mask_dir, _ = jpeg_masks(tmp_path)
+    base = ["import", "masks", "--images", str(img_dir), "--masks", str(mask_dir), "--pattern", "{stem}.jpg",
+            "--store", f"file://{tmp_path / 'store'}", "--workers", "1", "--split", "none"]
+    assert run_cli(base + ["--mask-threshold", "128"]) == 2
+    assert "--mask-threshold needs --mask-type binary" in capsys.readouterr().err
+    assert run_cli(base) == 2
+    assert "--mask-type binary --mask-threshold 128" in capsys.readouterr().err
+    assert run_cli(base + ["--mask-type", "binary", "--mask-threshold", "128"]) == 0
+
+
+# --- folders: symlinks stay inside, dangling ones are errors -------------------------------------
+
+
+def test_symlinks_must_stay_inside_the_folders(tmp_path: Path, file_store: FileStore) -> None:
+    img_dir, mask_dir, elsewhere = tmp_path / "images", tmp_path / "masks", tmp_path / "elsewhere"
+    full = np.full((32, 32), 255, np.uint8)
+    for stem in ("ok", "alias-target", "mask-out"):
+        write_rgb(img_dir / f"{stem}.png", noise_image(32, 32, 0))
+        write_mask(mask_dir / f"{stem}.png", full)
+    write_rgb(elsewhere / "secret.png", noise_image(32, 32, 1))
+    write_mask(elsewhere / "secret-mask.png", full)
+    (img_dir / "outside.png").symlink_to(elsewhere / "secret.png")
+    write_mask(mask_dir / "outside.png", full)
+    (img_dir / "dangling.png").symlink_to(tmp_path / "gone.png")
+    (img_dir / "alias.png").symlink_to(img_dir / "alias-target.png")  # inside the folder: fine
+    write_mask(mask_dir / "alias.png", full)
+    (mask_dir / "mask-out.png").unlink()
+    (mask_dir / "mask-out.png").symlink_to(elsewhere / "secret-mask.png")
+    write_rgb(img_dir / "mask-dangling.png", noise_image(32, 32, 2))
+    (mask_dir / "mask-dangling.png").symlink_to(tmp_path / "gone-mask.png")
+    with pytest.raises(ImportProblems) as exc:
+        import_masks(file_store, img_dir, mask_dir, MaskOptions(), ONE)
+    problems = sorted(exc.value.problems)
+    assert len(problems) == 4, problems
+    assert problems[0].startswith("dangling.png: dangling symlink (to ")
+    assert problems[1].startswith("mask-dangling.png: mask mask-dangling.png: dangling symlink")
+    assert problems[2].startswith("mask-out.png: mask mask-out.png: leads outside")
+    assert problems[3].startswith("outside.png: leads outside") and "secret.png" in problems[3]
+    assert nothing_registered(file_store)
+    for name in ("outside.png", "dangling.png", "mask-dangling.png"):
+        (img_dir / name).unlink()
+    (mask_dir / "mask-out.png").unlink()
+    write_mask(mask_dir / "mask-out.png", full)
+    summary = import_masks(file_store, img_dir, mask_dir, MaskOptions(), ImportOptions(size=None, split=None, workers=1))
+    assert summary.images == 4  # ok, alias-target, alias (a link inside the folder), mask-out
+
+
+# --- names: an import never silently moves a name -----------------------------------------------
+
+
+def folder_with(tmp_path: Path, tag: str, n: int) -> tuple[Path, Path]:
+    img_dir, mask_dir = tmp_path / tag / "i", tmp_path / tag / "m"
+    for k in range(n):
+        write_rgb(img_dir / f"{tag}{k}.png", noise_image(24, 24, k))
+        write_mask(mask_dir / f"{tag}{k}.png", np.full((24, 24), 255, np.uint8))
+    return img_dir, mask_dir
+
+
+def test_reimporting_a_name_needs_replace(tmp_path: Path, store: ObjectStore) -> None:
+    first = import_masks(store, *folder_with(tmp_path, "a", 2), options=ImportOptions(name="ds", split=None, workers=1))
+    again = import_masks(store, *folder_with(tmp_path, "a", 2), options=ImportOptions(name="ds", split=None, workers=1))
+    assert again.dataset_id == first.dataset_id and again.replaced == ""  # the same content: nothing moves
+    other = folder_with(tmp_path, "b", 3)
+    from services.common.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument) as exc:
+        import_masks(store, *other, options=ImportOptions(name="ds", split=None, workers=1))
+    text = str(exc.value)
+    assert f"the name 'ds' already names dataset {first.dataset_id}" in text and "nothing was registered" in text
+    assert "--replace" in text and f"the old one stays addressable by its id {first.dataset_id}" in text
+    assert list_datasets(store) == {"ds": first.dataset_id} and len(store.list("datasets/")) == 1
+    moved = import_masks(store, *other, options=ImportOptions(name="ds", split=None, workers=1, replace=True))
+    assert moved.replaced == first.dataset_id and moved.images == 3
+    assert list_datasets(store) == {"ds": moved.dataset_id}
+    assert len(Dataset.load(store, first.dataset_id)) == 2  # the old dataset, by id
+    assert any(f"pointed at {first.dataset_id}, which stays addressable" in line for line in moved.lines())
+
+
+def test_cli_reimport_needs_replace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"file://{tmp_path / 'store'}"
+
+    def argv(tag: str, n: int) -> list[str]:
+        img_dir, mask_dir = folder_with(tmp_path, tag, n)
+        return ["import", "masks", "--images", str(img_dir), "--masks", str(mask_dir), "--store", url,
+                "--name", "ds", "--workers", "1", "--split", "none"]
+
+    assert run_cli(argv("a", 2)) == 0
+    capsys.readouterr()
+    assert run_cli(argv("b", 3)) == 2
+    err = capsys.readouterr().err
+    assert "the name 'ds' already names dataset" in err and "Give --replace" in err
+    assert run_cli(argv("b", 3) + ["--replace"]) == 0
+    assert "which stays addressable by that id" in capsys.readouterr().out

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import numpy as np
@@ -22,6 +23,7 @@ from services.common.importers.pipeline import (
     ImportProblems,
     ImportSummary,
     ImportTask,
+    outside_problem,
     read_source,
     require_dir,
     run_import,
@@ -128,12 +130,25 @@ def _load_json(path: Path) -> Any:
         raise ImportProblems("import coco", [f"{path}: not valid JSON ({exc})"]) from None
 
 
-def _resolve_image(root: Path, file_name: str) -> Path | None:
-    """`root/file_name`, else `root/<basename>` (exports often keep a sub-folder in file_name)."""
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def _resolve_image(root: Path, file_name: str) -> tuple[Path | None, str]:
+    """(`root/file_name`, else `root/<basename>` (exports often keep a sub-folder in
+    file_name), '') or (None, the problem). A file_name never reaches outside `root`: absolute
+    paths and '..' are refused, and so are symlinks that dangle or lead out of it."""
+    parts = PurePosixPath(file_name.replace("\\", "/")).parts
+    if file_name.startswith(("/", "\\")) or _DRIVE.match(file_name):
+        return None, f"file_name is an absolute path; it must be relative to {root}"
+    if ".." in parts:
+        return None, f"file_name contains '..'; it must stay inside {root}"
     for candidate in (root / file_name, root / Path(file_name).name):
+        problem = outside_problem(root, candidate)
+        if problem:
+            return None, problem
         if candidate.is_file():
-            return candidate
-    return None
+            return candidate, ""
+    return None, f"file not found in {root}"
 
 
 def plan_coco(coco: Any, images_root: Path, source: str) -> tuple[list[dict[str, Any]], list[ImportTask]]:
@@ -184,9 +199,9 @@ def plan_coco(coco: Any, images_root: Path, source: str) -> tuple[list[dict[str,
         if not (_is_int(w) and _is_int(h) and w > 0 and h > 0):
             problems.append(f"image {iid} ({name}): width/height must be positive integers, got {w!r}×{h!r}")
             continue
-        path = _resolve_image(images_root, name)
+        path, problem = _resolve_image(images_root, name)
         if path is None:
-            problems.append(f"image {iid} ({name}): file not found in {images_root}")
+            problems.append(f"image {iid} ({name}): {problem}")
             continue
         images[iid] = img
         paths[iid] = path

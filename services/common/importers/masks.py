@@ -11,6 +11,12 @@ Mask files are found by a pattern on the image's stem (`{stem}_segmentation.png`
 - *instance ids* (several non-zero values): one instance per value, never split or merged.
 
 `mask_type="auto"` decides per file by the number of distinct non-zero values.
+
+A mask whose values compression or resampling has changed is refused, never guessed at: a JPEG
+file, or a mask whose non-zero values are mostly grey levels found only in thin lines along
+edges (auto mode would make each grey level an instance; binary mode would grow every object
+by its blurred rim). `mask_threshold` (binary only) is the explicit way to read such masks:
+foreground = value ≥ threshold.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ import cv2
 import numpy as np
 
 from services.common.errors import InvalidArgument
-from services.common.imageio import read_mask
+from services.common.imageio import LOSSY_FORMATS, read_mask_and_format
 from services.common.importers.pipeline import (
     Decoded,
     ImportOptions,
@@ -31,6 +37,7 @@ from services.common.importers.pipeline import (
     ImportSummary,
     ImportTask,
     list_images,
+    outside_problem,
     read_source,
     require_dir,
     run_import,
@@ -49,6 +56,7 @@ class MaskOptions:
     binary_instances: str = "components"
     min_area: float = 0.01  # < 1: fraction of the image area; ≥ 1: pixels; 0: every component counts
     category: str = "lesion"
+    mask_threshold: int | None = None  # binary only: foreground = value ≥ threshold (for lossy masks)
 
     def validate(self) -> "MaskOptions":
         fields = {f for _, f, _, _ in string.Formatter().parse(self.pattern) if f is not None}
@@ -67,6 +75,11 @@ class MaskOptions:
             raise InvalidArgument(f"--min-area must be ≥ 0, got {self.min_area}")
         if not self.category.strip():
             raise InvalidArgument("--category must not be empty")
+        if self.mask_threshold is not None:
+            if isinstance(self.mask_threshold, bool) or not isinstance(self.mask_threshold, int) or not 1 <= self.mask_threshold <= 65535:
+                raise InvalidArgument(f"--mask-threshold must be an integer in [1, 65535], got {self.mask_threshold!r}")
+            if self.mask_type != "binary":
+                raise InvalidArgument(f"--mask-threshold needs --mask-type binary (got --mask-type {self.mask_type})")
         return self
 
     def mask_name(self, image: Path) -> str:
@@ -106,15 +119,58 @@ def binary_components(fg: np.ndarray, min_area: float) -> tuple[np.ndarray, int]
     return masks, small
 
 
+def edge_only_values(mask: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The `values` that no pixel of `mask` holds together with all 8 of its neighbours: values
+    found only in lines ≤ 2 px thick, as the grey levels a lossy or resampled mask has along
+    its edges (a real instance, however small, almost always has an inside)."""
+    h, w = mask.shape
+    if h < 3 or w < 3:
+        return values
+    centre = mask[1:-1, 1:-1]
+    inside = np.ones(centre.shape, dtype=bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                inside &= mask[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx] == centre
+    return np.setdiff1d(values, np.unique(centre[inside]))
+
+
+def lossy_mask_problem(mask: np.ndarray, file_format: str, mask_type: str) -> str:
+    """Why the values of `mask` cannot be taken as exact binary or instance ids ('' when they
+    can): a lossy file format, or (unless the user said `instance`) non-zero values that are
+    mostly edge-only grey levels."""
+    if file_format in LOSSY_FORMATS:
+        return f"is a {file_format} file: lossy compression changes mask values along every edge"
+    if mask_type == "instance":
+        return ""  # the user says these values are instance ids
+    values = np.unique(mask)
+    values = values[values != 0]
+    if len(values) < 2:
+        return ""
+    grey = edge_only_values(mask, values)
+    if len(grey) >= 3 and 2 * len(grey) >= len(values):
+        return (f"has {len(values)} distinct non-zero values, {len(grey)} of them only along edges: grey levels of a "
+                "resampled or lossily compressed mask, not a binary or instance-id mask")
+    return ""
+
+
 def decode_masks_task(task: ImportTask) -> Decoded:
     """Read one image + its mask file (task.source = (mask_path, MaskOptions))."""
     mask_path, opts = task.source
     data, image = read_source(task.image_path)
-    mask = read_mask(mask_path)
+    mask, file_format = read_mask_and_format(mask_path)
     if mask.shape != image.shape[:2]:
         raise InvalidArgument(
             f"{task.file_name}: mask {Path(mask_path).name} is {mask.shape[1]}×{mask.shape[0]}, image is {image.shape[1]}×{image.shape[0]}"
         )
+    if opts.mask_threshold is None:
+        problem = lossy_mask_problem(mask, file_format, opts.mask_type)
+        if problem:
+            instead = "" if file_format in LOSSY_FORMATS else " (or, if these values really are instance ids, --mask-type instance)"
+            raise InvalidArgument(
+                f"{task.file_name}: mask {Path(mask_path).name} {problem}. Masks are never guessed at: save them as PNG, "
+                f"or threshold them explicitly with --mask-type binary --mask-threshold 128{instead}"
+            )
     values = np.unique(mask)
     values = values[values != 0]
     kind = opts.mask_type
@@ -122,7 +178,7 @@ def decode_masks_task(task: ImportTask) -> Decoded:
         kind = "binary" if len(values) <= 1 else "instance"
     notes: dict[str, int] = {}
     if kind == "binary":
-        fg = mask != 0
+        fg = mask != 0 if opts.mask_threshold is None else mask >= opts.mask_threshold
         if opts.binary_instances == "single":
             masks = fg[None] if fg.any() else np.zeros((0,) + fg.shape, dtype=bool)
         else:
@@ -150,10 +206,9 @@ def import_masks(
     options.validate()
     images_root = require_dir(images_dir, "image folder")
     masks_root = require_dir(masks_dir, "mask folder")
-    images = list_images(images_root)
-    if not images:
+    images, problems = list_images(images_root)
+    if not images and not problems:
         raise ImportProblems(what, [f"no images (*{', *'.join(('.jpg', '.png', '.tif', '…'))}) in {images_root}"])
-    problems: list[str] = []
     tasks: list[ImportTask] = []
     seen: dict[str, str] = {}
     for image in images:
@@ -162,6 +217,10 @@ def import_masks(
             problems.append(f"{image.name}: mask {mask_path.name} is also the mask of {seen[mask_path.name]} (pattern {mask_options.pattern!r})")
             continue
         seen[mask_path.name] = image.name
+        problem = outside_problem(masks_root, mask_path)
+        if problem:
+            problems.append(f"{image.name}: mask {mask_path.name}: {problem}")
+            continue
         if not mask_path.is_file():
             problems.append(f"{image.name}: no mask {mask_path.name} in {masks_root}")
             continue
@@ -177,5 +236,7 @@ def import_masks(
         "binary_instances": mask_options.binary_instances,
         "min_area": mask_options.min_area,
     }
+    if mask_options.mask_threshold is not None:  # only when set: earlier imports keep their ids
+        params["mask_threshold"] = mask_options.mask_threshold
     categories = [{"id": 1, "name": mask_options.category, "supercategory": ""}]
     return run_import(store, what, tasks, decode_masks_task, categories, options, params, progress)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from services.common.datasets import Dataset, DatasetWriter, ImageRecord, encode_sample, validate_name
+from services.common.datasets import Dataset, DatasetWriter, ImageRecord, encode_sample, manifest_id, registered_id, validate_name
 from services.common.errors import InvalidArgument, SynthaugError
 from services.common.imageio import decode_image, resize_image, resize_mask
 from services.common.splits import SplitSpec, assign_splits, groups_for, read_groups
@@ -59,6 +59,7 @@ class ImportOptions:
     metadata: str = ""  # CSV with one row per image (for grouped splits)
     id_column: str = "image_id"  # CSV column matched against image file stems
     workers: int = 1  # processes for decode/encode; ≤ 1 runs in this process
+    replace: bool = False  # let `name` move to a different dataset (not part of the provenance)
 
     def validate(self) -> "ImportOptions":
         if self.name:
@@ -141,6 +142,7 @@ class ImportSummary:
     notes: dict[str, int]
     seconds: float
     workers: int
+    replaced: str = ""  # the id `name` pointed at before this import moved it ('' if it did not)
 
     def lines(self) -> list[str]:
         splits = ", ".join(f"{k or 'unsplit'} {v}" for k, v in sorted(self.split_sizes.items(), key=lambda kv: ("train", "val", "test", "").index(kv[0])))
@@ -150,6 +152,8 @@ class ImportSummary:
             f"instances {self.instances} in {self.categories} categor{'y' if self.categories == 1 else 'ies'}",
             f"splits    {splits}",
         ]
+        if self.replaced:
+            out.append(f"replaced  name {self.name} pointed at {self.replaced}, which stays addressable by that id")
         if self.notes:
             out.append("notes     " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(self.notes.items())))
         rate = self.images / self.seconds if self.seconds > 0 else float("inf")
@@ -178,7 +182,7 @@ class _CaptureStore(ObjectStore):
     def _unsupported(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("the capture store only supports put_blob")
 
-    put_bytes = put_file = get_bytes = get_to_file = stat = exists = list = delete = _unsupported  # type: ignore[assignment]
+    put_bytes = put_file = get_bytes = get_to_file = verify = stat = exists = list = delete = _unsupported  # type: ignore[assignment]
 
 
 _BLOB_TYPES = {".png": "image/png", ".jpg": "image/jpeg"}
@@ -323,6 +327,14 @@ def run_import(
         writer.add_record(record)
     if problems:
         raise ImportProblems(what, problems)
+    previous = registered_id(store, options.name) if options.name else None
+    new_id = manifest_id(writer.manifest())
+    if previous is not None and previous != new_id and not options.replace:
+        raise InvalidArgument(
+            f"{what}: the name {options.name!r} already names dataset {previous}, and this import is a different dataset "
+            f"({new_id}); nothing was registered. Give --replace to point {options.name!r} at the new dataset "
+            f"(the old one stays addressable by its id {previous}), or choose another --name"
+        )
     ref = writer.finish()
     dataset = Dataset.load(store, ref.id)
     return ImportSummary(
@@ -336,15 +348,38 @@ def run_import(
         notes=notes,
         seconds=time.perf_counter() - started,
         workers=max(1, options.workers),
+        replaced=previous if previous is not None and previous != ref.id else "",
     )
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in `folder`, sorted by name (hidden files ignored)."""
-    return sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+def list_images(folder: Path) -> tuple[list[Path], list[str]]:
+    """Image files directly in `folder`, sorted by name (hidden files ignored), and the
+    problems with the rest: a symlink that dangles or leads outside `folder` is named, never
+    skipped or followed out."""
+    images, problems = [], []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        problem = outside_problem(folder, p)
+        if problem:
+            problems.append(f"{p.name}: {problem}")
+        elif p.is_file():
+            images.append(p)
+    return images, problems
+
+
+def outside_problem(root: Path, path: Path) -> str:
+    """Why `path` must not be read as a file of the folder `root` ('' when it may, or when it
+    simply does not exist): a dangling symlink, or a path that leads out of `root` through
+    '..' or a symlink (an import reads only what the user pointed it at)."""
+    if path.is_symlink() and not path.exists():
+        return f"dangling symlink (to {os.readlink(path)})"
+    if not path.exists():
+        return ""
+    real, inside = path.resolve(), root.resolve()
+    if real != inside and inside not in real.parents:
+        return f"leads outside {root} (to {real}); only files inside the folder are imported"
+    return ""
 
 
 def require_dir(path: str | os.PathLike[str], what: str) -> Path:

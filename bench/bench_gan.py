@@ -20,19 +20,20 @@ import numpy as np
 import torch
 
 from services.common.imageio import read_image, read_mask, resize_image, resize_mask, write_png
-from services.gan.config import GanConfig
+from services.gan.config import GanConfig, GenerateConfig
 from services.gan.diversity import diversity
 from services.gan.generator import MaskItem, generate_batch, generate_images, load_generator
 from services.gan.grid import make_grid, visualize_condition
+from services.gan.model import build_model
 from services.gan.rendering import RenderSpec, render_condition
-from services.gan.trainer import Pix2Pix, TrainHooks, TrainPair, train
+from services.gan.trainer import TrainHooks, TrainingRun, TrainPair, train
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def bench_train_step(device: str, batch: int, iters: int, amp: str = "none") -> float:
     cfg = GanConfig(batch_size=batch, amp=amp)
-    model = Pix2Pix(cfg, RenderSpec((1,), ("lesion",)), device)
+    model = build_model(cfg, RenderSpec((1,), ("lesion",)), device)
     a = torch.rand(batch, 1, 256, 256) * 2 - 1
     b = torch.rand(batch, 3, 256, 256) * 2 - 1
     model.train_step(a, b)  # warm-up (allocations, cudnn autotune)
@@ -47,13 +48,14 @@ def bench_train_step(device: str, batch: int, iters: int, amp: str = "none") -> 
 
 
 def bench_generate(device: str, batch: int, iters: int) -> float:
-    state = Pix2Pix(GanConfig(), RenderSpec((1,), ("lesion",)), device).state_dict(with_optimizers=False)
+    cfg, spec = GanConfig(), RenderSpec((1,), ("lesion",))
+    state = TrainingRun(build_model(cfg, spec, device), cfg, spec).checkpoint(with_optimizers=False)
     gen = load_generator(state, device)
     conds = np.random.default_rng(0).choice([-1.0, 1.0], size=(batch, 1, 256, 256)).astype(np.float32)
-    generate_batch(gen, conds, 0, 0, True, "train")
+    generate_batch(gen, conds, 0, 0, GenerateConfig())
     t0 = time.perf_counter()
     for i in range(iters):
-        generate_batch(gen, conds, 0, i, True, "train")
+        generate_batch(gen, conds, 0, i, GenerateConfig())
     return iters * batch / (time.perf_counter() - t0)
 
 
@@ -79,15 +81,15 @@ def isic_run(args: argparse.Namespace, out: Path) -> None:
         spec = RenderSpec((1,), ("lesion",), color_hint=remedy == "color_hint", hint_size=8)
         reports = []
         t0 = time.perf_counter()
-        model = train(train_pairs, cfg, spec, seed=0, hooks=TrainHooks(on_epoch=reports.append))
+        run = train(train_pairs, cfg, spec, seed=0, hooks=TrainHooks(on_epoch=reports.append))
         dt = time.perf_counter() - t0
         first, last = reports[0].losses, reports[-1].losses
         print(f"[{remedy}] {dt:.0f} s, {np.mean([r.pairs_per_s for r in reports]):.1f} pairs/s; "
               f"G_L1 {first['G_L1']:.1f} → {last['G_L1']:.1f}, G_GAN {last['G_GAN']:.2f}, D_real {last['D_real']:.2f}, D_fake {last['D_fake']:.2f}")
         write_png(out / f"isic_train_grid_{remedy}.png", reports[-1].grid)
-        gen = load_generator(model.state_dict(with_optimizers=False), "cpu")
+        gen = load_generator(run.checkpoint(with_optimizers=False), "cpu")
         items = [MaskItem(p.masks, p.labels, p.image) for p in val_pairs]  # the val image plays the composite's background
-        outputs[remedy] = list(generate_images(gen, items, seed=1, batch_size=8))
+        outputs[remedy] = list(generate_images(gen, items, 1, GenerateConfig(batch_size=8)))
         specs[remedy] = spec
     fgs = [p.masks.any(axis=0) for p in val_pairs]
     print("\ndiversity on val masks (spread = sqrt(trace cov) of per-image mean Lab; higher = more varied):")

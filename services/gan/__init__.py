@@ -1,6 +1,7 @@
-"""pix2pix (Isola et al. 2017) as a service: train a mask → image generator, generate datasets.
+"""Conditional GANs as a service: train a mask → image generator, generate datasets.
 
-Core modules work on numpy arrays and tensors only (config, networks, rendering, trainer,
-generator, diversity, grid); `pipeline` connects them to synthaug datasets and the store;
-`server` is the gRPC adapter.
+Core modules work on numpy arrays and tensors only: config (settings, torch-free), registry
+(generators by name, torch-free), model (the Protocol every generator satisfies), pix2pix and
+networks (the reference generator), rendering, trainer, checkpoint, generator, diversity, grid.
+`pipeline` connects them to synthaug datasets and the store; `server` is the gRPC adapter.
 """

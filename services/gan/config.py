@@ -1,21 +1,33 @@
-"""Training configuration: one dataclass, the reference defaults, validation at the edge."""
+"""GAN settings: the only copy of their defaults and their validation (torch-free).
+
+Requests and plans reach these dataclasses through services.common.config
+(`config_from_proto` / `config_from_mapping`): unset fields take the defaults below, which
+gan.proto documents field by field.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from services.common.errors import InvalidArgument
+from services.gan.registry import model_names
 
 NORMS = ("batch", "instance")
 AMP_MODES = ("none", "bf16", "fp16")
 DIVERSITY_REMEDIES = ("none", "color_hint")
+BATCHNORM_MODES = ("train", "eval")
 MIN_DEPTH = 5  # the reference U-Net has 5 fixed blocks; depth - 5 more 8·ngf blocks carry dropout
+
+
+def _bad(cls: str, name: str, value: Any, why: str) -> InvalidArgument:
+    return InvalidArgument(f"{cls}.{name} {why}, got {value!r}")
 
 
 @dataclass
 class GanConfig:
-    """pix2pix hyper-parameters; defaults are those of the reference implementation."""
+    """Training hyper-parameters; defaults are those of the pix2pix reference implementation."""
 
+    model: str = "pix2pix"
     image_size: int = 256
     ngf: int = 64
     ndf: int = 64
@@ -43,11 +55,13 @@ class GanConfig:
     def total_epochs(self) -> int:
         return self.n_epochs + self.n_epochs_decay
 
-    def validate(self) -> "GanConfig":
+    def validate(self) -> GanConfig:
         """Raise InvalidArgument naming the first bad field; return self."""
         def bad(name: str, value: Any, why: str) -> InvalidArgument:
-            return InvalidArgument(f"GanConfig.{name} {why}, got {value!r}")
+            return _bad("GanConfig", name, value, why)
 
+        if self.model not in model_names():
+            raise bad("model", self.model, f"must be a registered generator ({', '.join(model_names())})")
         for name in ("ngf", "ndf", "n_layers_d", "batch_size", "checkpoint_every", "color_hint_size", "sample_count"):
             if getattr(self, name) < 1:
                 raise bad(name, getattr(self, name), "must be ≥ 1")
@@ -77,42 +91,30 @@ class GanConfig:
             raise bad("color_hint_size", self.color_hint_size, "must not exceed image_size")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain python scalars: what a checkpoint stores (loadable with weights_only=True)."""
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GanConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InvalidArgument(f"GanConfig: unknown option(s) {unknown}")
-        return cls(**d).validate()
+@dataclass
+class GenerateConfig:
+    """How a trained generator turns masks into images (the noise follows the reference test.py)."""
 
-    @classmethod
-    def from_proto(cls, msg: Any) -> "GanConfig":
-        """Proto3 zero values mean 'reference default'; booleans are the reference's --no_* flags."""
-        base = cls()
-        kw: dict[str, Any] = {}
-        for name in ("image_size", "ngf", "ndf", "depth", "n_layers_d", "n_epochs", "n_epochs_decay",
-                     "batch_size", "checkpoint_every", "color_hint_size", "sample_count",
-                     "lambda_l1", "lr", "beta1", "beta2"):
-            value = getattr(msg, name)
-            if value < 0:
-                raise InvalidArgument(f"GanConfig.{name} must not be negative, got {value!r}")
-            kw[name] = value if value else getattr(base, name)
-        # n_epochs / n_epochs_decay of 0 are meaningful only together with the other one set.
-        if msg.n_epochs == 0 and msg.n_epochs_decay > 0:
-            kw["n_epochs"] = 0
-        if msg.n_epochs_decay == 0 and msg.n_epochs > 0:
-            kw["n_epochs_decay"] = 0
-        kw["norm"] = msg.norm or base.norm
-        kw["amp"] = msg.amp or base.amp
-        kw["diversity"] = msg.diversity or base.diversity
-        kw["num_workers"] = msg.num_workers
-        if msg.num_workers < 0:
-            raise InvalidArgument(f"GanConfig.num_workers must not be negative, got {msg.num_workers}")
-        kw["flip"] = not msg.no_flip
-        kw["dropout"] = not msg.no_dropout
-        kw["boundary_channel"] = msg.boundary_channel
-        return cls(**kw).validate()
+    #: Dropout at inference: pix2pix's only noise source, kept on as in the paper.
+    dropout: bool = True
+    #: "train": batch statistics (the reference test.py); "eval": running averages (--eval).
+    batchnorm: str = "train"
+    #: Resample masks of another size to the generator's (nearest neighbour) and each image back
+    #: to its masks' size. On by default: composite masks rarely come at the training size, the
+    #: annotations stay exact, and the generated dataset keeps the masks' geometry.
+    resize: bool = True
+    #: The first `count` images of the mask dataset (split); 0 = every image.
+    count: int = 0
+    #: Images per forward pass; batch statistics and the seed stream depend on it.
+    batch_size: int = 1
+
+    def validate(self) -> GenerateConfig:
+        """Raise InvalidArgument naming the first bad field; return self."""
+        if self.batchnorm not in BATCHNORM_MODES:
+            raise _bad("GenerateConfig", "batchnorm", self.batchnorm, f"must be one of {BATCHNORM_MODES}")
+        if self.count < 0:
+            raise _bad("GenerateConfig", "count", self.count, "must be ≥ 0")
+        if self.batch_size < 1:
+            raise _bad("GenerateConfig", "batch_size", self.batch_size, "must be ≥ 1")
+        return self

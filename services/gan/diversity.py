@@ -45,7 +45,7 @@ def diversity(images: Sequence[np.ndarray], foregrounds: Sequence[np.ndarray] | 
     `foregrounds` are H×W bool lesion regions (e.g. the union of an image's masks); without
     them only the whole-image figures are computed.
     """
-    whole = [mean_lab(im) for im in images]
+    whole = [m for m in map(mean_lab, images) if m is not None]  # never None without a region
     out = {"n_images": float(len(images)), "image_lab_spread": spread(whole)}
     out["image_L_std"] = float(np.std([w[0] for w in whole])) if whole else 0.0
     if foregrounds is not None:

@@ -9,7 +9,7 @@ the skip connections carry activated features, is the reference's.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 from torch import nn
@@ -141,12 +141,12 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
     def init(m: nn.Module) -> None:
         name = m.__class__.__name__
         if hasattr(m, "weight") and ("Conv" in name or "Linear" in name):
-            nn.init.normal_(m.weight.data, 0.0, gain)
+            nn.init.normal_(cast(torch.Tensor, m.weight).data, 0.0, gain)
             if getattr(m, "bias", None) is not None:
-                nn.init.constant_(m.bias.data, 0.0)
+                nn.init.constant_(cast(torch.Tensor, m.bias).data, 0.0)
         elif "BatchNorm2d" in name:
-            nn.init.normal_(m.weight.data, 1.0, gain)
-            nn.init.constant_(m.bias.data, 0.0)
+            nn.init.normal_(cast(torch.Tensor, m.weight).data, 1.0, gain)
+            nn.init.constant_(cast(torch.Tensor, m.bias).data, 0.0)
 
     net.apply(init)
     return net
@@ -163,6 +163,9 @@ def build_discriminator(input_nc: int, ndf: int, n_layers: int, norm: str) -> NL
 class GANLoss(nn.Module):
     """The reference 'vanilla' GAN loss: BCE with logits against a constant real/fake target map."""
 
+    real_label: torch.Tensor
+    fake_label: torch.Tensor
+
     def __init__(self, target_real_label: float = 1.0, target_fake_label: float = 0.0) -> None:
         super().__init__()
         self.register_buffer("real_label", torch.tensor(target_real_label))
@@ -174,16 +177,3 @@ class GANLoss(nn.Module):
         prediction = prediction.float()
         return self.loss(prediction, target.expand_as(prediction))
 
-
-def set_dropout(net: nn.Module, enabled: bool) -> None:
-    """Switch only the dropout layers between train (sampling) and eval (identity)."""
-    for m in net.modules():
-        if isinstance(m, nn.Dropout):
-            m.train(enabled)
-
-
-def set_batchnorm_mode(net: nn.Module, train_stats: bool) -> None:
-    """Batch statistics (train) or running averages (eval) for every batch-norm layer."""
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.train(train_stats)

@@ -2,28 +2,32 @@
 
 This is where the core meets the store: pairs come from services.common.datasets, checkpoints
 and sample grids go under the job's work prefix, the final generator is a content-addressed
-blob, and generated images become a dataset of kind "gan" whose annotations are copied
-verbatim from the mask dataset (same RLEs, boxes, areas, categories; new image blobs).
+blob (role "generator"), and generated images become a dataset of kind "gan" (role "dataset")
+whose annotations are copied verbatim from the mask dataset (same RLEs, boxes, areas,
+categories; new image blobs). Nothing here depends on which registered generator is used.
 """
 from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from services.common.config import config_to_mapping
 from services.common.datasets import Dataset, DatasetWriter, ImageRecord
 from services.common.errors import InvalidArgument
 from services.common.imageio import encode_png, resize_image, resize_mask
-from services.common.refs import object_ref
+from services.common.refs import add_output, object_ref, resolve_object
 from services.common.store import ObjectStore
-from services.gan.config import GanConfig
-from services.gan.generator import MaskItem, generate_images, load_checkpoint, load_generator, save_checkpoint
+from services.gan.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+from services.gan.config import GanConfig, GenerateConfig
+from services.gan.generator import MaskItem, generate_images, load_generator
 from services.gan.rendering import RenderSpec
 from services.gan.trainer import EpochReport, TrainHooks, TrainPair, train
 from synthaug.v1 import common_pb2
@@ -35,7 +39,7 @@ LOAD_THREADS = 4
 CHUNK = 32
 
 
-class Progress:
+class Progress(Protocol):
     """What the pipeline reports to (a JobContext fits): progress(fraction, message, metrics)."""
 
     work_prefix: str
@@ -46,6 +50,9 @@ class Progress:
 
 # -- training ---------------------------------------------------------------------------------
 def training_records(ds: Dataset, split: str) -> list[dict[str, Any]]:
+    """The real pairs of `split` to train on; InvalidArgument for another kind or none."""
+    if ds.kind != "real":
+        raise InvalidArgument(f"dataset {ds.id} is of kind {ds.kind!r}: a GAN trains on real pairs only")
     records = ds.image_records(split)
     if not records:
         where = f"split {split!r} of " if split else ""
@@ -74,9 +81,10 @@ def latest_checkpoint(store: ObjectStore, prefix: str) -> tuple[int, str] | None
 
 
 def run_train(ctx: Progress, store: ObjectStore, ds: Dataset, split: str, cfg: GanConfig, seed: int) -> common_pb2.JobResult:
-    """Train on the real pairs of `split`; resume from the latest checkpoint under the work prefix."""
-    if ds.kind != "real":
-        raise InvalidArgument(f"dataset {ds.id} is of kind {ds.kind!r}: pix2pix trains on real pairs only")
+    """Train on the real pairs of `split`; resume from the latest checkpoint under the work prefix.
+
+    Result: outputs["generator"] is the final checkpoint; `objects` also lists the sample grids.
+    """
     records = training_records(ds, split)
     spec = RenderSpec.for_categories(ds.categories, cfg.boundary_channel, cfg.diversity == "color_hint", cfg.color_hint_size)
     ctx.progress(0.0, f"loading {len(records)} training pairs")
@@ -86,17 +94,14 @@ def run_train(ctx: Progress, store: ObjectStore, ds: Dataset, split: str, cfg: G
     latest = latest_checkpoint(store, prefix)
     if latest is not None:
         resume = load_checkpoint(store.get_bytes(latest[1]), latest[1])
-        if resume.get("config") != cfg.to_dict() or resume.get("render") != spec.to_dict():
+        if resume["config"] != config_to_mapping(cfg) or resume["render"] != spec.to_dict():
             raise InvalidArgument(f"{latest[1]} was written with another configuration; refusing to resume from it")
         ctx.progress(latest[0] / cfg.total_epochs, f"resuming after epoch {latest[0]}")
-
-    grid_keys: dict[int, str] = {}
 
     def on_epoch(r: EpochReport) -> None:
         if r.grid is not None:
             key = f"{prefix}grids/epoch-{r.epoch:04d}.png"
             store.put_bytes(key, encode_png(r.grid), content_type="image/png")
-            grid_keys[r.epoch] = key
         metrics = {**r.losses, "epoch": float(r.epoch), "pairs_per_s": r.pairs_per_s, "iterations_per_s": r.iterations_per_s, "lr": r.lr}
         ctx.progress(r.epoch / r.total_epochs, f"epoch {r.epoch}/{r.total_epochs}", metrics)
 
@@ -108,30 +113,44 @@ def run_train(ctx: Progress, store: ObjectStore, ds: Dataset, split: str, cfg: G
             if m and int(m.group(1)) < epoch:
                 store.delete(k)
 
-    model = train(pairs, cfg, spec, seed, TrainHooks(on_epoch, on_checkpoint, ctx.check_cancelled), resume)
-    final = model.state_dict(with_optimizers=False)
+    run = train(pairs, cfg, spec, seed, TrainHooks(on_epoch, on_checkpoint, ctx.check_cancelled), resume)
+    final = run.checkpoint(with_optimizers=False)
     final.update(dataset=ds.id, split=split, seed=int(seed), num_pairs=len(pairs))
     info = store.put_blob(save_checkpoint(final), suffix=".pt")
+    result = add_output(common_pb2.JobResult(), "generator", object_ref(store, info))
     grids = sorted(k for k in store.list(f"{prefix}grids/") if k.endswith(".png"))
-    result = common_pb2.JobResult(objects=[object_ref(store, info)] + [object_ref(store, store.stat(k)) for k in grids])
-    last = model.history[-1] if model.history else {}
+    result.objects.extend(object_ref(store, store.stat(k)) for k in grids)
+    last = run.history[-1] if run.history else {}
     result.metrics.update({k: float(v) for k, v in last.items()})
     result.metrics["num_pairs"] = float(len(pairs))
-    result.attributes.update({"dataset": ds.id, "split": split, "checkpoint": info.key, "diversity": cfg.diversity})
+    result.attributes.update({"dataset": ds.id, "split": split, "checkpoint": info.key, "model": cfg.model, "diversity": cfg.diversity})
     return result
 
 
 # -- generation -------------------------------------------------------------------------------
-@dataclass
-class GenerateOptions:
-    seed: int = 0
-    dropout: bool = True
-    batchnorm: str = "train"
-    resize: bool = False
-    count: int = 0
-    batch_size: int = 1
-    name: str = ""
-    split: str = ""
+class CheckpointCache:
+    """Checkpoints loaded (weights_only) and validated once, by content: a service answering
+    many Generate requests for one generator reads and checks its file once."""
+
+    def __init__(self, store: ObjectStore, size: int = 2) -> None:
+        self.store = store
+        self.size = size
+        self._states: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, ref: common_pb2.ObjectRef, what: str = "checkpoint") -> dict[str, Any]:
+        key = resolve_object(self.store, ref, what, verify=True)
+        sha = self.store.stat(key).sha256
+        with self._lock:
+            if sha in self._states:
+                self._states.move_to_end(sha)
+                return self._states[sha]
+        state = load_checkpoint(self.store.get_bytes(key), key)
+        with self._lock:
+            self._states[sha] = state
+            while len(self._states) > self.size:
+                self._states.popitem(last=False)
+        return state
 
 
 def category_map(spec: RenderSpec, categories: Sequence[Mapping[str, Any]], used: set[int]) -> dict[int, int]:
@@ -149,19 +168,16 @@ def category_map(spec: RenderSpec, categories: Sequence[Mapping[str, Any]], used
     return out
 
 
-def generation_plan(ds: Dataset, state: Mapping[str, Any], opts: GenerateOptions) -> tuple[list[dict[str, Any]], dict[int, int]]:
+def generation_plan(ds: Dataset, split: str, state: Mapping[str, Any], cfg: GenerateConfig) -> tuple[list[dict[str, Any]], dict[int, int]]:
     """Validate a generation request against the checkpoint; the records to use and the id map."""
-    if opts.batchnorm not in ("train", "eval"):
-        raise InvalidArgument(f"GanGenerateRequest.batchnorm must be 'train' or 'eval', got {opts.batchnorm!r}")
-    if opts.count < 0 or opts.batch_size < 1:
-        raise InvalidArgument(f"GanGenerateRequest.count must be ≥ 0 and batch_size ≥ 1, got {opts.count} and {opts.batch_size}")
-    records = ds.image_records(opts.split)
-    if opts.count:
-        records = records[: opts.count]
+    cfg.validate()
+    records = ds.image_records(split)
+    if cfg.count:
+        records = records[: cfg.count]
     if not records:
-        raise InvalidArgument(f"mask dataset {ds.id} has no images{' in split ' + repr(opts.split) if opts.split else ''}")
-    size = int(state["config"]["image_size"])
-    if not opts.resize:
+        raise InvalidArgument(f"mask dataset {ds.id} has no images{' in split ' + repr(split) if split else ''}")
+    size = checkpoint_config(state).image_size
+    if not cfg.resize:
         for r in records:
             if (r["width"], r["height"]) != (size, size):
                 raise InvalidArgument(f"{r['file_name']}: masks are {r['width']}×{r['height']} but the generator was trained at {size}×{size}; set resize to resample them")
@@ -174,10 +190,13 @@ def _png_name(file_name: str) -> str:
 
 
 def run_generate(
-    ctx: Progress, store: ObjectStore, ds: Dataset, state: Mapping[str, Any], checkpoint: common_pb2.ObjectRef, opts: GenerateOptions,
+    ctx: Progress, store: ObjectStore, ds: Dataset, split: str, state: Mapping[str, Any], checkpoint: common_pb2.ObjectRef,
+    cfg: GenerateConfig, seed: int, name: str = "",
 ) -> common_pb2.JobResult:
-    records, id_map = generation_plan(ds, state, opts)
-    gen = load_generator(dict(state))
+    """Generate one image per mask record of `split` (the first cfg.count) with the checkpoint's
+    generator. Result: dataset_outputs["dataset"] is the generated dataset."""
+    records, id_map = generation_plan(ds, split, state, cfg)
+    gen = load_generator(state)
     need_image = gen.spec.color_hint
 
     def load(r: Mapping[str, Any]) -> MaskItem:
@@ -193,10 +212,9 @@ def run_generate(
 
     parents = [ds.id] + ([str(state["dataset"])] if state.get("dataset") and state["dataset"] != ds.id else [])
     writer = DatasetWriter(
-        store, "gan", ds.categories, name=opts.name, parents=parents, seed=opts.seed,
-        params={"checkpoint": checkpoint.sha256 or checkpoint.key, "dropout": opts.dropout, "batchnorm": opts.batchnorm,
-                "resize": opts.resize, "count": opts.count, "batch_size": opts.batch_size, "split": opts.split,
-                "diversity": "color_hint" if gen.spec.color_hint else "none"},
+        store, "gan", ds.categories, name=name, parents=parents, seed=seed,
+        params={"checkpoint": checkpoint.sha256 or checkpoint.key, "model": gen.cfg.model, **config_to_mapping(cfg),
+                "split": split, "diversity": "color_hint" if gen.spec.color_hint else "none"},
     )
     t0 = time.perf_counter()
     with ThreadPoolExecutor(LOAD_THREADS) as pool:
@@ -205,11 +223,10 @@ def run_generate(
                 yield from pool.map(load, records[i:i + CHUNK])
 
         pending = []
-        images = generate_images(gen, items(), opts.seed, opts.dropout, opts.batchnorm, opts.batch_size, opts.resize,
-                                 names=[r["file_name"] for r in records])
+        images = generate_images(gen, items(), seed, cfg, names=[r["file_name"] for r in records])
         for done, (r, img) in enumerate(zip(records, images), start=1):
             pending.append(pool.submit(encode, r, img))
-            if done % opts.batch_size == 0 or done == len(records):
+            if done % cfg.batch_size == 0 or done == len(records):
                 for f in pending:
                     writer.add_record(f.result())
                 pending.clear()
@@ -217,7 +234,7 @@ def run_generate(
                 ctx.progress(done / len(records), f"{done}/{len(records)} images", {"images_per_s": rate, "images": float(done)})
     ref = writer.finish()
     elapsed = max(time.perf_counter() - t0, 1e-9)
-    result = common_pb2.JobResult(datasets=[ref])
+    result = add_output(common_pb2.JobResult(), "dataset", ref)
     result.metrics.update({"images": float(len(records)), "images_per_s": len(records) / elapsed})
     result.attributes.update({"source_dataset": ds.id, "checkpoint": checkpoint.key})
     return result

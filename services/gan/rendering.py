@@ -78,13 +78,13 @@ def color_hint(image: np.ndarray, masks: np.ndarray, hint_size: int) -> np.ndarr
     cover everything), so the hint never shows the lesion's own colours.
     """
     h, w = image.shape[:2]
-    bg = ~masks.any(axis=0) if masks.shape[0] else np.ones((h, w), dtype=bool)
+    bg = np.asarray(~masks.any(axis=0)) if masks.shape[0] else np.ones((h, w), dtype=bool)
     weight = bg.astype(np.float32)
     rgb = image.astype(np.float32) / 255.0 * weight[..., None]
     small_rgb = cv2.resize(rgb, (hint_size, hint_size), interpolation=cv2.INTER_AREA)
     small_w = cv2.resize(weight, (hint_size, hint_size), interpolation=cv2.INTER_AREA)[..., None]
-    mean = rgb.reshape(-1, 3).sum(0) / weight.sum() if weight.sum() > 0 else np.full(3, 0.5, np.float32)
-    cells = np.where(small_w > 1e-3, small_rgb / np.maximum(small_w, 1e-6), mean[None, None, :]).astype(np.float32)
+    mean: np.ndarray = rgb.reshape(-1, 3).sum(0) / weight.sum() if weight.sum() > 0 else np.full(3, 0.5, np.float32)
+    cells: np.ndarray = np.where(small_w > 1e-3, small_rgb / np.maximum(small_w, 1e-6), mean[None, None, :]).astype(np.float32)
     cells = cv2.GaussianBlur(cells, (3, 3), 0, borderType=cv2.BORDER_REPLICATE)
     return cv2.resize(cells, (w, h), interpolation=cv2.INTER_LINEAR)
 

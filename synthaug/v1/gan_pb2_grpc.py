@@ -66,14 +66,15 @@ class GanServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SubmitTrain(self, request, context):
-        """Result: objects[0] is the final checkpoint; objects[1..] sample grids.
+        """Result: outputs["generator"] is the final checkpoint (weights_only torch file naming its
+        model); `objects` also lists the per-epoch sample grids (PNG), which have no role.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitGenerate(self, request, context):
-        """Result: datasets[0] is the generated dataset.
+        """Result: dataset_outputs["dataset"] is the generated dataset (kind "gan").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

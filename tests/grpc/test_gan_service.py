@@ -8,14 +8,15 @@ import torch
 
 from services.common.client import wait_job
 from services.common.datasets import Dataset, DatasetWriter
+from services.common.refs import dataset_output, output
 from services.common.store import ObjectStore
-from services.gan.generator import load_checkpoint
+from services.gan.checkpoint import load_checkpoint
 from services.gan.server import build
 from synthaug.v1 import common_pb2, gan_pb2, gan_pb2_grpc
 from tests.grpc_helpers import running_server
 
 TINY = dict(image_size=64, ngf=8, ndf=8, depth=6, n_layers_d=2, n_epochs=1, n_epochs_decay=1, batch_size=2,
-            checkpoint_every=1, sample_count=2, boundary_channel=True, diversity="color_hint", color_hint_size=4)
+            checkpoint_every=1, sample_count=2, boundary_channel=True, diversity="color_hint", color_hint_size=4, flip=False)
 
 
 @pytest.fixture(autouse=True)
@@ -61,21 +62,25 @@ def test_train_and_generate_end_to_end(s3_store):
         epochs = [e for e in events if "G_L1" in e.metrics]
         assert [e.metrics["epoch"] for e in epochs] == [1.0, 2.0]
         assert all({"G_GAN", "G_L1", "D_real", "D_fake", "pairs_per_s"} <= set(e.metrics) for e in epochs)
-        assert len(result.objects) == 3  # checkpoint + one sample grid per epoch
-        assert all(o.key.endswith(".png") and o.key.startswith(f"jobs/{ref.id}/work/grids/") for o in result.objects[1:])
-        state = load_checkpoint(s3_store.get_bytes(result.objects[0].key))
+        generator = output(result, "generator")
+        grids = [o for o in result.objects if o.key != generator.key]
+        assert list(result.outputs) == ["generator"] and len(result.objects) == 3  # checkpoint + one sample grid per epoch
+        assert all(o.key.endswith(".png") and o.key.startswith(f"jobs/{ref.id}/work/grids/") for o in grids) and len(grids) == 2
+        state = load_checkpoint(s3_store.get_bytes(generator.key))
         assert state["epoch"] == 2 and state["dataset"] == real.id and state["num_pairs"] == 4
+        assert state["config"]["model"] == "pix2pix" and not state["config"]["flip"] and state["config"]["dropout"]
         assert state["render"]["category_names"] == ["lesion", "ruler"] and state["render"]["color_hint"]
         # the same request is the same job; its stored result comes back without retraining
         again = stub.SubmitTrain(request)
         assert again.id == ref.id
-        assert stub.GetJob(common_pb2.GetJobRequest(job_id=ref.id)).result.objects[0].key == result.objects[0].key
+        assert output(stub.GetJob(common_pb2.GetJobRequest(job_id=ref.id)).result, "generator").key == generator.key
 
         # generate from the val masks (with their images as the colour hint's background)
-        gen_req = gan_pb2.GanGenerateRequest(checkpoint=result.objects[0], masks=common_pb2.DatasetRef(id=real.id),
+        gen_req = gan_pb2.GanGenerateRequest(checkpoint=generator, masks=common_pb2.DatasetRef(id=real.id),
                                              split="val", seed=7, name="gan-a", batch_size=2)
         out = wait_job(stub, stub.SubmitGenerate(gen_req), timeout=120)
-        gan = Dataset.load(s3_store, out.datasets[0])
+        assert list(out.dataset_outputs) == ["dataset"]
+        gan = Dataset.load(s3_store, dataset_output(out))
         src = Dataset.load(s3_store, real.id)
         assert gan.kind == "gan" and gan.categories == src.categories
         assert real.id in gan.provenance["parents"]
@@ -89,11 +94,11 @@ def test_train_and_generate_end_to_end(s3_store):
             assert img.shape == (64, 64, 3) and img.dtype == np.uint8
         # deterministic per seed: another job (other name), same seed → the very same image blobs
         out_b = wait_job(stub, stub.SubmitGenerate(gan_pb2.GanGenerateRequest(
-            checkpoint=result.objects[0], masks=common_pb2.DatasetRef(id=real.id), split="val", seed=7, name="gan-b", batch_size=2)), timeout=120)
-        assert [r["key"] for r in Dataset.load(s3_store, out_b.datasets[0]).image_records()] == [r["key"] for r in gan_recs]
+            checkpoint=generator, masks=common_pb2.DatasetRef(id=real.id), split="val", seed=7, name="gan-b", batch_size=2)), timeout=120)
+        assert [r["key"] for r in Dataset.load(s3_store, dataset_output(out_b)).image_records()] == [r["key"] for r in gan_recs]
         out_c = wait_job(stub, stub.SubmitGenerate(gan_pb2.GanGenerateRequest(
-            checkpoint=result.objects[0], masks=common_pb2.DatasetRef(id=real.id), split="val", seed=8, batch_size=2)), timeout=120)
-        assert [r["key"] for r in Dataset.load(s3_store, out_c.datasets[0]).image_records()] != [r["key"] for r in gan_recs]
+            checkpoint=generator, masks=common_pb2.DatasetRef(id=real.id), split="val", seed=8, batch_size=2)), timeout=120)
+        assert [r["key"] for r in Dataset.load(s3_store, dataset_output(out_c)).image_records()] != [r["key"] for r in gan_recs]
 
         # bad input → INVALID_ARGUMENT / NOT_FOUND on the Submit call itself
         inv = grpc.StatusCode.INVALID_ARGUMENT
@@ -102,20 +107,23 @@ def test_train_and_generate_end_to_end(s3_store):
         assert code == inv and "GanConfig.norm" in msg
         code, msg = code_of(lambda: stub.SubmitTrain(gan_pb2.GanTrainRequest(dataset=common_pb2.DatasetRef(id=real.id), split="test", config=gan_pb2.GanConfig(**TINY))))
         assert code == inv and "no images" in msg
-        code, msg = code_of(lambda: stub.SubmitGenerate(gan_pb2.GanGenerateRequest(checkpoint=result.objects[0], masks=common_pb2.DatasetRef(id=real.id), batchnorm="frozen")))
-        assert code == inv and "batchnorm" in msg
+        masks = common_pb2.DatasetRef(id=real.id)
+        code, msg = code_of(lambda: stub.SubmitGenerate(gan_pb2.GanGenerateRequest(checkpoint=generator, masks=masks, batchnorm="frozen")))
+        assert code == inv and "GenerateConfig.batchnorm" in msg
+        code, msg = code_of(lambda: stub.SubmitGenerate(gan_pb2.GanGenerateRequest(checkpoint=generator, masks=masks, batch_size=0)))
+        assert code == inv and "GenerateConfig.batch_size" in msg
         other = write_dataset(s3_store, 2, 48, "other-size", kind="composite", splits=("",))
-        code, msg = code_of(lambda: stub.SubmitGenerate(gan_pb2.GanGenerateRequest(checkpoint=result.objects[0], masks=other)))
+        code, msg = code_of(lambda: stub.SubmitGenerate(gan_pb2.GanGenerateRequest(checkpoint=generator, masks=other, resize=False)))
         assert code == inv and "48×48" in msg and "resize" in msg
         code, msg = code_of(lambda: stub.SubmitTrain(gan_pb2.GanTrainRequest(dataset=other, config=gan_pb2.GanConfig(**TINY))))
         assert code == inv and "real pairs only" in msg
-        missing = common_pb2.ObjectRef(bucket=result.objects[0].bucket, key="blobs/sha256/00/none.pt")
+        missing = common_pb2.ObjectRef(bucket=generator.bucket, key="blobs/sha256/00/none.pt")
         code, _ = code_of(lambda: stub.SubmitGenerate(gan_pb2.GanGenerateRequest(checkpoint=missing, masks=other)))
         assert code == grpc.StatusCode.NOT_FOUND
-        code, msg = code_of(lambda: stub.SubmitGenerate(gan_pb2.GanGenerateRequest(checkpoint=result.objects[1], masks=other)))
+        code, msg = code_of(lambda: stub.SubmitGenerate(gan_pb2.GanGenerateRequest(checkpoint=grids[0], masks=other)))
         assert code == inv and "checkpoint" in msg
 
-        # with resize, other-size composite masks work and the images keep the masks' own size
-        out_r = wait_job(stub, stub.SubmitGenerate(gan_pb2.GanGenerateRequest(checkpoint=result.objects[0], masks=other, resize=True, seed=1)), timeout=120)
-        resized = Dataset.load(s3_store, out_r.datasets[0])
+        # resize is the default: other-size composite masks work and the images keep the masks' own size
+        out_r = wait_job(stub, stub.SubmitGenerate(gan_pb2.GanGenerateRequest(checkpoint=generator, masks=other, seed=1)), timeout=120)
+        resized = Dataset.load(s3_store, dataset_output(out_r))
         assert [resized.load_image(r).shape for r in resized.image_records()] == [(48, 48, 3)] * 2

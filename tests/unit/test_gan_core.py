@@ -6,10 +6,12 @@ import pytest
 import torch
 from torch import nn
 
+from services.common.config import config_from_mapping, config_from_proto, config_to_mapping, config_to_proto
 from services.common.errors import InvalidArgument
 from services.gan import generator, rendering, trainer
-from services.gan.config import GanConfig
+from services.gan.config import GanConfig, GenerateConfig
 from services.gan.diversity import diversity, spread, to_lab
+from services.gan.model import build_model
 from services.gan.networks import GANLoss, NLayerDiscriminator, UnetGenerator, build_discriminator, build_generator
 from services.gan.rendering import RenderSpec, render_condition
 from synthaug.v1 import gan_pb2
@@ -131,7 +133,9 @@ def test_one_rendering_function_in_both_paths(monkeypatch):
     cond, img = trainer.PairDataset([pair], spec, flip=False, seed=0)[0]
     assert len(calls) == 1 and cond.shape == (3, 8, 8) and img.shape == (3, 8, 8)
     np.testing.assert_array_equal(cond.numpy(), real(masks, labels, spec))
-    state = trainer.Pix2Pix(GanConfig(image_size=32, ngf=2, ndf=2, depth=5, n_layers_d=1), RenderSpec((3, 7), boundary=True), "cpu").state_dict(False)
+    cfg = GanConfig(image_size=32, ngf=2, ndf=2, depth=5, n_layers_d=1)
+    spec = RenderSpec((3, 7), boundary=True)
+    state = trainer.TrainingRun(build_model(cfg, spec, "cpu"), cfg, spec).checkpoint(with_optimizers=False)
     gen = generator.load_generator(state, "cpu")
     m32 = np.zeros((3, 32, 32), bool)
     m32[:, :8, :8] = masks
@@ -141,12 +145,24 @@ def test_one_rendering_function_in_both_paths(monkeypatch):
 
 # -- config ---------------------------------------------------------------------------------
 def test_config_defaults_from_proto_are_the_reference():
-    cfg = GanConfig.from_proto(gan_pb2.GanConfig())
+    cfg = config_from_proto(GanConfig, gan_pb2.GanConfig())
+    assert cfg == GanConfig() and cfg.model == "pix2pix"
     assert (cfg.image_size, cfg.ngf, cfg.ndf, cfg.depth, cfg.n_layers_d, cfg.norm) == (256, 64, 64, 8, 3, "batch")
     assert (cfg.lambda_l1, cfg.lr, cfg.beta1, cfg.beta2, cfg.n_epochs, cfg.n_epochs_decay) == (100.0, 2e-4, 0.5, 0.999, 100, 100)
     assert cfg.flip and cfg.dropout and cfg.batch_size == 1
-    tiny = GanConfig.from_proto(gan_pb2.GanConfig(image_size=64, depth=6, n_epochs=3, no_flip=True, diversity="color_hint"))
-    assert (tiny.image_size, tiny.depth, tiny.n_epochs, tiny.n_epochs_decay, tiny.flip, tiny.diversity) == (64, 6, 3, 0, False, "color_hint")
+    tiny = config_from_proto(GanConfig, gan_pb2.GanConfig(image_size=64, depth=6, n_epochs=3, flip=False, diversity="color_hint"))
+    # n_epochs_decay unset: its default, whatever n_epochs says (no more 'zero unless the other is set')
+    assert (tiny.image_size, tiny.depth, tiny.n_epochs, tiny.n_epochs_decay) == (64, 6, 3, 100)
+    assert (tiny.flip, tiny.dropout, tiny.diversity) == (False, True, "color_hint")
+
+
+def test_config_zero_is_a_value_not_the_default():
+    """With presence, 0 / false sent explicitly are kept (no more 'zero means reference default')."""
+    cfg = config_from_proto(GanConfig, gan_pb2.GanConfig(n_epochs=0, n_epochs_decay=2, lambda_l1=0.0, dropout=False, beta1=0.0))
+    assert (cfg.n_epochs, cfg.n_epochs_decay, cfg.lambda_l1, cfg.dropout, cfg.beta1) == (0, 2, 0.0, False, 0.0)
+    sent = config_to_proto(cfg, gan_pb2.GanConfig)
+    assert sent.HasField("lambda_l1") and sent.lambda_l1 == 0.0 and sent.HasField("flip") and sent.flip
+    assert config_from_proto(GanConfig, sent) == cfg
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -155,17 +171,33 @@ def test_config_defaults_from_proto_are_the_reference():
     ("diversity", "magic", "GanConfig.diversity"),
     ("image_size", 100, "GanConfig.image_size"),
     ("depth", 3, "GanConfig.depth"),
+    ("ngf", -1, "GanConfig.ngf"),
+    ("num_workers", -1, "GanConfig.num_workers"),
+    ("model", "stylegan9", r"GanConfig.model must be a registered generator \(pix2pix"),
 ])
 def test_config_rejects_unknown_options(field, value, match):
     with pytest.raises(InvalidArgument, match=match):
-        GanConfig.from_proto(gan_pb2.GanConfig(**{field: value}))
+        config_from_proto(GanConfig, gan_pb2.GanConfig(**{field: value}))
 
 
-def test_config_dict_round_trip_and_unknown_key():
+def test_config_mapping_round_trip_and_unknown_key():
     cfg = GanConfig(image_size=64, depth=6, ngf=8)
-    assert GanConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(InvalidArgument, match="unknown option"):
-        GanConfig.from_dict({**cfg.to_dict(), "wobble": 1})
+    assert config_from_mapping(GanConfig, config_to_mapping(cfg)) == cfg
+    with pytest.raises(InvalidArgument, match="unknown field.*wobble"):
+        config_from_mapping(GanConfig, {**config_to_mapping(cfg), "wobble": 1})
+    with pytest.raises(InvalidArgument, match="n_epochs and n_epochs_decay"):
+        config_from_mapping(GanConfig, {"n_epochs": 0, "n_epochs_decay": 0})
+
+
+def test_generate_config_from_the_request():
+    exclude = ("checkpoint", "masks", "split", "seed", "name")
+    request = gan_pb2.GanGenerateRequest(split="val", seed=3, name="x", dropout=False, batchnorm="eval", resize=False, count=5, batch_size=4)
+    assert config_from_proto(GenerateConfig, request, exclude=exclude) == GenerateConfig(False, "eval", False, 5, 4)
+    assert config_from_proto(GenerateConfig, gan_pb2.GanGenerateRequest(seed=3), exclude=exclude) == GenerateConfig(True, "train", True, 0, 1)
+    for bad, match in (({"batchnorm": "frozen"}, "GenerateConfig.batchnorm"), ({"count": -1}, "GenerateConfig.count"),
+                       ({"batch_size": 0}, "GenerateConfig.batch_size")):
+        with pytest.raises(InvalidArgument, match=match):
+            config_from_proto(GenerateConfig, gan_pb2.GanGenerateRequest(**bad), exclude=exclude)
 
 
 # -- diversity ----------------------------------------------------------------------------

@@ -4,10 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from services.common.config import replace_config
 from services.common.datasets import Dataset
 from services.common.errors import InvalidArgument, JobCancelled
+from services.common.refs import output
+from services.gan.checkpoint import load_checkpoint
 from services.gan.config import GanConfig
-from services.gan.generator import load_checkpoint
 from services.gan.pipeline import checkpoint_key, latest_checkpoint, run_train
 from tests.grpc.test_gan_service import write_dataset
 
@@ -55,18 +57,21 @@ def test_killed_training_resumes_from_store_identically(file_store):
     assert any("resuming after epoch 1" in m for _, m, _ in resumed_ctx.events)
     assert [e[2]["epoch"] for e in resumed_ctx.events if "epoch" in e[2]] == [2.0, 3.0]
     # the final generator is the same object (content-addressed): same weights, same history
-    assert resumed.objects[0].key == straight.objects[0].key
-    assert [o.key.rsplit("/", 1)[1] for o in resumed.objects[1:]] == ["epoch-0001.png", "epoch-0002.png", "epoch-0003.png"]
+    generator = output(straight, "generator")
+    assert output(resumed, "generator").key == generator.key and list(straight.outputs) == ["generator"]
+    # the sample grids are listed among the objects, without a role
+    grids = [o.key.rsplit("/", 1)[1] for o in resumed.objects if o.key != generator.key]
+    assert grids == ["epoch-0001.png", "epoch-0002.png", "epoch-0003.png"] and len(resumed.objects) == 4
     # only the newest work checkpoint is kept
     assert [k for k in file_store.list("jobs/b/work/") if k.endswith(".pt")] == [checkpoint_key("jobs/b/work/", 3)]
-    final = load_checkpoint(file_store.get_bytes(straight.objects[0].key))
-    assert "opt_G" not in final and final["epoch"] == 3 and len(final["history"]) == 3
+    final = load_checkpoint(file_store.get_bytes(generator.key))
+    assert "opt_G" not in final["weights"] and final["epoch"] == 3 and len(final["history"]) == 3
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(file_store):
     ds = Dataset.load(file_store, write_dataset(file_store, 2, 32, "r32b"))
     with pytest.raises(JobCancelled):
         run_train(Ctx("jobs/c/work/", kill_after_epoch=1), file_store, ds, "train", CFG, seed=0)
-    other = GanConfig(**{**CFG.to_dict(), "lambda_l1": 10.0})
+    other = replace_config(CFG, lambda_l1=10.0)
     with pytest.raises(InvalidArgument, match="another configuration"):
         run_train(Ctx("jobs/c/work/"), file_store, ds, "train", other, seed=0)

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import io
-import pickle
 
 import numpy as np
 import pytest
 import torch
 
+from services.common.config import config_to_mapping
 from services.common.errors import InvalidArgument
-from services.gan.config import GanConfig
-from services.gan.generator import MaskItem, generate_images, load_checkpoint, load_generator, save_checkpoint
+from services.gan.checkpoint import load_checkpoint, save_checkpoint
+from services.gan.config import GanConfig, GenerateConfig
+from services.gan.generator import MaskItem, generate_images, load_generator
+from services.gan.pix2pix import lr_lambda
 from services.gan.rendering import RenderSpec
-from services.gan.trainer import TrainHooks, TrainPair, lr_lambda, train
+from services.gan.trainer import TrainHooks, TrainPair, train
 
 SPEC = RenderSpec((1, 2), ("lesion", "other"), boundary=True)
 
@@ -54,8 +56,8 @@ def tiny(**kw) -> GanConfig:
 
 
 def test_overfit_halves_l1():
-    model = train(make_pairs(8, fixed_colours=True), tiny(n_epochs=12, n_epochs_decay=0, batch_size=1), SPEC, seed=3)
-    l1 = [h["G_L1"] for h in model.history]
+    run = train(make_pairs(8, fixed_colours=True), tiny(n_epochs=12, n_epochs_decay=0, batch_size=1), SPEC, seed=3)
+    l1 = [h["G_L1"] for h in run.history]
     assert len(l1) == 12
     assert l1[-1] <= 0.5 * l1[0], l1
 
@@ -71,10 +73,20 @@ def test_linear_decay_policy():
     assert grid.dtype == np.uint8 and grid.shape == (2 + 2 * 66, 2 + 3 * 66, 3)
 
 
-def _same_state(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+def _same_state(a, b) -> None:
+    """Equal to the bit: tensors, and the nested dicts/lists of optimiser and scheduler states."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys()
+        for k in a:
+            _same_state(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _same_state(x, y)
+    elif isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    else:
+        assert a == b
 
 
 def test_checkpoint_round_trip_and_resume_continue_identically():
@@ -89,18 +101,20 @@ def test_checkpoint_round_trip_and_resume_continue_identically():
     # the bytes load with weights_only=True (plain tensors, dicts, scalars) and restore everything
     state = load_checkpoint(saved[2])
     assert torch.load(io.BytesIO(saved[2]), weights_only=True)["epoch"] == 2
-    assert state["config"] == cfg.to_dict() and RenderSpec.from_dict(state["render"]) == spec
+    assert state["config"] == config_to_mapping(cfg) and state["config"]["model"] == "pix2pix"
+    assert RenderSpec.from_dict(state["render"]) == spec
 
     resumed = train(pairs, cfg, spec, seed=11, resume=state)
     assert resumed.epoch == full.epoch == 4
-    _same_state(resumed.G.state_dict(), full.G.state_dict())
-    _same_state(resumed.D.state_dict(), full.D.state_dict())
+    # G, D, both optimisers, schedulers and scalers: the resumed run is the uninterrupted one
+    _same_state(resumed.model.state_dict(), full.model.state_dict())
     assert resumed.history == full.history
-    assert resumed.opt_G.param_groups[0]["lr"] == full.opt_G.param_groups[0]["lr"]
+    assert resumed.model.learning_rate() == full.model.learning_rate()
+    assert save_checkpoint(resumed.checkpoint(False)) == save_checkpoint(full.checkpoint(False))
 
     # an interrupted run (stopped after epoch 2) checkpoints the same state as the full run did
     partial = train(pairs, cfg, spec, seed=11, stop_after_epoch=2)
-    _same_state(partial.G.state_dict(), load_checkpoint(saved[2])["G"])
+    _same_state(partial.checkpoint(), load_checkpoint(saved[2]))
 
 
 def test_checkpoint_loading_refuses_pickles_and_garbage():
@@ -109,19 +123,22 @@ def test_checkpoint_loading_refuses_pickles_and_garbage():
             return (print, ("pwned",))
 
     buf = io.BytesIO()
-    torch.save({"format": "synthaug.gan.pix2pix.v1", "x": Evil()}, buf)
+    torch.save({"format": "synthaug.gan.v2", "x": Evil()}, buf)
     with pytest.raises(InvalidArgument, match="not a loadable"):
         load_checkpoint(buf.getvalue())
     with pytest.raises(InvalidArgument, match="not a loadable"):
         load_checkpoint(b"not a checkpoint")
     with pytest.raises(InvalidArgument, match="not a synthaug"):
         load_checkpoint(save_checkpoint({"weights": torch.zeros(2)}))
-    assert pickle  # noqa: the refusal above is torch's weights_only unpickler
+    with pytest.raises(InvalidArgument, match="not a synthaug.*synthaug.gan.pix2pix.v1"):  # the layout before generator registries
+        load_checkpoint(save_checkpoint({"format": "synthaug.gan.pix2pix.v1", "G": {}}))
+    with pytest.raises(InvalidArgument, match=r"GanConfig.model must be a registered generator"):
+        load_checkpoint(save_checkpoint({"format": "synthaug.gan.v2", "config": {"model": "gone"}, "render": {}, "weights": {}}))
 
 
 @pytest.fixture(scope="module")
 def trained_state() -> dict:
-    return train(make_pairs(4), tiny(n_epochs=1, n_epochs_decay=0), SPEC, seed=5).state_dict(with_optimizers=False)
+    return train(make_pairs(4), tiny(n_epochs=1, n_epochs_decay=0), SPEC, seed=5).checkpoint(with_optimizers=False)
 
 
 def _items(pairs):
@@ -131,15 +148,17 @@ def _items(pairs):
 def test_generation_deterministic_per_seed(trained_state):
     gen = load_generator(load_checkpoint(save_checkpoint(trained_state)), "cpu")
     items = _items(make_pairs(5))
-    a = list(generate_images(gen, items, seed=1, batch_size=2))
-    b = list(generate_images(gen, items, seed=1, batch_size=2))
-    c = list(generate_images(gen, items, seed=2, batch_size=2))
+    batch2 = GenerateConfig(batch_size=2)
+    a = list(generate_images(gen, items, 1, batch2))
+    b = list(generate_images(gen, items, 1, batch2))
+    c = list(generate_images(gen, items, 2, batch2))
     assert len(a) == 5 and all(x.shape == (64, 64, 3) and x.dtype == np.uint8 for x in a)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))  # dropout is the noise source
     # without dropout and with running statistics the output no longer depends on the seed
-    d = list(generate_images(gen, items, seed=1, dropout=False, batchnorm="eval"))
-    e = list(generate_images(gen, items, seed=9, dropout=False, batchnorm="eval"))
+    frozen = GenerateConfig(dropout=False, batchnorm="eval")
+    d = list(generate_images(gen, items, 1, frozen))
+    e = list(generate_images(gen, items, 9, frozen))
     assert all(np.array_equal(x, y) for x, y in zip(d, e))
     assert not all(np.array_equal(x, y) for x, y in zip(a, d))
 
@@ -150,8 +169,8 @@ def test_generation_size_mismatch_needs_resize(trained_state):
     masks[0, 10:30, 20:50] = True
     item = MaskItem(masks, np.array([1]))
     with pytest.raises(InvalidArgument, match=r"img7: masks are 80×48 .* 64×64"):
-        list(generate_images(gen, [item], seed=0, names=["img7"]))
-    out = list(generate_images(gen, [item], seed=0, resize=True))
+        list(generate_images(gen, [item], 0, GenerateConfig(resize=False), names=["img7"]))
+    out = list(generate_images(gen, [item], 0, GenerateConfig(resize=True)))
     assert out[0].shape == (48, 80, 3)
-    with pytest.raises(InvalidArgument, match="batchnorm"):
-        list(generate_images(gen, _items(make_pairs(1)), seed=0, batchnorm="frozen"))
+    with pytest.raises(InvalidArgument, match="GenerateConfig.batchnorm"):
+        list(generate_images(gen, _items(make_pairs(1)), 0, GenerateConfig(batchnorm="frozen")))

@@ -92,9 +92,10 @@ def time_config(name: str, spec: ModelSpec, dtype: torch.dtype, batch: int, iter
 
 def isic_run(root: Path, epochs: int, batch: int, amp: str, workers: int) -> None:
     from services.common.imageio import read_image, read_mask
+    from services.segmenter.config import SegmenterConfig
     from services.segmenter.core.checkpoints import DirectoryCheckpointIO
     from services.segmenter.core.data import Example
-    from services.segmenter.core.trainer import TrainConfig, Trainer
+    from services.segmenter.core.trainer import Trainer
 
     def load(split: str) -> InMemorySource:
         examples = []
@@ -104,8 +105,8 @@ def isic_run(root: Path, epochs: int, batch: int, amp: str, workers: int) -> Non
         return InMemorySource(f"isic {split}", [{"id": 1, "name": "lesion"}], examples)
 
     train, val = load("train"), load("val")
-    cfg = TrainConfig(epochs=epochs, batch_size=batch, amp=amp, num_workers=workers, warmup_iters=200,
-                      grad_clip=10.0)
+    cfg = SegmenterConfig(epochs=epochs, batch_size=batch, amp=amp, num_workers=workers, warmup_iters=200,
+                          grad_clip=10.0)
     result = Trainer(cfg, [(train, len(train.examples))], val, DirectoryCheckpointIO(tempfile.mkdtemp()),
                      progress=lambda f, m, x: print(m, {k: round(v, 4) for k, v in (x or {}).items()
                                                          if k.startswith("val/") or k == "images_per_s"}, flush=True)

@@ -17,7 +17,8 @@ from google.protobuf import json_format
 
 from services.common.jobs import job_id_for
 from services.common.store import canonical_json, open_store
-from services.segmenter.server import StoreCheckpointIO, prepare_trainer
+from services.segmenter.core.checkpoints import StoreCheckpointIO
+from services.segmenter.core.train_request import prepare_trainer
 from synthaug.v1 import segmenter_pb2
 
 

@@ -66,15 +66,18 @@ class SegmenterServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SubmitTrain(self, request, context):
-        """Result: objects[0] best model file (torch, weights_only), objects[1] training record
-        (JSON: epochs[{epoch, losses, images_per_s, val}], best_epoch, steps, training_set…).
+        """Result by role: outputs["model"] the best epoch's model file (torch, weights_only: state
+        dict, ModelSpec, categories; the input of Predict); outputs["training_record"] the training
+        record (JSON: epochs[{epoch, losses, images_per_s, val}], best_epoch, steps, training_set,
+        config, model, categories).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitPredict(self, request, context):
-        """Result: objects[0] COCO results JSON {results, score_threshold, mask_threshold, dataset, split}.
+        """Result by role: outputs["predictions"] COCO results JSON {results, score_threshold,
+        mask_threshold, dataset, split, model, categories, num_images}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

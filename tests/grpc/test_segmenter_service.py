@@ -16,10 +16,12 @@ from pycocotools.cocoeval import COCOeval
 
 from services.common.client import wait_job
 from services.common.datasets import Dataset, DatasetWriter
+from services.common.refs import output
 from services.common.store import ObjectStore, open_store
 from services.segmenter.core.models import ModelSpec, build_model
 from services.segmenter.server import build
-from synthaug.v1 import common_pb2, segmenter_pb2 as pb, segmenter_pb2_grpc
+from synthaug.v1 import common_pb2, segmenter_pb2_grpc
+from synthaug.v1 import segmenter_pb2 as pb
 from tests.grpc_helpers import running_server
 from tests.unit.segmenter_shapes import make_example
 
@@ -68,7 +70,8 @@ def test_train_and_predict_end_to_end(served) -> None:  # type: ignore[no-untype
     events: list[common_pb2.JobEvent] = []
     job = stub.SubmitTrain(request)
     result = wait_job(stub, job, timeout=600, on_event=events.append)
-    model_ref, record_ref = result.objects
+    model_ref, record_ref = output(result, "model"), output(result, "training_record")
+    assert list(result.objects) == [model_ref, record_ref]
     record = json.loads(store.get_bytes(record_ref.key))
     assert [e["epoch"] for e in record["epochs"]] == [0, 1, 2]
     assert record["training_set"]["num_images"] == 12
@@ -88,11 +91,11 @@ def test_train_and_predict_end_to_end(served) -> None:  # type: ignore[no-untype
     # Same request → same job, answered from the store.
     again = stub.SubmitTrain(request)
     assert again.id == job.id
-    assert stub.GetJob(common_pb2.GetJobRequest(job_id=job.id)).result.objects[0].key == model_ref.key
+    assert output(stub.GetJob(common_pb2.GetJobRequest(job_id=job.id)).result, "model").key == model_ref.key
 
     pred = wait_job(stub, stub.SubmitPredict(pb.PredictRequest(
         checkpoint=model_ref, dataset=ds.ref(), split="val", score_threshold=0.05, batch_size=3)), timeout=300)
-    doc = json.loads(store.get_bytes(pred.objects[0].key))
+    doc = json.loads(store.get_bytes(output(pred, "predictions").key))
     assert doc["dataset"] == ds.id and doc["split"] == "val"
     assert doc["score_threshold"] == 0.05 and doc["mask_threshold"] == 0.5
     results = doc["results"]
@@ -110,7 +113,9 @@ def test_train_and_predict_end_to_end(served) -> None:  # type: ignore[no-untype
     gt.dataset["annotations"] = [a for a in gt.dataset["annotations"] if a["image_id"] in val_ids]
     gt.createIndex()
     ev = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), "segm")
-    ev.evaluate(); ev.accumulate(); ev.summarize()
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
     assert np.isfinite(ev.stats[0]) and ev.stats[0] >= 0
 
 
@@ -120,8 +125,9 @@ def _code(call, request) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-unty
     return info.value.code(), info.value.details()
 
 
-def test_bad_input_is_invalid_argument_naming_the_problem(served) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_invalid_argument_naming_the_problem(served, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     store, stub = served
+    monkeypatch.delenv("SYNTHAUG_WEIGHTS_DIR", raising=False)
     ds = shapes_dataset(store, 6, 2, "small")
     src = pb.TrainingSource(dataset=ds.ref(), split="train", count=4)
 
@@ -151,10 +157,16 @@ def test_bad_input_is_invalid_argument_naming_the_problem(served) -> None:  # ty
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "missing.pt" in msg
     code, msg = _code(stub.SubmitTrain, train(light_config(weights="NoSuchWeights.V9")))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "NoSuchWeights" in msg
+    code, msg = _code(stub.SubmitTrain, train(light_config(weights="file:../../etc/passwd")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "outside SYNTHAUG_WEIGHTS_DIR" in msg
+    code, msg = _code(stub.SubmitTrain, train(light_config(weights="file:r50.pt")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "file weights are disabled" in msg
+    code, msg = _code(stub.SubmitTrain, train(light_config(epochs=0)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "SegmenterConfig.epochs must be ≥ 1, got 0" in msg
 
     code, _ = _code(stub.SubmitPredict, pb.PredictRequest(
         checkpoint=common_pb2.ObjectRef(key="blobs/none.pt"), dataset=ds.ref(), split="val"))
     assert code == grpc.StatusCode.NOT_FOUND
     code, msg = _code(stub.SubmitPredict, pb.PredictRequest(
         checkpoint=common_pb2.ObjectRef(key="weights/r50.pt"), dataset=ds.ref(), split="val", mask_threshold=1.5))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "mask_threshold" in msg
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "PredictConfig.mask_threshold" in msg

@@ -13,6 +13,7 @@ from pycocotools.cocoeval import COCOeval
 
 from services.common.errors import InvalidArgument
 from services.evaluator.core.metrics import pixel_scores, union_of_instances
+from services.segmenter.config import PredictConfig, SegmenterConfig
 from services.segmenter.core import checkpoints as ck
 from services.segmenter.core.data import (
     AugmentConfig,
@@ -25,9 +26,11 @@ from services.segmenter.core.data import (
     masks_to_boxes,
     sample_training_set,
 )
+from services.segmenter.core.maskrcnn import LOSS_NAMES
 from services.segmenter.core.models import ModelSpec, build_model, load_state_dict_into
 from services.segmenter.core.predictor import load_model_file, pixel_validation, predict
-from services.segmenter.core.trainer import LOSS_NAMES, Interrupted, TrainConfig, Trainer
+from services.segmenter.core.trainer import Interrupted, Trainer
+from services.segmenter.weights import WEIGHTS_DIR_ENV
 from tests.unit.segmenter_shapes import make_source
 
 LIGHT = "maskrcnn_resnet18_fpn"
@@ -146,31 +149,35 @@ def test_model_resize_follows_dataset_size_without_upsampling():
 
 def test_state_dict_loading_reinitialises_heads_and_names_mismatches():
     src = build_model(ModelSpec(LIGHT, 4, 64, 64)).state_dict()
-    dst = build_model(ModelSpec(LIGHT, 2, 64, 64))
-    skipped = load_state_dict_into(dst, src, "store:x.pt")
+    spec = ModelSpec(LIGHT, 2, 64, 64)
+    dst = build_model(spec)
+    heads = spec.registered.class_heads
+    with pytest.raises(InvalidArgument, match="shape mismatches"):
+        load_state_dict_into(dst, src, "store:x.pt")  # without the architecture's heads: refused
+    skipped = load_state_dict_into(dst, src, "store:x.pt", heads)
     assert skipped and all(k.startswith("roi_heads.") for k in skipped)
     assert torch.equal(dst.state_dict()["backbone.body.conv1.weight"], src["backbone.body.conv1.weight"])
     bad = dict(src)
     bad["backbone.body.conv1.weight"] = torch.zeros(3, 3)
     with pytest.raises(InvalidArgument, match=r"weights file:w.pt do not fit.*backbone.body.conv1.weight"):
-        load_state_dict_into(dst, bad, "file:w.pt")
+        load_state_dict_into(dst, bad, "file:w.pt", heads)
     r50 = {k: v for k, v in list(src.items())[:5]}
     with pytest.raises(InvalidArgument, match="missing keys"):
-        load_state_dict_into(dst, r50, "file:partial.pt")
+        load_state_dict_into(dst, r50, "file:partial.pt", heads)
 
 
 def test_unknown_architecture_and_bad_config_are_invalid_argument():
     with pytest.raises(InvalidArgument, match="architecture 'unet'"):
-        TrainConfig(architecture="unet").validate()
+        SegmenterConfig(architecture="unet").validate()
     with pytest.raises(InvalidArgument, match="SegmenterConfig.optimizer"):
-        TrainConfig(optimizer="lbfgs").validate()
+        SegmenterConfig(optimizer="lbfgs").validate()
 
 
 def test_source_without_annotations_is_rejected(tmp_path):
     ex = Example(1, np.zeros((32, 32, 3), np.uint8), np.zeros((0, 32, 32), bool), np.zeros(0, np.int64))
     empty = InMemorySource("empty", [{"id": 1, "name": "lesion"}], [ex])
     with pytest.raises(InvalidArgument, match="empty.*no annotations"):
-        Trainer(TrainConfig(architecture=LIGHT), [(empty, 1)], None, ck.DirectoryCheckpointIO(tmp_path))
+        Trainer(SegmenterConfig(architecture=LIGHT), [(empty, 1)], None, ck.DirectoryCheckpointIO(tmp_path))
 
 
 def test_last_checkpoint_is_chosen_by_epoch_number(tmp_path):
@@ -185,11 +192,11 @@ def test_last_checkpoint_is_chosen_by_epoch_number(tmp_path):
 
 # -- training: resume, learning, prediction ------------------------------------------------
 
-def _cfg(**kw) -> TrainConfig:
+def _cfg(**kw) -> SegmenterConfig:
     base = dict(architecture=LIGHT, epochs=6, batch_size=4, lr=0.02, warmup_iters=10, grad_clip=10.0,
                 num_workers=0, seed=1)
     base.update(kw)
-    return TrainConfig(**base)
+    return SegmenterConfig(**base)
 
 
 @pytest.mark.slow
@@ -235,7 +242,7 @@ def test_training_raises_val_iou_well_above_untrained(trained):
     result, train, val, events = trained
     torch.manual_seed(1)
     untrained = build_model(ModelSpec(LIGHT, 2, 64, 64))
-    before = pixel_validation(untrained, val, torch.device("cpu"), 4)["iou"]
+    before = pixel_validation(untrained, val, torch.device("cpu"), 4, 0.5, 0.5)["iou"]
     rec = result.record
     best = rec["epochs"][rec["best_epoch"]]["val"]["iou"]
     assert best == max(e["val"]["iou"] for e in rec["epochs"])
@@ -254,7 +261,7 @@ def test_training_raises_val_iou_well_above_untrained(trained):
 def test_prediction_is_coco_results_that_round_trip_through_pycocotools(trained):
     result, _train, val, _ = trained
     loaded = load_model_file(result.model_file, "model", torch.device("cpu"))
-    results = predict(loaded, val, torch.device("cpu"), batch_size=3, score_threshold=0.5, mask_threshold=0.5)
+    results = predict(loaded, val, torch.device("cpu"), PredictConfig(score_threshold=0.5, mask_threshold=0.5, batch_size=3))
     assert results and all(r["category_id"] == 1 and r["score"] >= 0.5 for r in results)
 
     gt = COCO()
@@ -270,7 +277,9 @@ def test_prediction_is_coco_results_that_round_trip_through_pycocotools(trained)
     gt.createIndex()
     dt = gt.loadRes(copy.deepcopy(results))
     ev = COCOeval(gt, dt, "segm")
-    ev.evaluate(); ev.accumulate(); ev.summarize()
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
     assert ev.stats[1] > 0.3  # AP@0.5 of a model with val IoU > 0.5
 
     # The RLE masks rebuild the same pixel IoU as validation computed from probabilities.
@@ -308,16 +317,44 @@ def test_smaller_counts_take_a_prefix_so_arms_are_nested() -> None:
     assert alone == second
 
 
-def test_file_weights_are_confined_to_the_weights_dir(tmp_path, monkeypatch) -> None:
-    from services.segmenter.server import WEIGHTS_DIR_ENV, _read_weights_file
+def test_file_weights_are_confined_to_the_weights_dir_on_the_trainer_path(tmp_path, monkeypatch) -> None:
+    """Regression: the trainer opened `file:PATH` weights wherever PATH pointed. Every path
+    that opens weights goes through services/segmenter/weights.py now."""
+    train = make_source("t", 4, size=32)
+    io_ = ck.DirectoryCheckpointIO(tmp_path / "ck")
+    torch.manual_seed(0)
+    weights = build_model(ModelSpec(LIGHT, 2, 32, 32)).state_dict()
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    torch.save(weights, folder / "w.pt")
+    (tmp_path / "outside.pt").write_bytes((folder / "w.pt").read_bytes())
+    (folder / "link.pt").symlink_to(tmp_path / "outside.pt")
+
+    def trainer(spec: str) -> Trainer:
+        return Trainer(_cfg(epochs=1, weights=spec), [(train, 4)], None, io_)
 
     monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
     with pytest.raises(InvalidArgument, match="file weights are disabled"):
-        _read_weights_file("file:/etc/passwd")
-    (tmp_path / "w.pt").write_bytes(b"weights")
-    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
-    assert _read_weights_file("file:w.pt") == b"weights"
+        trainer("file:w.pt")
     with pytest.raises(InvalidArgument, match="outside"):
-        _read_weights_file("file:../../etc/passwd")
-    with pytest.raises(InvalidArgument, match="outside"):
-        _read_weights_file("file:/etc/passwd")
+        trainer(f"file:{tmp_path / 'outside.pt'}")  # absolute: refused before anything is read
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(folder))
+    for escaping in ("file:../outside.pt", f"file:{tmp_path / 'outside.pt'}", "file:sub/../../outside.pt", "file:link.pt"):
+        with pytest.raises(InvalidArgument, match="outside"):
+            trainer(escaping)
+    with pytest.raises(InvalidArgument, match="missing.pt"):
+        trainer("file:missing.pt")
+    with pytest.raises(InvalidArgument, match="store weights need an object store"):
+        trainer("store:weights/w.pt")  # the trainer alone has no store to read them from
+    loaded = trainer("file:w.pt")._build_model().state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in weights.items())
+
+
+def test_train_request_config_takes_the_request_seed_over_the_defaults() -> None:
+    from services.segmenter.core.train_request import train_config
+    from synthaug.v1 import segmenter_pb2 as pb
+
+    cfg = train_config(pb.SegmenterTrainRequest(config=pb.SegmenterConfig(architecture=LIGHT, patience=0), seed=7))
+    assert cfg == SegmenterConfig(architecture=LIGHT, seed=7)
+    with pytest.raises(InvalidArgument, match=r"SegmenterConfig.batch_size must be ≥ 1, got 0"):
+        train_config(pb.SegmenterTrainRequest(config=pb.SegmenterConfig(batch_size=0)))

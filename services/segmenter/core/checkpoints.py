@@ -11,6 +11,9 @@ unpickled:
 * a **model file** (the job's result) holds the model state dict and the ModelSpec and
   category list needed to rebuild the network for prediction.
 
+Initial weights (``store:KEY`` / ``file:NAME``, services/segmenter/weights.py) are read
+back the same way by :func:`initial_state`.
+
 The last checkpoint is found by parsing the epoch number out of the names — never by the
 order a directory listing happens to return (the thesis resumed from whatever
 ``os.listdir`` gave first).
@@ -25,6 +28,14 @@ from typing import Any, Protocol
 import torch
 
 from services.common.errors import InvalidArgument
+from services.common.store import ObjectStore
+from services.segmenter.weights import (
+    BlobReader,
+    FileWeights,
+    StoreWeights,
+    WeightsSpec,
+    read_weights,
+)
 
 TRAIN_FORMAT = "synthaug.segmenter.checkpoint/1"
 MODEL_FORMAT = "synthaug.segmenter.model/1"
@@ -63,6 +74,26 @@ class DirectoryCheckpointIO:
 
     def remove(self, name: str) -> None:
         (self.root / name).unlink(missing_ok=True)
+
+
+class StoreCheckpointIO:
+    """CheckpointIO under a prefix of the object store (a job's work prefix), so a job
+    resubmitted after its server died resumes after the last finished epoch."""
+
+    def __init__(self, store: ObjectStore, prefix: str):
+        self.store, self.prefix = store, prefix
+
+    def write(self, name: str, data: bytes) -> None:
+        self.store.put_bytes(self.prefix + name, data)
+
+    def read(self, name: str) -> bytes:
+        return self.store.get_bytes(self.prefix + name)
+
+    def names(self) -> list[str]:
+        return [k[len(self.prefix):] for k in self.store.list(self.prefix) if "/" not in k[len(self.prefix):]]
+
+    def remove(self, name: str) -> None:
+        self.store.delete(self.prefix + name)
 
 
 def epoch_name(epoch: int) -> str:
@@ -122,3 +153,12 @@ def state_dict_from(obj: dict[str, Any], what: str) -> dict[str, torch.Tensor]:
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj
     raise InvalidArgument(f"{what} holds no model state dict")
+
+
+def initial_state(weights: WeightsSpec, store: BlobReader | None = None) -> dict[str, torch.Tensor] | None:
+    """The state dict of ``store:`` / ``file:`` weights (read with weights_only=True; file
+    weights confined to SYNTHAUG_WEIGHTS_DIR); None for ``none`` and torchvision names."""
+    if not isinstance(weights, (StoreWeights, FileWeights)):
+        return None
+    what = f"weights {str(weights)!r}"
+    return state_dict_from(from_bytes(read_weights(weights, store), what), what)

@@ -13,7 +13,6 @@ of DataLoader workers or processes.
 from __future__ import annotations
 
 import hashlib
-
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Protocol, Sequence
 
@@ -131,8 +130,8 @@ class CategoryMap:
             by_id[cid] = name
         if not by_id:
             raise InvalidArgument("the datasets have no categories")
-        self.categories = [{"id": cid, "name": by_id[cid]} for cid in sorted(by_id)]
-        self._to_label = {c["id"]: i + 1 for i, c in enumerate(self.categories)}
+        self.categories: list[dict[str, Any]] = [{"id": cid, "name": by_id[cid]} for cid in sorted(by_id)]
+        self._to_label = {cid: i + 1 for i, cid in enumerate(sorted(by_id))}
 
     @property
     def num_classes(self) -> int:
@@ -145,7 +144,7 @@ class CategoryMap:
             raise InvalidArgument(f"annotation category id {exc.args[0]} is not among the categories") from None
 
     def to_category_ids(self, labels: np.ndarray) -> np.ndarray:
-        return np.array([self.categories[int(l) - 1]["id"] for l in labels], dtype=np.int64)
+        return np.array([self.categories[int(label) - 1]["id"] for label in labels], dtype=np.int64)
 
 
 @dataclass(frozen=True)

@@ -1,49 +1,67 @@
-"""Mask R-CNN factory.
+"""Model factory: build a registered architecture, and the contract the trainer and the
+predictor hold every architecture to.
 
-Three architectures: torchvision's ``maskrcnn_resnet50_fpn`` (the thesis model, default),
-``maskrcnn_resnet50_fpn_v2`` and a light ``maskrcnn_resnet18_fpn`` (ResNet-18, 128-channel
-FPN, slim heads) for CPU demos and tests.
+Architectures are registered by name in services/segmenter/architectures.py (torch-free, so
+plans are validated without torch); `build_model` imports the registered builder when a
+network is first needed. The trainer and predictor use a network only through
+`SegmentationModel`, never through one family's internals, so adding an architecture is
+one new file and one registry line.
+
 The input resize (``min_size``/``max_size``) follows the dataset's image size, so 256-px
 images are trained at 256 px — the thesis upsampled them to 800 px through torchvision's
 default and paid ~10× in compute for it.
 
-Weights never download unless the user names torchvision weights explicitly: ``"none"``
-(default) trains from scratch; a torchvision weights name (``"DEFAULT"``,
-``"MaskRCNN_ResNet50_FPN_Weights.COCO_V1"``, ``"ResNet50_Weights.IMAGENET1K_V1"`` for the
-backbone only) loads through torchvision; a state dict (from a file or the store, read by the
-caller with ``weights_only=True``) is loaded with :func:`load_state_dict_into`.
+Weights never download unless the user names torchvision weights explicitly (see
+services/segmenter/weights.py): a torchvision name is resolved here against the
+architecture's registered weights enums; a state dict (from a file or the store, read with
+``weights_only=True``) is loaded with :func:`load_state_dict_into`.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
 from torchvision.models import get_weight
-from torchvision.models.detection import (
-    MaskRCNN,
-    maskrcnn_resnet50_fpn,
-    maskrcnn_resnet50_fpn_v2,
-)
-from torchvision.models import resnet18
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
-from torchvision.ops import misc as misc_nn_ops
 
 from services.common.errors import InvalidArgument
+from services.segmenter.architectures import (
+    DEFAULT_ARCHITECTURE,
+    Architecture,
+    get_architecture,
+)
+from services.segmenter.weights import TorchvisionWeights
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "maskrcnn_resnet18_fpn")
-DEFAULT_ARCHITECTURE = "maskrcnn_resnet50_fpn"
 
-# Parameters of the class-specific heads: re-initialised when the class count differs.
-HEAD_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+class SegmentationModel(Protocol):
+    """What the trainer and the predictor rely on, beyond the network being an ``nn.Module``
+    (``train()``/``eval()``, ``parameters()``, ``state_dict()``, ``to()``).
+
+    Inputs are a list of 3×H×W float images in [0, 1] (sizes may differ).
+
+    * Train mode, ``model(images, targets)``: a dict of scalar loss tensors; the trainer
+      optimises their sum and logs each by name. A target (core/data.py make_target) has
+      ``boxes`` (N×4 float, x0 y0 x1 y1), ``labels`` (N int64 in 1..K, 0 being background),
+      ``masks`` (N×H×W uint8) and ``image_id``; N may be 0.
+    * Eval mode, ``model(images)``: one dict per image with ``boxes`` (N×4 float, xyxy in
+      the input image's pixels), ``labels`` (N int64 in 1..K), ``scores`` (N float) and
+      ``masks`` (N×1×H×W mask probabilities at the input image's size).
+    * ``score_threshold``: detections scoring below it are dropped inside the model (a
+      read/write attribute). The predictor lowers it to its own export threshold so that
+      nothing it asks for is lost, and validation raises it so that the model skips work on
+      detections that would be thrown away. A model without an internal cut keeps the
+      attribute and ignores it (the predictor filters by score itself).
+    """
+
+    score_threshold: float
+
+    def __call__(self, images: list[torch.Tensor],
+                 targets: list[dict[str, torch.Tensor]] | None = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -59,130 +77,70 @@ class ModelSpec:
     # BatchNorm is frozen; from scratch it is a trainable BatchNorm2d.
     pretrained_backbone: bool = False
 
+    @property
+    def registered(self) -> Architecture:
+        """The architecture's registry entry (InvalidArgument when it is unknown)."""
+        return get_architecture(self.architecture)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
+        """Tolerates keys it does not know; sizes default to the architecture's."""
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        architecture = get_architecture(str(known.get("architecture", DEFAULT_ARCHITECTURE)), "model architecture")
+        known.setdefault("min_size", architecture.min_size)
+        known.setdefault("max_size", architecture.max_size)
         return cls(**known)
 
 
-def validate_architecture(name: str) -> str:
-    if name not in ARCHITECTURES:
-        raise InvalidArgument(
-            f"SegmenterConfig.architecture {name!r} is unknown; expected one of {', '.join(ARCHITECTURES)}"
-        )
-    return name
-
-
 def torchvision_weights(name: str, architecture: str) -> tuple[Any, Any]:
-    """(detector weights, backbone weights) enums for a torchvision weights name."""
-    enum_names = {
-        "maskrcnn_resnet50_fpn": "MaskRCNN_ResNet50_FPN_Weights",
-        "maskrcnn_resnet50_fpn_v2": "MaskRCNN_ResNet50_FPN_V2_Weights",
-        "maskrcnn_resnet18_fpn": None,
-    }
-    full = name
-    if name == "DEFAULT":
-        if enum_names[architecture] is None:
-            raise InvalidArgument(f"SegmenterConfig.weights 'DEFAULT': {architecture} has no torchvision detector weights")
-        full = f"{enum_names[architecture]}.DEFAULT"
+    """(detector weights, backbone weights) torchvision enums for a torchvision weights name."""
+    entry = get_architecture(architecture)
+    entry.check_torchvision_weights(name)
+    full = f"{entry.detector_weights}.DEFAULT" if name == "DEFAULT" else name
     try:
         weights = get_weight(full)
     except (ValueError, KeyError, AttributeError) as exc:
         raise InvalidArgument(f"SegmenterConfig.weights {name!r} is not a torchvision weights name ({exc})") from None
     enum_name = type(weights).__name__
-    if enum_name == enum_names[architecture]:
+    if enum_name == entry.detector_weights:
         return weights, None
-    backbone = {"maskrcnn_resnet50_fpn": "ResNet50_Weights", "maskrcnn_resnet50_fpn_v2": "ResNet50_Weights",
-                "maskrcnn_resnet18_fpn": "ResNet18_Weights"}[architecture]
-    if enum_name == backbone:
+    if enum_name == entry.backbone_weights:
         return None, weights
     raise InvalidArgument(f"SegmenterConfig.weights {name!r} ({enum_name}) does not fit architecture {architecture}")
 
 
-def build_model(spec: ModelSpec, torchvision_weights: str | None = None) -> MaskRCNN:
-    """A Mask R-CNN for ``spec``; ``torchvision_weights`` may name weights to download."""
-    validate_architecture(spec.architecture)
+def build_model(spec: ModelSpec, weights: TorchvisionWeights | None = None) -> nn.Module:
+    """The network of ``spec`` (a SegmentationModel); ``weights`` may name torchvision
+    weights to download."""
+    entry = spec.registered
     if spec.num_classes < 2:
         raise InvalidArgument(f"num_classes must be ≥ 2 (background + one category), got {spec.num_classes}")
-    det_w, bb_w = (None, None)
-    if torchvision_weights:
-        det_w, bb_w = torchvision_weights(torchvision_weights, spec.architecture)
-    common = dict(min_size=spec.min_size, max_size=spec.max_size)
-    tbl = spec.trainable_backbone_layers
-    if spec.architecture == "maskrcnn_resnet18_fpn":
-        return _light_maskrcnn(spec, bb_w)
-    factory = maskrcnn_resnet50_fpn if spec.architecture == "maskrcnn_resnet50_fpn" else maskrcnn_resnet50_fpn_v2
-    if det_w is not None:
-        # Detector weights come with COCO's 91 classes: load them, then new class heads.
-        model = factory(weights=det_w, trainable_backbone_layers=tbl, **common)
-        if spec.num_classes != 91:
-            replace_heads(model, spec.num_classes)
-        return model
-    return factory(weights=None, weights_backbone=bb_w, num_classes=spec.num_classes,
-                   trainable_backbone_layers=tbl, **common)
+    detector, backbone = torchvision_weights(weights.name, spec.architecture) if weights is not None else (None, None)
+    module, _, function = entry.builder.partition(":")
+    builder = getattr(importlib.import_module(module), function)
+    model: nn.Module = builder(spec, detector, backbone)
+    return model
 
 
-LIGHT_CHANNELS = 128
-LIGHT_REPRESENTATION = 256
-
-
-def _light_maskrcnn(spec: ModelSpec, backbone_weights: Any) -> MaskRCNN:
-    """ResNet-18 + 128-channel FPN with slimmer heads (256-d box MLP, two 128-channel mask
-    convs) and fewer proposals: ~10× cheaper than the ResNet-50 model, for CPU demos and
-    tests. Everything else is torchvision's Mask R-CNN (same losses, same outputs)."""
-    pretrained = backbone_weights is not None or spec.pretrained_backbone
-    norm = misc_nn_ops.FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
-    tbl = spec.trainable_backbone_layers
-    trainable = tbl if tbl is not None else (3 if pretrained else 5)
-    body = resnet18(weights=backbone_weights, norm_layer=norm)
-    layers_to_train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable]
-    if trainable == 5:
-        layers_to_train.append("bn1")
-    for name, parameter in body.named_parameters():
-        if all(not name.startswith(layer) for layer in layers_to_train):
-            parameter.requires_grad_(False)
-    backbone = BackboneWithFPN(
-        body, return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
-        in_channels_list=[64, 128, 256, 512], out_channels=LIGHT_CHANNELS,
-        extra_blocks=LastLevelMaxPool(), norm_layer=None,
-    )
-    c, r = LIGHT_CHANNELS, LIGHT_REPRESENTATION
-    return MaskRCNN(
-        backbone, num_classes=None, min_size=spec.min_size, max_size=spec.max_size,
-        box_head=TwoMLPHead(c * 7 * 7, r), box_predictor=FastRCNNPredictor(r, spec.num_classes),
-        mask_head=MaskRCNNHeads(c, (c, c), 1), mask_predictor=MaskRCNNPredictor(c, c, spec.num_classes),
-        rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
-        rpn_pre_nms_top_n_test=500, rpn_post_nms_top_n_test=200,
-        box_batch_size_per_image=128,
-        # One octave smaller than torchvision's (32…512): small objects in small images.
-        rpn_anchor_generator=AnchorGenerator(((16,), (32,), (64,), (128,), (256,)), ((0.5, 1.0, 2.0),) * 5),
-    )
-
-
-def replace_heads(model: MaskRCNN, num_classes: int) -> None:
-    """Fresh box and mask predictors for ``num_classes`` (background included)."""
-    box = model.roi_heads.box_predictor
-    model.roi_heads.box_predictor = FastRCNNPredictor(box.cls_score.in_features, num_classes)
-    mask = model.roi_heads.mask_predictor
-    model.roi_heads.mask_predictor = MaskRCNNPredictor(mask.conv5_mask.in_channels, mask.conv5_mask.out_channels, num_classes)
-
-
-def load_state_dict_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> list[str]:
-    """Load ``state`` into ``model``; class-specific heads whose shapes differ stay freshly
-    initialised (returned as the list of skipped keys). Any other mismatch is an
-    InvalidArgument naming ``source`` and the first offending keys."""
+def load_state_dict_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                         class_heads: Sequence[str] = ()) -> list[str]:
+    """Load ``state`` into ``model``; parameters under ``class_heads`` (the architecture's
+    class-count-dependent heads) whose shapes differ stay freshly initialised (returned as
+    the list of skipped keys). Any other mismatch is an InvalidArgument naming ``source``
+    and the first offending keys."""
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InvalidArgument(f"weights {source}: not a state dict of tensors")
     own = model.state_dict()
+    heads = tuple(class_heads)
     filtered: dict[str, torch.Tensor] = {}
     skipped: list[str] = []
     shape_errors: list[str] = []
     for key, value in state.items():
         if key in own and own[key].shape != value.shape:
-            if key.startswith(HEAD_PREFIXES):
+            if heads and key.startswith(heads):
                 skipped.append(key)
                 continue
             shape_errors.append(f"{key}: {tuple(value.shape)} vs model {tuple(own[key].shape)}")

@@ -1,5 +1,7 @@
 """Batched inference: COCO results (RLE masks, boxes, scores, category ids) and pixel
-validation scores (through the evaluator's metrics — the one IoU/F1 implementation)."""
+validation scores (through the evaluator's metrics — the one IoU/F1 implementation).
+
+Networks are used through the SegmentationModel contract (core/models.py) only."""
 from __future__ import annotations
 
 import contextlib
@@ -13,6 +15,7 @@ from torch import nn
 
 from services.common.errors import InvalidArgument
 from services.evaluator.core.metrics import pixel_scores, union_of_instances
+from services.segmenter.config import PredictConfig
 from services.segmenter.core.checkpoints import from_bytes, state_dict_from
 from services.segmenter.core.data import CategoryMap, ExampleSource, image_to_tensor
 from services.segmenter.core.models import ModelSpec, build_model, load_state_dict_into
@@ -51,24 +54,22 @@ def _batches(ids: Sequence[int], size: int) -> Iterator[Sequence[int]]:
         yield ids[i:i + size]
 
 
-def validate_thresholds(score_threshold: float, mask_threshold: float) -> None:
-    if not 0.0 <= score_threshold <= 1.0:
-        raise InvalidArgument(f"score_threshold must be in [0, 1], got {score_threshold}")
-    if not 0.0 < mask_threshold < 1.0:
-        raise InvalidArgument(f"mask_threshold must be in (0, 1), got {mask_threshold}")
+def _unwrapped(model: nn.Module) -> Any:
+    """The SegmentationModel inside a DistributedDataParallel wrapper (or the model)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def pixel_validation(model: nn.Module, source: ExampleSource, device: torch.device, batch_size: int,
-                     score_threshold: float = 0.5, mask_threshold: float = 0.5,
+                     score_threshold: float, mask_threshold: float,
                      dtype: torch.dtype = torch.float32, amp: str = "none") -> dict[str, float]:
     """Mean per-image pixel IoU, F1, precision, recall and ES = (IoU + F1) / 2 of the union
     of predicted instances against the union of ground-truth instances."""
     was_training = model.training
     model.eval()
-    # Instances below the score threshold never enter the union: skip their mask heads.
-    roi_heads = model.module.roi_heads if hasattr(model, "module") else model.roi_heads
-    saved_thresh = roi_heads.score_thresh
-    roi_heads.score_thresh = max(saved_thresh, score_threshold)
+    # Instances below the score threshold never enter the union: let the model skip them.
+    net = _unwrapped(model)
+    saved_thresh = net.score_threshold
+    net.score_threshold = max(saved_thresh, score_threshold)
     per_image: dict[str, list[float]] = {"iou": [], "f1": [], "precision": [], "recall": []}
     ids = source.image_ids()
     try:
@@ -82,7 +83,7 @@ def pixel_validation(model: nn.Module, source: ExampleSource, device: torch.devi
                 for k in per_image:
                     per_image[k].append(float(getattr(s, k)))
     finally:
-        roi_heads.score_thresh = saved_thresh
+        net.score_threshold = saved_thresh
         model.train(was_training)
     means = {k: float(np.mean(v)) if v else 0.0 for k, v in per_image.items()}
     means["es"] = (means["iou"] + means["f1"]) / 2
@@ -111,27 +112,25 @@ def load_model_file(data: bytes, what: str, device: torch.device) -> LoadedModel
     if cmap.num_classes != spec.num_classes:
         raise InvalidArgument(f"{what}: {len(obj['categories'])} categories but the model has {spec.num_classes} classes")
     model = build_model(spec)
-    load_state_dict_into(model, state_dict_from(obj, what), what)
+    load_state_dict_into(model, state_dict_from(obj, what), what, spec.registered.class_heads)
     model.to(device).eval()
     return LoadedModel(model, spec, cmap)
 
 
-def predict(loaded: LoadedModel, source: ExampleSource, device: torch.device, batch_size: int = 4,
-            score_threshold: float = 0.5, mask_threshold: float = 0.5, amp: str = "none",
-            progress: Progress | None = None) -> list[dict[str, Any]]:
+def predict(loaded: LoadedModel, source: ExampleSource, device: torch.device, cfg: PredictConfig,
+            amp: str = "none", progress: Progress | None = None) -> list[dict[str, Any]]:
     """COCO results for every image of ``source``: one entry per detected instance with
-    score ≥ ``score_threshold``, its mask binarised at ``mask_threshold`` and RLE-encoded,
-    bbox [x, y, w, h] and the dataset's category id."""
-    validate_thresholds(score_threshold, mask_threshold)
-    if batch_size < 1:
-        raise InvalidArgument(f"batch_size must be ≥ 1, got {batch_size}")
-    model = loaded.model
-    # torchvision drops boxes below its own threshold (0.05) before we see them.
-    model.roi_heads.score_thresh = min(model.roi_heads.score_thresh, score_threshold)
+    score ≥ ``cfg.score_threshold``, its mask binarised at ``cfg.mask_threshold`` and
+    RLE-encoded, bbox [x, y, w, h] and the dataset's category id."""
+    cfg.validate()
+    score_threshold, mask_threshold = cfg.score_threshold, cfg.mask_threshold
+    model = _unwrapped(loaded.model)
+    # A model may drop detections below its own threshold (torchvision's: 0.05) before we see them.
+    model.score_threshold = min(model.score_threshold, score_threshold)
     ids = source.image_ids()
     results: list[dict[str, Any]] = []
     done = 0
-    for chunk in _batches(ids, batch_size):
+    for chunk in _batches(ids, cfg.batch_size):
         images = [source.load(i).image for i in chunk]
         for image_id, out in zip(chunk, infer(model, images, device, amp=amp)):
             keep = out["scores"] >= score_threshold
@@ -151,7 +150,7 @@ def predict(loaded: LoadedModel, source: ExampleSource, device: torch.device, ba
     return results
 
 
-def results_document(results: list[dict[str, Any]], score_threshold: float, mask_threshold: float,
-                     dataset_id: str, split: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"results": results, "score_threshold": score_threshold, "mask_threshold": mask_threshold,
+def results_document(results: list[dict[str, Any]], cfg: PredictConfig, dataset_id: str, split: str,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"results": results, "score_threshold": cfg.score_threshold, "mask_threshold": cfg.mask_threshold,
             "dataset": dataset_id, "split": split, **(extra or {})}

@@ -1,4 +1,8 @@
-"""Mask R-CNN training: all five losses, schedules, AMP, validation, checkpoints, resume.
+"""Training: all losses, schedules, AMP, validation, checkpoints, resume.
+
+The network is any registered architecture (services/segmenter/architectures.py), used only
+through the SegmentationModel contract of core/models.py: the sum of every loss the model
+reports is optimised.
 
 What the thesis got wrong and this module does instead: every Mask R-CNN loss is optimised
 (classifier, box regression, mask, RPN objectness, RPN box regression — the thesis trained
@@ -15,15 +19,16 @@ import math
 import os
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from services.common.config import config_to_mapping
 from services.common.errors import InvalidArgument
+from services.segmenter.config import SegmenterConfig
 from services.segmenter.core import checkpoints as ck
 from services.segmenter.core.data import (
     AugmentConfig,
@@ -34,104 +39,25 @@ from services.segmenter.core.data import (
     collate,
     sample_training_set,
 )
-from services.segmenter.core.distributed import DistInfo, barrier, broadcast_flag, init_from_env
+from services.segmenter.core.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_flag,
+    init_from_env,
+)
 from services.segmenter.core.models import (
     ModelSpec,
     build_model,
     load_state_dict_into,
     torchvision_weights,
-    validate_architecture,
 )
 from services.segmenter.core.predictor import autocast, pixel_validation
+from services.segmenter.weights import BlobReader, TorchvisionWeights
 
 log = logging.getLogger(__name__)
 
-LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
-METRICS = ("iou", "f1", "precision", "recall", "es")
-
 #: progress(fraction, message, metrics) — JobContext.progress has this signature.
 Progress = Callable[[float, str, "dict[str, float] | None"], None]
-
-
-@dataclass
-class TrainConfig:
-    """Training hyper-parameters. Zero sizes mean "from the data"; lr 0 means the linear
-    scaling rule of torchvision's references (0.02 per 16 images for SGD, 1e-4 for AdamW)."""
-
-    architecture: str = "maskrcnn_resnet50_fpn"
-    weights: str = "none"
-    epochs: int = 12
-    batch_size: int = 4
-    lr: float = 0.0
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup_iters: int = 100
-    warmup_factor: float = 0.001
-    step_milestones: tuple[float, ...] = (2 / 3, 8 / 9)
-    gamma: float = 0.1
-    grad_clip: float = 0.0
-    amp: str = "none"
-    patience: int = 0
-    #: DataLoader worker processes; -1 = auto: none on CPU (the model, not loading, is the
-    #: bottleneck there, and forking a serving process is best avoided), 4 on CUDA.
-    num_workers: int = -1
-    augment: bool = True
-    trainable_backbone_layers: int | None = None
-    min_size: int = 0
-    max_size: int = 0
-    dtype: str = "float32"
-    val_score_threshold: float = 0.5
-    val_mask_threshold: float = 0.5
-    select_metric: str = "iou"
-    seed: int = 0
-    device: str = ""
-    # Benchmarks only: stop each epoch after this many iterations (0 = whole epoch).
-    max_iters_per_epoch: int = 0
-
-    def validate(self) -> None:
-        validate_architecture(self.architecture)
-        checks = [
-            (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
-            (self.lr >= 0 and math.isfinite(self.lr), f"lr must be ≥ 0, got {self.lr}"),
-            (self.optimizer in ("sgd", "adamw"), f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}"),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
-            (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
-            (self.schedule in ("cosine", "step"), f"schedule must be 'cosine' or 'step', got {self.schedule!r}"),
-            (self.warmup_iters >= 0, f"warmup_iters must be ≥ 0, got {self.warmup_iters}"),
-            (self.grad_clip >= 0, f"grad_clip must be ≥ 0 (0 = off), got {self.grad_clip}"),
-            (self.amp in ("none", "bf16", "fp16"), f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}"),
-            (self.patience >= 0, f"patience must be ≥ 0 (0 = off), got {self.patience}"),
-            (self.num_workers >= -1, f"num_workers must be ≥ 0 (or -1 = auto), got {self.num_workers}"),
-            (self.dtype in ("float32", "float64"), f"dtype must be 'float32' or 'float64', got {self.dtype!r}"),
-            (self.select_metric in METRICS, f"select_metric must be one of {METRICS}, got {self.select_metric!r}"),
-            (self.min_size >= 0 and self.max_size >= 0, "min_size and max_size must be ≥ 0 (0 = image size)"),
-            (self.trainable_backbone_layers is None or 0 <= self.trainable_backbone_layers <= 5,
-             f"trainable_backbone_layers must be in 0..5, got {self.trainable_backbone_layers}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InvalidArgument(f"SegmenterConfig.{message}")
-
-    def effective_lr(self) -> float:
-        if self.lr > 0:
-            return self.lr
-        return 0.02 * self.batch_size / 16 if self.optimizer == "sgd" else 1e-4
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["step_milestones"] = list(self.step_milestones)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
-        if "step_milestones" in kw:
-            kw["step_milestones"] = tuple(kw["step_milestones"])
-        return cls(**kw)
 
 
 @dataclass
@@ -150,7 +76,7 @@ def select_device(name: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def lr_factor(it: int, total: int, cfg: TrainConfig) -> float:
+def lr_factor(it: int, total: int, cfg: SegmenterConfig) -> float:
     """Multiplier of the base lr at iteration ``it``: linear warmup, then cosine or step."""
     if it < cfg.warmup_iters:
         alpha = it / cfg.warmup_iters
@@ -163,7 +89,7 @@ def lr_factor(it: int, total: int, cfg: TrainConfig) -> float:
     return warm * cfg.gamma ** passed
 
 
-def resolve_sizes(cfg: TrainConfig, sources: Sequence[ExampleSource], items: Sequence[tuple[int, int]],
+def resolve_sizes(cfg: SegmenterConfig, sources: Sequence[ExampleSource], items: Sequence[tuple[int, int]],
                   val: ExampleSource | None) -> tuple[int, int]:
     """min_size / max_size of the model's resize: the images' own size unless configured."""
     if cfg.min_size and cfg.max_size:
@@ -191,11 +117,14 @@ def _has_batchnorm(model: nn.Module) -> bool:
 class Trainer:
     """One training run. ``run()`` resumes from the last checkpoint in ``checkpoints``."""
 
-    def __init__(self, cfg: TrainConfig, sources: Sequence[tuple[ExampleSource, int]], val: ExampleSource | None,
+    def __init__(self, cfg: SegmenterConfig, sources: Sequence[tuple[ExampleSource, int]], val: ExampleSource | None,
                  checkpoints: ck.CheckpointIO | None, progress: Progress | None = None,
-                 init_state: dict[str, torch.Tensor] | None = None, init_source: str = "",
                  on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-                 dist_info: DistInfo | None = None):
+                 dist_info: DistInfo | None = None, weights_store: BlobReader | None = None):
+        """Check everything that can be checked before training (configuration, sources,
+        weights: a torchvision name must exist, store/file weights are read now and must fit
+        the model), so bad input fails here, not mid-job. ``weights_store`` is where
+        ``store:KEY`` weights are read from."""
         cfg.validate()
         self.cfg = cfg
         self.sources = [s for s, _ in sources]
@@ -210,7 +139,6 @@ class Trainer:
         self.category_map = CategoryMap(cats)
         self.checkpoints = checkpoints
         self.progress = progress
-        self.init_state, self.init_source = init_state, init_source
         self.on_epoch_end = on_epoch_end
         self.dist = dist_info if dist_info is not None else init_from_env()
         self.device = select_device(cfg.device)
@@ -219,35 +147,37 @@ class Trainer:
         if cfg.amp != "none" and self.device.type != "cuda":
             log.info("amp=%s ignored on %s", cfg.amp, self.device)
         self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-        if cfg.weights not in ("", "none") and not cfg.weights.startswith(("file:", "store:")):
-            torchvision_weights(cfg.weights, cfg.architecture)  # a bad name fails here, not mid-job
+        self.weights = cfg.weights_spec  # parsed once; matched on its type below
+        self.download = self.weights if isinstance(self.weights, TorchvisionWeights) else None
+        if self.download is not None:
+            torchvision_weights(self.download.name, cfg.architecture)  # a bad name fails here, not mid-job
         min_size, max_size = resolve_sizes(cfg, self.sources, self.items, val)
         self.spec = ModelSpec(cfg.architecture, self.category_map.num_classes, min_size, max_size,
-                              cfg.trainable_backbone_layers,
-                              pretrained_backbone=cfg.weights not in ("", "none") and init_state is None
-                              and not cfg.weights.startswith(("file:", "store:")))
+                              cfg.trainable_backbone_layers, pretrained_backbone=self.download is not None)
+        self.init_state = ck.initial_state(self.weights, weights_store)
+        if self.init_state is not None:
+            self._load_initial_state(build_model(self.spec))  # weights that do not fit fail here
 
     # -- building blocks ---------------------------------------------------------------
+    def _load_initial_state(self, model: nn.Module) -> None:
+        assert self.init_state is not None
+        load_state_dict_into(model, self.init_state, self.cfg.weights, self.spec.registered.class_heads)
+
     def _build_model(self) -> nn.Module:
-        tv = None
-        if self.cfg.weights not in ("", "none") and not self.cfg.weights.startswith(("file:", "store:")):
-            tv = self.cfg.weights
-        model = build_model(self.spec, torchvision_weights=tv)
-        state, source = self.init_state, self.init_source or self.cfg.weights
-        if state is None and self.cfg.weights.startswith("file:"):
-            path = Path(self.cfg.weights[5:])
-            if not path.is_file():
-                raise InvalidArgument(f"SegmenterConfig.weights {self.cfg.weights!r}: no such file")
-            state = ck.state_dict_from(ck.from_bytes(path.read_bytes(), self.cfg.weights), self.cfg.weights)
-        elif state is None and self.cfg.weights.startswith("store:"):
-            raise InvalidArgument(f"SegmenterConfig.weights {self.cfg.weights!r} must be resolved by the caller")
-        if state is not None:
-            load_state_dict_into(model, state, source)
+        model = build_model(self.spec, self.download)
+        if self.init_state is not None:
+            self._load_initial_state(model)
         return model
+
+    def _checkpoint_io(self) -> ck.CheckpointIO:
+        if self.checkpoints is None:
+            raise RuntimeError("Trainer.run() needs a CheckpointIO (set trainer.checkpoints)")
+        return self.checkpoints
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         # As in detectron2/torchvision references: no weight decay on norm layers and biases.
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, p in model.named_parameters():
             if not p.requires_grad:
                 continue
@@ -272,8 +202,7 @@ class Trainer:
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg, device = self.cfg, self.device
-        if self.checkpoints is None:
-            raise RuntimeError("Trainer.run() needs a CheckpointIO")
+        checkpoints = self._checkpoint_io()
         torch.manual_seed(cfg.seed)
         model = self._build_model().to(device=device, dtype=self.dtype)
         if device.type == "cuda":
@@ -289,14 +218,14 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, total_iters, cfg))
         scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp == "fp16")
         record = self._new_record()
-        state = {"best_epoch": -1, "best_score": -math.inf, "bad_epochs": 0, "stopped": False}
+        state: dict[str, Any] = {"best_epoch": -1, "best_score": -math.inf, "bad_epochs": 0, "stopped": False}
         start = 0
 
-        done = ck.checkpoint_epochs(self.checkpoints)
+        done = ck.checkpoint_epochs(checkpoints)
         if done:
             last = done[-1]
-            saved = ck.from_bytes(self.checkpoints.read(ck.epoch_name(last)), f"checkpoint {ck.epoch_name(last)}")
-            if saved.get("config") != cfg.to_dict():
+            saved = ck.from_bytes(checkpoints.read(ck.epoch_name(last)), f"checkpoint {ck.epoch_name(last)}")
+            if saved.get("config") != config_to_mapping(cfg):
                 raise InvalidArgument(f"checkpoint {ck.epoch_name(last)} was written with another configuration; "
                                       "use a fresh work prefix")
             model.load_state_dict(saved["model"])
@@ -341,7 +270,7 @@ class Trainer:
     def _new_record(self) -> dict[str, Any]:
         return {
             "epochs": [], "best_epoch": -1, "select_metric": self.cfg.select_metric, "stopped_early": False,
-            "steps": [], "config": self.cfg.to_dict(), "model": self.spec.to_dict(),
+            "steps": [], "config": config_to_mapping(self.cfg), "model": self.spec.to_dict(),
             "categories": self.category_map.categories,
             "training_set": {
                 "num_images": len(self.items),
@@ -434,21 +363,22 @@ class Trainer:
         payload = {
             "format": ck.TRAIN_FORMAT, "epoch": epoch, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "rng": ck.rng_state(), "config": self.cfg.to_dict(),
+            "scaler": scaler.state_dict(), "rng": ck.rng_state(), "config": config_to_mapping(self.cfg),
             "spec": self.spec.to_dict(), "categories": self.category_map.categories,
             "record": record, "state": state,
         }
-        self.checkpoints.write(ck.epoch_name(epoch), ck.to_bytes(payload))
+        io_ = self._checkpoint_io()
+        io_.write(ck.epoch_name(epoch), ck.to_bytes(payload))
         # Keep the last and the best epoch; older ones are no longer needed.
-        for old in ck.checkpoint_epochs(self.checkpoints):
+        for old in ck.checkpoint_epochs(io_):
             if old not in (epoch, state["best_epoch"]):
-                self.checkpoints.remove(ck.epoch_name(old))
+                io_.remove(ck.epoch_name(old))
 
     def _result(self, record: dict[str, Any], state: dict[str, Any]) -> TrainResult:
         best = state["best_epoch"]
         if best < 0:
             raise RuntimeError("training finished without a completed epoch")
-        saved = ck.from_bytes(self.checkpoints.read(ck.epoch_name(best)), f"checkpoint {ck.epoch_name(best)}")
+        saved = ck.from_bytes(self._checkpoint_io().read(ck.epoch_name(best)), f"checkpoint {ck.epoch_name(best)}")
         record = _from_tensors(record)
         record["best_epoch"] = best
         extra = {"best_epoch": best, "val": next((e.get("val", {}) for e in record["epochs"] if e["epoch"] == best), {})}

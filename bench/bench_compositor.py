@@ -20,10 +20,13 @@ import numpy as np
 
 from services.common.datasets import Dataset, DatasetWriter
 from services.common.store import FileStore
+from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams
 from services.compositor.core.compose import compose_image
-from services.compositor.core.params import ComposeParams
 from services.compositor.core.pipeline import (
-    StoreAssets, compose_dataset, extract_foreground_set, harvest_background_set,
+    StoreAssets,
+    compose_dataset,
+    extract_foreground_set,
+    harvest_background_set,
 )
 from services.compositor.core.sets import BACKGROUND_KIND, FOREGROUND_KIND, load_set
 
@@ -57,12 +60,13 @@ def main() -> None:
         real = load_isic(store, args.data, args.images)
         print(f"import: {len(real)} images in {time.perf_counter() - t:.1f} s")
         t = time.perf_counter()
-        fg, fg_manifest = extract_foreground_set(store, real, "train", min_area=64)
+        fg, fg_manifest = extract_foreground_set(store, real, "train", ForegroundParams(min_area=64, feather_sigma=0.0))
         print(f"ExtractForegrounds: {len(fg_manifest['foregrounds'])} foregrounds "
               f"(skipped {fg_manifest['skipped']}) in {time.perf_counter() - t:.1f} s")
         t = time.perf_counter()
-        bg, bg_manifest = harvest_background_set(store, dataset=real, split="train", method="telea",
-                                                 max_backgrounds=args.backgrounds, seed=0)
+        bg, bg_manifest = harvest_background_set(
+            store, dataset=real, split="train", seed=0,
+            params=BackgroundParams(method="inpaint_telea", max_backgrounds=args.backgrounds))
         dt = time.perf_counter() - t
         print(f"HarvestBackgrounds (Telea inpainting): {len(bg_manifest['backgrounds'])} backgrounds in {dt:.1f} s "
               f"({args.backgrounds / dt:.0f} images/s)")
@@ -124,8 +128,8 @@ def main() -> None:
         print(f"identical output for every worker count: {len(ids) == 1}")
         print("reference: plain thesis-style paste loop ≈ 165 images/s on one core (issue 3); target ≥ 330/worker")
         if args.preview:
-            from services.compositor.contact_sheet import draw_contact_sheet
             from services.common.imageio import write_png
+            from services.compositor.contact_sheet import draw_contact_sheet
             write_png(args.preview, draw_contact_sheet(Dataset.load(store, ref.id), count=16, columns=4))
             print(f"contact sheet: {args.preview}")
 

@@ -25,8 +25,9 @@ import numpy as np
 
 from services.common.datasets import masks_to_rle
 from services.common.imageio import read_mask, resize_mask
+from services.evaluator.config import EvalConfig
 from services.evaluator.core.coco import GroundTruth, coco_ap, predictions_from_results
-from services.evaluator.core.evaluate import EvalConfig, evaluate
+from services.evaluator.core.evaluate import evaluate
 from services.evaluator.core.metrics import pixel_scores, union_of_instances
 
 SIZE = 256

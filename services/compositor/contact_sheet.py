@@ -5,8 +5,8 @@ composites look like the real thing or like stickers, and whether masks sit on o
 """
 from __future__ import annotations
 
-import numpy as np
 import cv2
+import numpy as np
 
 from services.common.datasets import Dataset
 from services.common.errors import InvalidArgument

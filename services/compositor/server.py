@@ -6,18 +6,22 @@ sets and missing objects are INVALID_ARGUMENT / NOT_FOUND on the Submit call its
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
+from services.common.config import config_from_proto
 from services.common.datasets import Dataset, validate_name, validate_split
 from services.common.errors import InvalidArgument
 from services.common.jobs import JobContext, JobServicerMixin
-from services.common.refs import object_ref, resolve_object
+from services.common.refs import add_output, object_ref, resolve_object
 from services.common.runtime import ServerConfig, ServiceRuntime, serve
 from services.common.store import ObjectStore, validate_prefix
-from services.compositor.core.params import ComposeParams, Range
-from services.compositor.core.pipeline import compose_dataset, extract_foreground_set, harvest_background_set
+from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams
+from services.compositor.core.pipeline import (
+    compose_dataset,
+    extract_foreground_set,
+    harvest_background_set,
+)
 from services.compositor.core.sets import BACKGROUND_KIND, FOREGROUND_KIND, load_set
 from synthaug.v1 import common_pb2, compositor_pb2, compositor_pb2_grpc
 
@@ -25,35 +29,9 @@ log = logging.getLogger(__name__)
 
 SERVICE = "compositor"
 SERVICE_NAME = compositor_pb2.DESCRIPTOR.services_by_name["CompositorService"].full_name
-BLEND_NAMES = {compositor_pb2.BLEND_MODE_HARD: "hard", compositor_pb2.BLEND_MODE_GAUSSIAN: "gaussian",
-               compositor_pb2.BLEND_MODE_POISSON: "poisson"}
-METHOD_NAMES = {compositor_pb2.BACKGROUND_METHOD_AS_IS: "as_is", compositor_pb2.BACKGROUND_METHOD_INPAINT_TELEA: "telea",
-                compositor_pb2.BACKGROUND_METHOD_INPAINT_NS: "ns", compositor_pb2.BACKGROUND_METHOD_CROP: "crop"}
-_RANGES = ("scale", "rotation", "brightness", "contrast", "saturation", "hue", "background_brightness",
-           "background_contrast")
-_SCALARS = ("output_size", "min_objects", "max_objects", "flip", "background_flip", "max_overlap_iou",
-            "max_placement_attempts", "blend_sigma", "min_visible_fraction", "min_usable_background",
-            "dark_threshold", "tone_match")
-
-
-def compose_params(msg: compositor_pb2.ComposeParams) -> ComposeParams:
-    """Proto → core params: unset fields take the core defaults; then validated."""
-    changes: dict[str, Any] = {}
-    for name in _SCALARS:
-        if msg.HasField(name):
-            changes[name] = getattr(msg, name)
-    for name in _RANGES:
-        if msg.HasField(name):
-            r = getattr(msg, name)
-            changes[name] = Range(float(r.min), float(r.max))
-    if msg.blend != compositor_pb2.BLEND_MODE_UNSPECIFIED:
-        if msg.blend not in BLEND_NAMES:
-            raise InvalidArgument(f"ComposeParams.blend: unknown blend mode {msg.blend}")
-        changes["blend"] = BLEND_NAMES[msg.blend]
-    if msg.image_format:
-        changes["image_format"] = msg.image_format
-    return dataclasses.replace(ComposeParams(), **changes).validate()
-
+#: Request fields that are inputs, not settings (the rest fill the config dataclasses).
+FOREGROUND_INPUTS = ("dataset", "split")
+BACKGROUND_INPUTS = ("dataset", "split", "image_prefix", "seed")
 
 
 def _progress(ctx: JobContext):  # type: ignore[no-untyped-def]
@@ -69,50 +47,31 @@ class CompositorServicer(JobServicerMixin, compositor_pb2_grpc.CompositorService
 
     def SubmitExtractForegrounds(self, request: compositor_pb2.ExtractForegroundsRequest, context: Any) -> common_pb2.JobRef:
         what = "ExtractForegroundsRequest"
+        params = config_from_proto(ForegroundParams, request, exclude=FOREGROUND_INPUTS)
         split = validate_split(request.split, f"{what}.split")
-        if request.min_area < 0:
-            raise InvalidArgument(f"{what}.min_area must be ≥ 0, got {request.min_area}")
-        if not 0 <= request.feather_sigma <= 50:
-            raise InvalidArgument(f"{what}.feather_sigma must be in [0, 50], got {request.feather_sigma}")
-        padding = request.padding if request.HasField("padding") else 8
-        if not 0 <= padding <= 256:
-            raise InvalidArgument(f"{what}.padding must be in [0, 256], got {padding}")
         dataset = Dataset.load(self.store, request.dataset)
         if not dataset.image_records(split):
             raise InvalidArgument(f"{what}.dataset {dataset.id}: split {split or '(all)'!r} has no images")
 
         def run(ctx: JobContext) -> common_pb2.JobResult:
-            info, manifest = extract_foreground_set(
-                self.store, dataset, split, min_area=int(request.min_area), feather_sigma=float(request.feather_sigma),
-                padding=int(padding), keep_truncated=request.keep_truncated, progress=_progress(ctx))
+            info, manifest = extract_foreground_set(self.store, dataset, split, params, progress=_progress(ctx))
             skipped = manifest["skipped"]
-            return common_pb2.JobResult(
-                objects=[object_ref(self.store, info)],
+            result = common_pb2.JobResult(
                 metrics={"foregrounds": float(len(manifest["foregrounds"])), "skipped_small": float(skipped["small"]),
                          "skipped_truncated": float(skipped["truncated"]), "skipped_crowd": float(skipped["crowd"])})
+            return add_output(result, "foregrounds", object_ref(self.store, info))
 
         return self.jobs.submit("compositor.ExtractForegrounds", request, run)
 
     def SubmitHarvestBackgrounds(self, request: compositor_pb2.HarvestBackgroundsRequest, context: Any) -> common_pb2.JobRef:
         what = "HarvestBackgroundsRequest"
+        params = config_from_proto(BackgroundParams, request, exclude=BACKGROUND_INPUTS)
         has_dataset = bool(request.dataset.id or request.dataset.name)
         if has_dataset == bool(request.image_prefix):
             raise InvalidArgument(f"{what}: give exactly one of dataset or image_prefix")
-        if request.method not in (compositor_pb2.BACKGROUND_METHOD_UNSPECIFIED, *METHOD_NAMES):
-            raise InvalidArgument(f"{what}.method: unknown background method {request.method}")
-        if request.method == compositor_pb2.BACKGROUND_METHOD_UNSPECIFIED:
-            method = "telea" if has_dataset else "as_is"
-        else:
-            method = METHOD_NAMES[request.method]
-        dilate = request.dilate_px if request.HasField("dilate_px") else 12
-        crop = request.crop_size if request.HasField("crop_size") else 96
-        if not 0 <= dilate <= 256:
-            raise InvalidArgument(f"{what}.dilate_px must be in [0, 256], got {dilate}")
-        if method == "crop" and not 8 <= crop <= 8192:
-            raise InvalidArgument(f"{what}.crop_size must be in [8, 8192], got {crop}")
-        if request.max_backgrounds < 0:
-            raise InvalidArgument(f"{what}.max_backgrounds must be ≥ 0, got {request.max_backgrounds}")
+        params.method_for(from_dataset=has_dataset)  # an inpainting method needs a dataset
         dataset = None
+        split = ""
         if has_dataset:
             dataset = Dataset.load(self.store, request.dataset)
             split = validate_split(request.split, f"{what}.split")
@@ -120,18 +79,15 @@ class CompositorServicer(JobServicerMixin, compositor_pb2_grpc.CompositorService
                 raise InvalidArgument(f"{what}.dataset {dataset.id}: split {split or '(all)'!r} has no images")
         else:
             validate_prefix(request.image_prefix)
-            if method != "as_is":
-                raise InvalidArgument(f"{what}.method {method!r} needs a dataset; image_prefix images are used as they are")
 
         def run(ctx: JobContext) -> common_pb2.JobResult:
             info, manifest = harvest_background_set(
-                self.store, dataset=dataset, split=request.split, image_prefix=request.image_prefix, method=method,
-                dilate_px=int(dilate), crop_size=int(crop), max_backgrounds=int(request.max_backgrounds),
+                self.store, dataset=dataset, split=split, image_prefix=request.image_prefix, params=params,
                 seed=int(request.seed), progress=_progress(ctx))
-            return common_pb2.JobResult(
-                objects=[object_ref(self.store, info)],
+            result = common_pb2.JobResult(
                 metrics={"backgrounds": float(len(manifest["backgrounds"])),
                          "rejected_dark": float(manifest["rejected_dark"])})
+            return add_output(result, "backgrounds", object_ref(self.store, info))
 
         return self.jobs.submit("compositor.HarvestBackgrounds", request, run)
 
@@ -141,7 +97,7 @@ class CompositorServicer(JobServicerMixin, compositor_pb2_grpc.CompositorService
             raise InvalidArgument(f"{what}.count must be ≥ 1, got {request.count}")
         if request.workers < 0:
             raise InvalidArgument(f"{what}.workers must be ≥ 0 (0 = CPU count), got {request.workers}")
-        params = compose_params(request.params)
+        params = config_from_proto(ComposeParams, request.params)
         fg_key = resolve_object(self.store, request.foregrounds, f"{what}.foregrounds", verify=True)
         bg_key = resolve_object(self.store, request.backgrounds, f"{what}.backgrounds", verify=True)
         load_set(self.store, fg_key, FOREGROUND_KIND, f"{what}.foregrounds")
@@ -153,7 +109,7 @@ class CompositorServicer(JobServicerMixin, compositor_pb2_grpc.CompositorService
             ref, metrics = compose_dataset(
                 self.store, fg_key, bg_key, int(request.count), int(request.seed), params, workers=int(request.workers),
                 name=request.name, progress=_progress(ctx))
-            return common_pb2.JobResult(datasets=[ref], metrics=metrics)
+            return add_output(common_pb2.JobResult(metrics=metrics), "dataset", ref)
 
         return self.jobs.submit("compositor.Compose", request, run)
 

@@ -19,11 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from services.common.cli_support import guarded
+from services.common.config import config_from_mapping
 from services.common.errors import NotFound
-from services.evaluator.core.coco import GroundTruth, Predictions, predictions_from_results
-from services.evaluator.core.evaluate import DEFAULT_SCORE_THRESHOLD, EvalConfig, evaluate
-from services.evaluator.core.sources import load_predictions, load_truth, truth_from_dataset
-from services.evaluator.core.stats import DEFAULT_BOOTSTRAP
+from services.evaluator.config import EvalConfig
+from services.evaluator.core.coco import (
+    GroundTruth,
+    Predictions,
+    predictions_from_results,
+)
+from services.evaluator.core.evaluate import evaluate
+from services.evaluator.core.sources import (
+    load_predictions,
+    load_truth,
+    truth_from_dataset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +46,14 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--truth", required=True, help="mask folder, COCO instances JSON, or (with --store) dataset id/name")
     p.add_argument("--pred", required=True, help="mask folder, COCO results JSON, COCO instances JSON, or (with --store) object key")
-    p.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
-                   help=f"instances with score ≥ S enter the per-image union (default {DEFAULT_SCORE_THRESHOLD}; 0 = all, as the thesis did)")
+    # Settings default to None here: unset flags take EvalConfig's defaults (the only copy).
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help=f"instances with score ≥ S enter the per-image union "
+                        f"(default {EvalConfig.score_threshold}; 0 = all, as the thesis did)")
     p.add_argument("--split", default="", help="split of a COCO/dataset truth to score (default: all images)")
-    p.add_argument("--n-bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help=f"bootstrap resamples for CIs (default {DEFAULT_BOOTSTRAP})")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--n-bootstrap", type=int, default=None,
+                   help=f"bootstrap resamples for CIs (default {EvalConfig.n_bootstrap})")
+    p.add_argument("--seed", type=int, default=None, help=f"bootstrap seed (default {EvalConfig.seed})")
     p.add_argument("--no-coco-ap", action="store_true", help="skip COCO mask/box AP")
     p.add_argument("--store", default=None, help="object store URL for dataset ids/names and object keys [$SYNTHAUG_STORE]")
     p.add_argument("--output", type=Path, default=None, help="also write the full evaluation JSON to this file")
@@ -95,10 +107,18 @@ def _summary(ev: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def eval_config(args: argparse.Namespace) -> EvalConfig:
+    """The flags that were given, over EvalConfig's defaults (validated)."""
+    given = {"score_threshold": args.score_threshold, "n_bootstrap": args.n_bootstrap, "seed": args.seed}
+    values = {name: value for name, value in given.items() if value is not None}
+    if args.no_coco_ap:
+        values["coco_ap"] = False
+    return config_from_mapping(EvalConfig, values)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    config = eval_config(args)
     truth, preds = _load(args)
-    config = EvalConfig(score_threshold=args.score_threshold, n_bootstrap=args.n_bootstrap, seed=args.seed,
-                        coco_ap=not args.no_coco_ap)
     ev = evaluate(truth, preds, config, predictions_source=str(args.pred))
     text = json.dumps(ev, indent=1, allow_nan=False)
     if args.output is not None:

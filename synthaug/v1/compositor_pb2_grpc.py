@@ -71,21 +71,24 @@ class CompositorServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SubmitExtractForegrounds(self, request, context):
-        """Result: objects[0] is the foreground-set manifest.
+        """Result: outputs["foregrounds"] is the foreground-set manifest (JSON); metrics: foregrounds,
+        skipped_small, skipped_truncated, skipped_crowd.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitHarvestBackgrounds(self, request, context):
-        """Result: objects[0] is the background-set manifest.
+        """Result: outputs["backgrounds"] is the background-set manifest (JSON); metrics: backgrounds,
+        rejected_dark.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitCompose(self, request, context):
-        """Result: datasets[0] is the composite dataset.
+        """Result: dataset_outputs["dataset"] is the composite dataset; metrics: images, instances,
+        skipped_objects, dropped_instances, images_per_s, workers, seconds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from synthaug.v1 import common_pb2 as synthaug_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsynthaug/v1/evaluator.proto\x12\x0bsynthaug.v1\x1a\x18synthaug/v1/common.proto\"\xfa\x01\n\x0f\x45valuateRequest\x12&\n\x05truth\x18\x01 \x01(\x0b\x32\x17.synthaug.v1.DatasetRef\x12\r\n\x05split\x18\x02 \x01(\t\x12+\n\x0bpredictions\x18\x03 \x01(\x0b\x32\x16.synthaug.v1.ObjectRef\x12\x1c\n\x0fscore_threshold\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0emask_threshold\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x13\n\x0bn_bootstrap\x18\x06 \x01(\x05\x12\x0c\n\x04seed\x18\x07 \x01(\x03\x42\x12\n\x10_score_thresholdB\x11\n\x0f_mask_threshold\"\x89\x01\n\x0e\x43ompareRequest\x12!\n\x01\x61\x18\x01 \x01(\x0b\x32\x16.synthaug.v1.ObjectRef\x12!\n\x01\x62\x18\x02 \x01(\x0b\x32\x16.synthaug.v1.ObjectRef\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\x13\n\x0bn_bootstrap\x18\x04 \x01(\x05\x12\x0c\n\x04seed\x18\x05 \x01(\x03\"\xb1\x01\n\x0f\x43ompareResponse\x12\x10\n\x08n_images\x18\x01 \x01(\x03\x12\x17\n\x0fmean_difference\x18\x02 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x03 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x04 \x01(\x01\x12\x0f\n\x07p_value\x18\x05 \x01(\x01\x12\x0e\n\x06metric\x18\x06 \x01(\t\x12\x0e\n\x06mean_a\x18\x07 \x01(\x01\x12\x0e\n\x06mean_b\x18\x08 \x01(\x01\x12\x11\n\tstatistic\x18\t \x01(\x01\"\xed\x01\n\x06\x41rmRun\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\x03\x12*\n\nevaluation\x18\x03 \x01(\x0b\x32\x16.synthaug.v1.ObjectRef\x12+\n\x0bpredictions\x18\x04 \x01(\x0b\x32\x16.synthaug.v1.ObjectRef\x12/\n\x0ftraining_record\x18\x05 \x01(\x0b\x32\x16.synthaug.v1.ObjectRef\x12\x12\n\nreal_count\x18\x06 \x01(\x03\x12\x17\n\x0f\x63omposite_count\x18\x07 \x01(\x03\x12\x11\n\tgan_count\x18\x08 \x01(\x03\"\xd9\x01\n\rReportRequest\x12!\n\x04runs\x18\x01 \x03(\x0b\x32\x13.synthaug.v1.ArmRun\x12&\n\x05truth\x18\x02 \x01(\x0b\x32\x17.synthaug.v1.DatasetRef\x12\r\n\x05split\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0e\n\x06prefix\x18\x05 \x01(\t\x12\x16\n\x0eoverlay_images\x18\x06 \x01(\x05\x12\x14\n\x0c\x62\x61seline_arm\x18\x07 \x01(\t\x12\x13\n\x0bn_bootstrap\x18\x08 \x01(\x05\x12\x0c\n\x04seed\x18\t \x01(\x03\"F\n\x0eReportResponse\x12%\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x16.synthaug.v1.ObjectRef\x12\r\n\x05notes\x18\x02 \x03(\t2\xa5\x03\n\x10\x45valuatorService\x12\x43\n\x0eSubmitEvaluate\x12\x1c.synthaug.v1.EvaluateRequest\x1a\x13.synthaug.v1.JobRef\x12\x44\n\x07\x43ompare\x12\x1b.synthaug.v1.CompareRequest\x1a\x1c.synthaug.v1.CompareResponse\x12\x41\n\x06Report\x12\x1a.synthaug.v1.ReportRequest\x1a\x1b.synthaug.v1.ReportResponse\x12<\n\x06GetJob\x12\x1a.synthaug.v1.GetJobRequest\x1a\x16.synthaug.v1.JobStatus\x12\x41\n\x08WatchJob\x12\x1c.synthaug.v1.WatchJobRequest\x1a\x15.synthaug.v1.JobEvent0\x01\x12\x42\n\tCancelJob\x12\x1d.synthaug.v1.CancelJobRequest\x1a\x16.synthaug.v1.JobStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsynthaug/v1/evaluator.proto\x12\x0bsynthaug.v1\x1a\x18synthaug/v1/common.proto\"\x8f\x02\n\x0f\x45valuateRequest\x12&\n\x05truth\x18\x01 \x01(\x0b\x32\x17.synthaug.v1.DatasetRef\x12\r\n\x05split\x18\x02 \x01(\t\x12+\n\x0bpredictions\x18\x03 \x01(\x0b\x32\x16.synthaug.v1.ObjectRef\x12\x1c\n\x0fscore_threshold\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0emask_threshold\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x0bn_bootstrap\x18\x06 \x01(\x05H\x02\x88\x01\x01\x12\x0c\n\x04seed\x18\x07 \x01(\x03\x42\x12\n\x10_score_thresholdB\x11\n\x0f_mask_thresholdB\x0e\n\x0c_n_bootstrap\"\x9e\x01\n\x0e\x43ompareRequest\x12!\n\x01\x61\x18\x01 \x01(\x0b\x32\x16.synthaug.v1.ObjectRef\x12!\n\x01\x62\x18\x02 \x01(\x0b\x32\x16.synthaug.v1.ObjectRef\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\x18\n\x0bn_bootstrap\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x42\x0e\n\x0c_n_bootstrap\"\xb1\x01\n\x0f\x43ompareResponse\x12\x10\n\x08n_images\x18\x01 \x01(\x03\x12\x17\n\x0fmean_difference\x18\x02 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x03 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x04 \x01(\x01\x12\x0f\n\x07p_value\x18\x05 \x01(\x01\x12\x0e\n\x06metric\x18\x06 \x01(\t\x12\x0e\n\x06mean_a\x18\x07 \x01(\x01\x12\x0e\n\x06mean_b\x18\x08 \x01(\x01\x12\x11\n\tstatistic\x18\t \x01(\x01\"\xed\x01\n\x06\x41rmRun\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\x03\x12*\n\nevaluation\x18\x03 \x01(\x0b\x32\x16.synthaug.v1.ObjectRef\x12+\n\x0bpredictions\x18\x04 \x01(\x0b\x32\x16.synthaug.v1.ObjectRef\x12/\n\x0ftraining_record\x18\x05 \x01(\x0b\x32\x16.synthaug.v1.ObjectRef\x12\x12\n\nreal_count\x18\x06 \x01(\x03\x12\x17\n\x0f\x63omposite_count\x18\x07 \x01(\x03\x12\x11\n\tgan_count\x18\x08 \x01(\x03\"\x86\x02\n\rReportRequest\x12!\n\x04runs\x18\x01 \x03(\x0b\x32\x13.synthaug.v1.ArmRun\x12&\n\x05truth\x18\x02 \x01(\x0b\x32\x17.synthaug.v1.DatasetRef\x12\r\n\x05split\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0e\n\x06prefix\x18\x05 \x01(\t\x12\x1b\n\x0eoverlay_images\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x0c\x62\x61seline_arm\x18\x07 \x01(\t\x12\x18\n\x0bn_bootstrap\x18\x08 \x01(\x05H\x01\x88\x01\x01\x12\x0c\n\x04seed\x18\t \x01(\x03\x42\x11\n\x0f_overlay_imagesB\x0e\n\x0c_n_bootstrap2\xa3\x03\n\x10\x45valuatorService\x12\x43\n\x0eSubmitEvaluate\x12\x1c.synthaug.v1.EvaluateRequest\x1a\x13.synthaug.v1.JobRef\x12\x44\n\x07\x43ompare\x12\x1b.synthaug.v1.CompareRequest\x1a\x1c.synthaug.v1.CompareResponse\x12?\n\x0cSubmitReport\x12\x1a.synthaug.v1.ReportRequest\x1a\x13.synthaug.v1.JobRef\x12<\n\x06GetJob\x12\x1a.synthaug.v1.GetJobRequest\x1a\x16.synthaug.v1.JobStatus\x12\x41\n\x08WatchJob\x12\x1c.synthaug.v1.WatchJobRequest\x1a\x15.synthaug.v1.JobEvent0\x01\x12\x42\n\tCancelJob\x12\x1d.synthaug.v1.CancelJobRequest\x1a\x16.synthaug.v1.JobStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'synthaug.v1.evaluator_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVALUATEREQUEST']._serialized_start=71
-  _globals['_EVALUATEREQUEST']._serialized_end=321
-  _globals['_COMPAREREQUEST']._serialized_start=324
-  _globals['_COMPAREREQUEST']._serialized_end=461
-  _globals['_COMPARERESPONSE']._serialized_start=464
-  _globals['_COMPARERESPONSE']._serialized_end=641
-  _globals['_ARMRUN']._serialized_start=644
-  _globals['_ARMRUN']._serialized_end=881
-  _globals['_REPORTREQUEST']._serialized_start=884
-  _globals['_REPORTREQUEST']._serialized_end=1101
-  _globals['_REPORTRESPONSE']._serialized_start=1103
-  _globals['_REPORTRESPONSE']._serialized_end=1173
-  _globals['_EVALUATORSERVICE']._serialized_start=1176
-  _globals['_EVALUATORSERVICE']._serialized_end=1597
+  _globals['_EVALUATEREQUEST']._serialized_end=342
+  _globals['_COMPAREREQUEST']._serialized_start=345
+  _globals['_COMPAREREQUEST']._serialized_end=503
+  _globals['_COMPARERESPONSE']._serialized_start=506
+  _globals['_COMPARERESPONSE']._serialized_end=683
+  _globals['_ARMRUN']._serialized_start=686
+  _globals['_ARMRUN']._serialized_end=923
+  _globals['_REPORTREQUEST']._serialized_start=926
+  _globals['_REPORTREQUEST']._serialized_end=1188
+  _globals['_EVALUATORSERVICE']._serialized_start=1191
+  _globals['_EVALUATORSERVICE']._serialized_end=1610
 # @@protoc_insertion_point(module_scope)

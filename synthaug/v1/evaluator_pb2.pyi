@@ -102,11 +102,3 @@ class ReportRequest(_message.Message):
     n_bootstrap: int
     seed: int
     def __init__(self, runs: _Optional[_Iterable[_Union[ArmRun, _Mapping]]] = ..., truth: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., title: _Optional[str] = ..., prefix: _Optional[str] = ..., overlay_images: _Optional[int] = ..., baseline_arm: _Optional[str] = ..., n_bootstrap: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
-
-class ReportResponse(_message.Message):
-    __slots__ = ("files", "notes")
-    FILES_FIELD_NUMBER: _ClassVar[int]
-    NOTES_FIELD_NUMBER: _ClassVar[int]
-    files: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectRef]
-    notes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, files: _Optional[_Iterable[_Union[_common_pb2.ObjectRef, _Mapping]]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...

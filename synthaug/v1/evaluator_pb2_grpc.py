@@ -45,10 +45,10 @@ class EvaluatorServiceStub:
                 request_serializer=synthaug_dot_v1_dot_evaluator__pb2.CompareRequest.SerializeToString,
                 response_deserializer=synthaug_dot_v1_dot_evaluator__pb2.CompareResponse.FromString,
                 _registered_method=True)
-        self.Report = channel.unary_unary(
-                '/synthaug.v1.EvaluatorService/Report',
+        self.SubmitReport = channel.unary_unary(
+                '/synthaug.v1.EvaluatorService/SubmitReport',
                 request_serializer=synthaug_dot_v1_dot_evaluator__pb2.ReportRequest.SerializeToString,
-                response_deserializer=synthaug_dot_v1_dot_evaluator__pb2.ReportResponse.FromString,
+                response_deserializer=synthaug_dot_v1_dot_common__pb2.JobRef.FromString,
                 _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/synthaug.v1.EvaluatorService/GetJob',
@@ -71,22 +71,26 @@ class EvaluatorServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SubmitEvaluate(self, request, context):
-        """Result: objects[0] the evaluation JSON (aggregates + per-image metrics, format
-        "synthaug.evaluation/1"); metrics: the headline figures (mean_iou, es, mask_ap, ...).
+        """Result: outputs["evaluation"] is the evaluation JSON (aggregates + per-image metrics,
+        format "synthaug.evaluation/1"); metrics: the headline figures (mean_iou, es, mask_ap, ...).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Compare(self, request, context):
-        """Paired comparison of two evaluations of the same test images.
+        """Paired comparison of two evaluations of the same test images (fast: a plain RPC).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Report(self, request, context):
-        """Tables, charts and one self-contained HTML page, written under a store prefix.
+    def SubmitReport(self, request, context):
+        """Tables, charts and one self-contained HTML page, written under the request's prefix
+        (index.html last). Result: outputs["index"] is index.html; objects lists every report
+        file, index.html first, then PNG/CSV/Markdown files; attributes["notes"] holds notes on
+        what could not be drawn (e.g. a logistic curve that could not be fitted), one per line,
+        and attributes["prefix"] the store prefix.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,10 +127,10 @@ def add_EvaluatorServiceServicer_to_server(servicer, server):
                     request_deserializer=synthaug_dot_v1_dot_evaluator__pb2.CompareRequest.FromString,
                     response_serializer=synthaug_dot_v1_dot_evaluator__pb2.CompareResponse.SerializeToString,
             ),
-            'Report': grpc.unary_unary_rpc_method_handler(
-                    servicer.Report,
+            'SubmitReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitReport,
                     request_deserializer=synthaug_dot_v1_dot_evaluator__pb2.ReportRequest.FromString,
-                    response_serializer=synthaug_dot_v1_dot_evaluator__pb2.ReportResponse.SerializeToString,
+                    response_serializer=synthaug_dot_v1_dot_common__pb2.JobRef.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
@@ -209,7 +213,7 @@ class EvaluatorService:
             _registered_method=True)
 
     @staticmethod
-    def Report(request,
+    def SubmitReport(request,
             target,
             options=(),
             channel_credentials=None,
@@ -222,9 +226,9 @@ class EvaluatorService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/synthaug.v1.EvaluatorService/Report',
+            '/synthaug.v1.EvaluatorService/SubmitReport',
             synthaug_dot_v1_dot_evaluator__pb2.ReportRequest.SerializeToString,
-            synthaug_dot_v1_dot_evaluator__pb2.ReportResponse.FromString,
+            synthaug_dot_v1_dot_common__pb2.JobRef.FromString,
             options,
             channel_credentials,
             insecure,

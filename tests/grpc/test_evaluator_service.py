@@ -8,6 +8,7 @@ import pytest
 from services.common.client import JobFailed, wait_job
 from services.common.datasets import DatasetWriter, ImageRecord, masks_to_rle
 from services.common.imageio import encode_png
+from services.common.refs import output
 from services.common.store import ObjectStore
 from services.evaluator.server import build
 from synthaug.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
@@ -89,7 +90,8 @@ def test_evaluate_compare_report_end_to_end(server):
     assert ref.kind == "evaluator.Evaluate"
     assert events[-1].state == common_pb2.JOB_STATE_SUCCEEDED
     assert any(0 < e.progress < 1 for e in events)
-    ev_ref = res.objects[0]
+    ev_ref = output(res, "evaluation")
+    assert list(res.objects) == [ev_ref]
     assert ev_ref.bucket == store.bucket and ev_ref.key.endswith(".json")
     ev = store.get_json(ev_ref.key)
     assert ev["n_images"] == 4 and ev["split"] == "test" and ev["truth_dataset"] == truth.id
@@ -104,14 +106,15 @@ def test_evaluate_compare_report_end_to_end(server):
     # Same request → same job, answered from the stored result.
     again = stub.SubmitEvaluate(evaluator_pb2.EvaluateRequest(truth=truth, split="test", predictions=pa, n_bootstrap=200, seed=1))
     assert again.id == ref.id
-    assert wait_job(stub, again, timeout=30).objects[0].key == ev_ref.key
+    assert output(wait_job(stub, again, timeout=30), "evaluation").key == ev_ref.key
     # Thesis behaviour: no score threshold → image 3 counts.
     _, res0, _ = evaluate(store, stub, truth, pa, score_threshold=0.0)
-    assert store.get_json(res0.objects[0].key)["per_image"][2]["iou"] == 1.0
+    assert store.get_json(output(res0, "evaluation").key)["per_image"][2]["iou"] == 1.0
 
     pb = put_predictions(store, PREDS_B, "preds/b.json")
     _, res_b, _ = evaluate(store, stub, truth, pb)
-    cmp = stub.Compare(evaluator_pb2.CompareRequest(a=res.objects[0], b=res_b.objects[0], metric="iou", n_bootstrap=200))
+    ev_b = output(res_b, "evaluation")
+    cmp = stub.Compare(evaluator_pb2.CompareRequest(a=ev_ref, b=ev_b, metric="iou", n_bootstrap=200))
     ious_b = [0.5, 1.0, 1.0, 1.0]
     assert cmp.n_images == 4 and cmp.metric == "iou"
     assert cmp.mean_difference == pytest.approx(np.mean(np.array([1.0, 1 / 3, 0.0, 1.0]) - ious_b))
@@ -121,15 +124,27 @@ def test_evaluate_compare_report_end_to_end(server):
     record = store.put_json("train/a.json", {"epochs": [{"epoch": e, "losses": {"loss_mask": 1 / e}, "val": {"iou": 0.1 * e}} for e in (1, 2, 3)]})
     rec_ref = common_pb2.ObjectRef(bucket=store.bucket, key=record.key)
     runs = [
-        evaluator_pb2.ArmRun(arm="real", seed=0, evaluation=res.objects[0], predictions=pa, training_record=rec_ref, real_count=100),
-        evaluator_pb2.ArmRun(arm="composite", seed=0, evaluation=res_b.objects[0], predictions=pb, real_count=100, composite_count=200),
+        evaluator_pb2.ArmRun(arm="real", seed=0, evaluation=ev_ref, predictions=pa, training_record=rec_ref, real_count=100),
+        evaluator_pb2.ArmRun(arm="composite", seed=0, evaluation=ev_b, predictions=pb, real_count=100, composite_count=200),
     ]
-    rep = stub.Report(evaluator_pb2.ReportRequest(runs=runs, truth=truth, split="test", title="E2E", prefix="reports/e2e", overlay_images=3, n_bootstrap=200))
-    keys = [f.key for f in rep.files]
-    assert keys[0] == "reports/e2e/index.html"
+    report_request = evaluator_pb2.ReportRequest(runs=runs, truth=truth, split="test", title="E2E", prefix="reports/e2e",
+                                                 overlay_images=3, n_bootstrap=200)
+    report_job = stub.SubmitReport(report_request)
+    assert report_job.kind == "evaluator.Report"
+    report_events = []
+    rep = wait_job(stub, report_job, timeout=300, on_event=report_events.append)
+    assert any(0 < e.progress < 1 for e in report_events)
+    index = output(rep, "index")
+    keys = [f.key for f in rep.objects]
+    assert index.key == keys[0] == "reports/e2e/index.html"
     for name in ("metrics_bar.png", "overlays.png", "training_00.png", "results.csv", "results.md"):
         assert f"reports/e2e/{name}" in keys
-    for f in rep.files:
+    # notes on what could not be drawn (one per line, possibly none) travel in the attributes
+    assert rep.attributes["prefix"] == "reports/e2e/" and "notes" in rep.attributes
+    # the same request is the same job, answered from the stored result
+    assert stub.SubmitReport(report_request).id == report_job.id
+    assert [f.key for f in wait_job(stub, report_job, timeout=30).objects] == keys
+    for f in rep.objects:
         data = store.get_bytes(f.key)
         assert len(data) == f.size
         if f.key.endswith(".png"):
@@ -162,8 +177,29 @@ def test_bad_requests_map_to_status_codes(server):
     assert code == grpc.StatusCode.NOT_FOUND
     code, msg = code_of(lambda: stub.Compare(evaluator_pb2.CompareRequest(a=pa, b=pa, metric="accuracy")))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "metric" in msg
-    code, msg = code_of(lambda: stub.Report(evaluator_pb2.ReportRequest()))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "runs" in msg
+    code, msg = code_of(lambda: stub.SubmitEvaluate(req(truth=truth, predictions=pa, n_bootstrap=0)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "n_bootstrap" in msg  # 0 is a value, not "default"
+    # SubmitReport validates on the call: bad settings, runs and references never start a job.
+    run = evaluator_pb2.ArmRun(arm="real", evaluation=pa)
+    report = evaluator_pb2.ReportRequest
+    for request, needle, expected in [
+        (report(), "runs", grpc.StatusCode.INVALID_ARGUMENT),
+        (report(runs=[run, run]), "twice", grpc.StatusCode.INVALID_ARGUMENT),
+        (report(runs=[evaluator_pb2.ArmRun(arm="real")]), "runs[0].evaluation is required", grpc.StatusCode.INVALID_ARGUMENT),
+        (report(runs=[run], overlay_images=30), "ReportConfig.overlay_images", grpc.StatusCode.INVALID_ARGUMENT),
+        (report(runs=[run], n_bootstrap=0), "ReportConfig.n_bootstrap", grpc.StatusCode.INVALID_ARGUMENT),
+        (report(runs=[run], baseline_arm="gan"), "baseline arm 'gan'", grpc.StatusCode.INVALID_ARGUMENT),
+        (report(runs=[run], split="holdout"), "split", grpc.StatusCode.INVALID_ARGUMENT),
+        (report(runs=[run], prefix="../up"), "..", grpc.StatusCode.INVALID_ARGUMENT),
+        (report(runs=[evaluator_pb2.ArmRun(arm="real", evaluation=missing)]), "preds/missing.json", grpc.StatusCode.NOT_FOUND),
+        (report(runs=[run], truth=common_pb2.DatasetRef(name="nope")), "nope", grpc.StatusCode.NOT_FOUND),
+    ]:
+        code, msg = code_of(lambda: stub.SubmitReport(request))
+        assert code == expected and needle in msg, (needle, code, msg)
+    # An evaluation reference to something that is not an evaluation fails the job, naming it.
+    with pytest.raises(JobFailed) as info:
+        wait_job(stub, stub.SubmitReport(report(runs=[run])), timeout=60)
+    assert info.value.status.error.code == "INVALID_ARGUMENT" and "not an evaluation JSON" in info.value.status.error.message
     # A prediction of the wrong size fails the job with INVALID_ARGUMENT naming the image.
     bad = put_predictions(store, [{"image_id": 2, "category_id": 1, "score": 0.9,
                                    "segmentation": masks_to_rle(np.ones((1, 8, 8), bool))[0]}], "preds/bad.json")

@@ -7,11 +7,12 @@ import cv2
 import numpy as np
 import pytest
 
+from services.common.config import config_from_mapping, config_to_mapping
 from services.common.errors import InvalidArgument
+from services.compositor.config import ComposeParams, Range
 from services.compositor.core.backgrounds import free_crops, inpaint_objects
 from services.compositor.core.compose import InMemoryAssets, compose_image
 from services.compositor.core.foregrounds import extract_cutouts
-from services.compositor.core.params import ComposeParams, Range
 from services.compositor.core.transforms import color_jitter, match_tone, rotate_expand
 
 BG = (60, 60, 60)
@@ -102,7 +103,9 @@ def test_bad_params_name_the_parameter(change: dict, needle: str) -> None:
 
 def test_params_round_trip() -> None:
     p = ComposeParams(scale=Range(0.1, 0.3), blend="poisson")
-    assert ComposeParams.from_dict(p.to_dict()) == p
+    mapping = config_to_mapping(p)
+    assert mapping["scale"] == {"min": 0.1, "max": 0.3}
+    assert config_from_mapping(ComposeParams, mapping) == p
 
 
 # --- composition ----------------------------------------------------------------------------
@@ -241,7 +244,7 @@ def test_inpainting_removes_the_object_and_crops_avoid_it() -> None:
     cv2.circle(disc_mask, (40, 40), 15, 1, -1)
     masks[0] = disc_mask > 0
     image[masks[0]] = (60, 30, 20)
-    for method in ("telea", "ns"):
+    for method in ("inpaint_telea", "inpaint_ns"):
         out = inpaint_objects(image, masks, method, dilate_px=3, texture_seed=1)
         assert abs(float(out[masks[0]].mean()) - 190) < 12
         assert np.array_equal(out[:10], image[:10])  # far from the object nothing changes

@@ -9,9 +9,24 @@ from services.common.datasets import Dataset, DatasetWriter
 from services.common.errors import InvalidArgument, NotFound
 from services.common.imageio import encode_png
 from services.common.store import ObjectStore
-from services.compositor.core.params import ComposeParams, Range
-from services.compositor.core.pipeline import compose_dataset, extract_foreground_set, harvest_background_set
-from services.compositor.core.sets import BACKGROUND_KIND, FOREGROUND_KIND, decode_rgba, load_set, save_set
+from services.compositor.config import (
+    BackgroundParams,
+    ComposeParams,
+    ForegroundParams,
+    Range,
+)
+from services.compositor.core.pipeline import (
+    compose_dataset,
+    extract_foreground_set,
+    harvest_background_set,
+)
+from services.compositor.core.sets import (
+    BACKGROUND_KIND,
+    FOREGROUND_KIND,
+    decode_rgba,
+    load_set,
+    save_set,
+)
 
 
 def make_real_dataset(store: ObjectStore, n: int = 6, size: int = 64, name: str = "toy") -> Dataset:
@@ -37,7 +52,7 @@ def make_real_dataset(store: ObjectStore, n: int = 6, size: int = 64, name: str 
 
 def test_foreground_set_lists_rgba_cutouts_with_metadata(file_store: ObjectStore) -> None:
     ds = make_real_dataset(file_store)
-    info, manifest = extract_foreground_set(file_store, ds, "train", min_area=200, padding=3)
+    info, manifest = extract_foreground_set(file_store, ds, "train", ForegroundParams(min_area=200, feather_sigma=0.0, padding=3))
     entries = manifest["foregrounds"]
     # train images 0..4 each have one r=9 disc (~253 px); images 1 and 3 also a small one
     # (r=7, r=6: < 200 px); image 0 also one cut by the frame
@@ -50,31 +65,36 @@ def test_foreground_set_lists_rgba_cutouts_with_metadata(file_store: ObjectStore
         assert e["category_id"] in (1, 2) and e["source_file"].startswith("img")
     assert load_set(file_store, info.key, FOREGROUND_KIND, "fg")["foregrounds"] == entries
     with pytest.raises(InvalidArgument, match="min_area"):
-        extract_foreground_set(file_store, ds, "train", min_area=10_000)
+        extract_foreground_set(file_store, ds, "train", ForegroundParams(min_area=10_000))
+    with pytest.raises(InvalidArgument, match="ForegroundParams.padding"):
+        extract_foreground_set(file_store, ds, "train", ForegroundParams(padding=-1))
 
 
 def test_background_sets_from_dataset_and_prefix(file_store: ObjectStore) -> None:
     ds = make_real_dataset(file_store)
-    _, inpainted = harvest_background_set(file_store, dataset=ds, split="train", method="telea", dilate_px=3, seed=1)
+    _, inpainted = harvest_background_set(file_store, dataset=ds, split="train", params=BackgroundParams(dilate_px=3), seed=1)
     assert len(inpainted["backgrounds"]) == 5
+    assert inpainted["params"]["method"] == "inpaint_telea"  # the default for a dataset
     image = file_store.get_bytes(inpainted["backgrounds"][0]["key"])
     assert image
-    _, crops = harvest_background_set(file_store, dataset=ds, method="crop", crop_size=16, dilate_px=2,
-                                      crops_per_image=2, max_backgrounds=7, seed=1)
+    _, crops = harvest_background_set(file_store, dataset=ds, crops_per_image=2, seed=1,
+                                      params=BackgroundParams(method="crop", crop_size=16, dilate_px=2, max_backgrounds=7))
     assert len(crops["backgrounds"]) == 7
     assert all(e["width"] == e["height"] == 16 for e in crops["backgrounds"])
     file_store.put_bytes("user/bg/a.png", encode_png(np.full((40, 50, 3), 170, np.uint8)))
     file_store.put_bytes("user/bg/notes.txt", b"not an image")
-    _, user = harvest_background_set(file_store, image_prefix="user/bg/", method="as_is")
-    assert [e["key"] for e in user["backgrounds"]] == ["user/bg/a.png"]
+    _, user = harvest_background_set(file_store, image_prefix="user/bg/")  # unset method: as_is
+    assert [e["key"] for e in user["backgrounds"]] == ["user/bg/a.png"] and user["params"]["method"] == "as_is"
     with pytest.raises(InvalidArgument, match="needs a dataset"):
-        harvest_background_set(file_store, image_prefix="user/bg/", method="telea")
+        harvest_background_set(file_store, image_prefix="user/bg/", params=BackgroundParams(method="inpaint_telea"))
+    with pytest.raises(InvalidArgument, match="BackgroundParams.method must be one of"):
+        harvest_background_set(file_store, dataset=ds, params=BackgroundParams(method="telea"))
 
 
 def test_composite_dataset_is_identical_for_1_and_2_workers(file_store: ObjectStore) -> None:
     ds = make_real_dataset(file_store)
-    fg, _ = extract_foreground_set(file_store, ds, "train", min_area=50)
-    bg, _ = harvest_background_set(file_store, dataset=ds, split="train", method="telea", dilate_px=3)
+    fg, _ = extract_foreground_set(file_store, ds, "train", ForegroundParams(min_area=50))
+    bg, _ = harvest_background_set(file_store, dataset=ds, split="train", params=BackgroundParams(dilate_px=3))
     params = ComposeParams(output_size=64, scale=Range(0.3, 0.5), max_overlap_iou=0.2)
     one, m1 = compose_dataset(file_store, fg.key, bg.key, 10, 5, params, workers=1, name="comp")
     two, m2 = compose_dataset(file_store, fg.key, bg.key, 10, 5, params, workers=2, name="comp")

@@ -10,9 +10,21 @@ import pytest
 from services.common.datasets import masks_to_rle
 from services.common.errors import InvalidArgument
 from services.common.imageio import write_png
-from services.evaluator.core.coco import GroundTruth, match_instances, predictions_from_results, Instance, encode_masks
-from services.evaluator.core.evaluate import EvalConfig, evaluate
-from services.evaluator.core.sources import instances_from_mask, load_predictions, load_truth, match_stem
+from services.evaluator.config import EvalConfig
+from services.evaluator.core.coco import (
+    GroundTruth,
+    Instance,
+    encode_masks,
+    match_instances,
+    predictions_from_results,
+)
+from services.evaluator.core.evaluate import evaluate
+from services.evaluator.core.sources import (
+    instances_from_mask,
+    load_predictions,
+    load_truth,
+    match_stem,
+)
 
 H = W = 20
 
@@ -99,9 +111,11 @@ def test_perfect_predictions_give_ap_one_and_no_predictions_zero():
 
 
 def test_mask_ap_matches_pycocotools_directly():
+    import contextlib
+    import io
+
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
-    import contextlib, io
 
     rng = np.random.default_rng(3)
     truth_masks, results = [], []

@@ -11,11 +11,19 @@ import pytest
 
 from services.common.datasets import masks_to_rle
 from services.common.errors import InvalidArgument
+from services.evaluator.config import EvalConfig, ReportConfig
 from services.evaluator.core.coco import GroundTruth, predictions_from_results
-from services.evaluator.core.compare import compare_evaluations
-from services.evaluator.core.evaluate import EvalConfig, evaluate
-from services.evaluator.core.reports import RunInput, build_report, fit_logistic, logistic, parse_training_record, table_markdown, table_rows
-from services.evaluator.core.compare import arm_aggregates
+from services.evaluator.core.compare import arm_aggregates, compare_evaluations
+from services.evaluator.core.evaluate import evaluate
+from services.evaluator.core.reports import (
+    RunInput,
+    build_report,
+    fit_logistic,
+    logistic,
+    parse_training_record,
+    table_markdown,
+    table_rows,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 S = 48
@@ -65,7 +73,7 @@ def runs():
 
 def test_report_files_are_valid(runs, tmp_path):
     truth, rs = runs
-    report = build_report(rs, truth, "test report", overlay_images=4, n_bootstrap=200)
+    report = build_report(rs, truth, "test report", config=ReportConfig(overlay_images=4, n_bootstrap=200))
     names = list(report.files)
     assert names[0] == "index.html"
     for name in ("metrics_bar.png", "es_vs_ratio.png", "overlays.png", "training_00.png", "results.csv", "results.md"):
@@ -137,3 +145,18 @@ def test_report_rejects_duplicate_runs(runs):
     _, rs = runs
     with pytest.raises(InvalidArgument, match="twice"):
         build_report([rs[0], rs[0]])
+    with pytest.raises(InvalidArgument, match=r"runs\[1\].arm is empty"):
+        build_report([rs[0], RunInput("", 0, rs[0].evaluation)])
+    with pytest.raises(InvalidArgument, match="baseline arm 'nope' is not among the runs' arms"):
+        build_report(rs[:1], config=ReportConfig(baseline_arm="nope"))
+    with pytest.raises(InvalidArgument, match="ReportConfig.overlay_images must be in"):
+        build_report(rs[:1], config=ReportConfig(overlay_images=-1))
+
+
+def test_no_overlay_grid_with_zero_rows_and_a_chosen_baseline(runs):
+    truth, rs = runs
+    report = build_report(rs[:4], truth, config=ReportConfig(overlay_images=0, baseline_arm="comp-2k", n_bootstrap=200))
+    assert "overlays.png" not in report.files and "training_00.png" in report.files
+    md = report.files["results.md"].decode()
+    assert md.startswith("# synthaug report\n")  # the default title
+    assert "| real | comp-2k |" in md  # real compared with the chosen baseline

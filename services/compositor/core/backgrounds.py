@@ -11,7 +11,8 @@ import numpy as np
 
 from services.common.errors import InvalidArgument
 
-INPAINT_METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
+#: BackgroundParams.method names of the inpainting methods → OpenCV flags.
+INPAINT_METHODS = {"inpaint_telea": cv2.INPAINT_TELEA, "inpaint_ns": cv2.INPAINT_NS}
 
 
 def dilated_union(masks: np.ndarray, shape: tuple[int, int], dilate_px: int) -> np.ndarray:
@@ -25,8 +26,8 @@ def dilated_union(masks: np.ndarray, shape: tuple[int, int], dilate_px: int) -> 
     return union
 
 
-def inpaint_objects(image: np.ndarray, masks: np.ndarray, method: str = "telea",
-                    dilate_px: int = 12, radius: int = 5, texture_seed: int | None = None) -> np.ndarray:
+def inpaint_objects(image: np.ndarray, masks: np.ndarray, method: str, dilate_px: int,
+                    radius: int = 5, texture_seed: int | None = None) -> np.ndarray:
     """The image with every instance (dilated by `dilate_px`) filled in from its surroundings.
 
     Large holes are filled coarse-to-fine: inpainting at a quarter of the resolution gives a
@@ -75,7 +76,7 @@ def inpaint_objects(image: np.ndarray, masks: np.ndarray, method: str = "telea",
     return cv2.cvtColor(filled, cv2.COLOR_BGR2RGB)
 
 
-def free_crops(image: np.ndarray, masks: np.ndarray, crop_size: int, dilate_px: int = 8,
+def free_crops(image: np.ndarray, masks: np.ndarray, crop_size: int, dilate_px: int,
                dark_threshold: int = 25, max_dark_fraction: float = 0.05,
                stride: int | None = None) -> list[tuple[int, int]]:
     """Top-left corners (x, y) of square crops that touch no (dilated) instance.

@@ -21,7 +21,7 @@ from typing import Any, Protocol, Sequence
 import cv2
 import numpy as np
 
-from services.compositor.core.params import ComposeParams
+from services.compositor.config import ComposeParams
 from services.compositor.core.transforms import (
     apply_color, brightness_contrast_lut, color_matrix, flip_rgba, object_mean_grey, resize_rgba, rotate_expand,
     rotated_size, tone_gains,

@@ -8,7 +8,6 @@ so image ids, bytes and the manifest are the same for any number of workers.
 from __future__ import annotations
 
 import contextlib
-
 import dataclasses
 import logging
 import math
@@ -23,16 +22,32 @@ from typing import Any, Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from services.common.config import config_from_mapping, config_to_mapping
 from services.common.datasets import Dataset, DatasetWriter, ImageRecord, encode_sample
 from services.common.errors import InvalidArgument
 from services.common.imageio import decode_image, encode_png
 from services.common.store import ObjectInfo, ObjectStore, open_store
-from services.compositor.core.backgrounds import free_crops, inpaint_objects
-from services.compositor.core.compose import ForegroundStats, compose_image, foreground_stats, rng_for
+from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams
+from services.compositor.core.backgrounds import (
+    INPAINT_METHODS,
+    free_crops,
+    inpaint_objects,
+)
+from services.compositor.core.compose import (
+    ForegroundStats,
+    compose_image,
+    foreground_stats,
+    rng_for,
+)
 from services.compositor.core.foregrounds import extract_cutouts
-from services.compositor.core.params import ComposeParams
 from services.compositor.core.sets import (
-    BACKGROUND_KIND, FOREGROUND_KIND, SET_VERSION, decode_rgba, encode_rgba_png, load_set, save_set,
+    BACKGROUND_KIND,
+    FOREGROUND_KIND,
+    SET_VERSION,
+    decode_rgba,
+    encode_rgba_png,
+    load_set,
+    save_set,
 )
 from synthaug.v1 import common_pb2
 
@@ -40,7 +55,6 @@ log = logging.getLogger(__name__)
 
 #: progress(fraction, message, metrics); may raise JobCancelled to stop the work.
 Progress = Callable[[float, str, dict[str, float]], None]
-BACKGROUND_METHODS = ("as_is", "telea", "ns", "crop")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -55,21 +69,16 @@ def _touches_border(mask: np.ndarray) -> bool:
 # --- foregrounds ---------------------------------------------------------------------------
 
 
-def extract_foreground_set(store: ObjectStore, dataset: Dataset, split: str = "", *, min_area: int = 64,
-                           feather_sigma: float = 0.0, padding: int = 8, keep_truncated: bool = False,
+def extract_foreground_set(store: ObjectStore, dataset: Dataset, split: str = "",
+                           params: ForegroundParams | None = None, *,
                            progress: Progress = _no_progress) -> tuple[ObjectInfo, dict[str, Any]]:
     """Cut every instance of `dataset` (one split or all) into an RGBA foreground set.
 
     Instances touching the image border are cut off by the frame; pasted whole they show a
-    straight edge, so they are skipped unless `keep_truncated`. Returns (manifest object,
-    manifest).
+    straight edge, so they are skipped unless `params.keep_truncated`. Returns (manifest
+    object, manifest).
     """
-    if min_area < 0:
-        raise InvalidArgument(f"min_area must be ≥ 0, got {min_area}")
-    if not 0.0 <= feather_sigma <= 50.0:
-        raise InvalidArgument(f"feather_sigma must be in [0, 50], got {feather_sigma}")
-    if not 0 <= padding <= 256:
-        raise InvalidArgument(f"padding must be in [0, 256], got {padding}")
+    params = (params or ForegroundParams()).validate()
     records = dataset.image_records(split)
     if not records:
         raise InvalidArgument(f"dataset {dataset.id}: split {split or '(all)'!r} has no images")
@@ -79,13 +88,13 @@ def extract_foreground_set(store: ObjectStore, dataset: Dataset, split: str = ""
         sample = dataset.load_sample(record)
         skipped["crowd"] += int(sample.iscrowd.sum())
         keep = ~sample.iscrowd
-        if not keep_truncated:
+        if not params.keep_truncated:
             border = np.array([_touches_border(m) for m in sample.masks], dtype=bool)
             skipped["truncated"] += int((border & keep).sum())
             keep &= ~border
         anns = dataset.annotations_of(record["id"])
-        cutouts, small = extract_cutouts(sample.image, sample.masks, sample.labels, min_area=min_area,
-                                         feather_sigma=feather_sigma, padding=padding, iscrowd=~keep)
+        cutouts, small = extract_cutouts(sample.image, sample.masks, sample.labels, min_area=params.min_area,
+                                         feather_sigma=params.feather_sigma, padding=params.padding, iscrowd=~keep)
         skipped["small"] += small
         for cut in cutouts:
             info = store.put_blob(encode_rgba_png(cut.rgba), suffix=".png", content_type="image/png")
@@ -102,12 +111,11 @@ def extract_foreground_set(store: ObjectStore, dataset: Dataset, split: str = ""
     if not entries:
         raise InvalidArgument(
             f"dataset {dataset.id} split {split or '(all)'!r}: no instance passed the filters "
-            f"(min_area={min_area}, skipped {skipped})")
+            f"(min_area={params.min_area}, skipped {skipped})")
     manifest = {
         "kind": FOREGROUND_KIND, "version": SET_VERSION, "dataset": dataset.id, "split": split,
         "categories": dataset.categories,
-        "params": {"min_area": min_area, "feather_sigma": feather_sigma, "padding": padding,
-                   "keep_truncated": keep_truncated},
+        "params": config_to_mapping(params),
         "skipped": skipped, "foregrounds": entries,
     }
     return save_set(store, manifest), manifest
@@ -121,33 +129,26 @@ def _dark_fraction(image: np.ndarray, threshold: int) -> float:
 
 
 def harvest_background_set(store: ObjectStore, *, dataset: Dataset | None = None, split: str = "",
-                           image_prefix: str = "", method: str = "telea", dilate_px: int = 12,
-                           crop_size: int = 96, crops_per_image: int = 4, max_backgrounds: int = 0,
-                           seed: int = 0, max_dark_fraction: float = 0.5, dark_threshold: int = 25,
+                           image_prefix: str = "", params: BackgroundParams | None = None, seed: int = 0,
+                           crops_per_image: int = 4, max_dark_fraction: float = 0.5, dark_threshold: int = 25,
                            progress: Progress = _no_progress) -> tuple[ObjectInfo, dict[str, Any]]:
     """Backgrounds from user images under `image_prefix` (as they are) or from a dataset.
 
-    From a dataset, `method` removes the instances: "telea"/"ns" inpaint the dilated masks,
-    "crop" takes square crops touching no instance, "as_is" keeps images whole (for
-    datasets of empty scenes). Images mostly covered by the dark border of a dermoscope
+    From a dataset, `params.method` removes the instances: "inpaint_telea"/"inpaint_ns"
+    inpaint the dilated masks, "crop" takes square crops touching no instance, "as_is" keeps
+    images whole (for datasets of empty scenes); unset, it is "inpaint_telea" (see
+    BackgroundParams.method_for). Images mostly covered by the dark border of a dermoscope
     (more than `max_dark_fraction` of pixels under `dark_threshold`) are left out.
-    `max_backgrounds` > 0 keeps a seeded random subset.
+    `params.max_backgrounds` > 0 keeps a seeded random subset.
     """
     if (dataset is None) == (not image_prefix):
         raise InvalidArgument("give exactly one source: dataset or image_prefix")
-    if method not in BACKGROUND_METHODS:
-        raise InvalidArgument(f"method must be one of {BACKGROUND_METHODS}, got {method!r}")
-    if not 0 <= dilate_px <= 256:
-        raise InvalidArgument(f"dilate_px must be in [0, 256], got {dilate_px}")
-    if max_backgrounds < 0:
-        raise InvalidArgument(f"max_backgrounds must be ≥ 0, got {max_backgrounds}")
-    if method == "crop" and crop_size < 8:
-        raise InvalidArgument(f"crop_size must be ≥ 8 for the crop method, got {crop_size}")
+    params = (params or BackgroundParams()).validate()
+    method = params.method_for(from_dataset=dataset is not None)
+    dilate_px, crop_size, max_backgrounds = params.dilate_px, params.crop_size, params.max_backgrounds
     entries: list[dict[str, Any]] = []
     rejected_dark = 0
     if image_prefix:
-        if method != "as_is":
-            raise InvalidArgument(f"method {method!r} needs a dataset (instance masks); images under a prefix are used as they are")
         keys = [k for k in store.list(image_prefix) if k.lower().endswith(IMAGE_SUFFIXES)]
         if max_backgrounds and len(keys) > max_backgrounds:
             pick = np.sort(np.random.default_rng([seed % (1 << 64)]).choice(len(keys), max_backgrounds, replace=False))
@@ -175,7 +176,7 @@ def harvest_background_set(store: ObjectStore, *, dataset: Dataset | None = None
             images: list[tuple[np.ndarray, dict[str, Any]]] = []
             if method == "as_is":
                 images.append((sample.image, {}))
-            elif method in ("telea", "ns"):
+            elif method in INPAINT_METHODS:
                 filled = inpaint_objects(sample.image, sample.masks, method, dilate_px,
                                          texture_seed=int(rng_for(seed, record["id"]).integers(1 << 31)))
                 images.append((filled, {}))
@@ -309,7 +310,7 @@ class _Composer:
 
     def __init__(self, task: _ComposeTask, store: ObjectStore | None = None):
         self.store = store if store is not None else open_store(task.store_url)
-        self.params = ComposeParams.from_dict(task.params)
+        self.params = config_from_mapping(ComposeParams, task.params)
         self.seed = task.seed
         self.assets = StoreAssets(self.store, task.foregrounds, task.backgrounds, self.params, task.shared_dir)
 
@@ -398,11 +399,11 @@ def compose_dataset(store: ObjectStore, foregrounds_key: str, backgrounds_key: s
     parents = [d for d in dict.fromkeys([fg.get("dataset"), bg.get("dataset")]) if d]
     writer = DatasetWriter(
         store, "composite", fg["categories"], name=name, parents=parents, seed=int(seed),
-        params={"compose": params.to_dict(), "count": count,
+        params={"compose": config_to_mapping(params), "count": count,
                 "foregrounds": {"key": foregrounds_key, "sha256": fg_info.sha256},
                 "backgrounds": {"key": backgrounds_key, "sha256": bg_info.sha256}},
     )
-    task = _ComposeTask(store.url, fg["foregrounds"], bg["backgrounds"], params.to_dict(), int(seed))
+    task = _ComposeTask(store.url, fg["foregrounds"], bg["backgrounds"], config_to_mapping(params), int(seed))
     start = time.perf_counter()
     totals = {"instances": 0, "skipped": 0, "dropped": 0}
     report_every = max(1, count // 100)

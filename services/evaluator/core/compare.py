@@ -8,10 +8,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from services.common.errors import InvalidArgument
-from services.evaluator.core.evaluate import PER_IMAGE_METRICS
-from services.evaluator.core.stats import (
+from services.evaluator.config import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_CONFIDENCE,
+    check_metric,
+)
+from services.evaluator.core.stats import (
     PairedComparison,
     SeedSummary,
     across_seeds,
@@ -30,13 +32,6 @@ SEED_AGGREGATES = {
     "lesion_recall": None,
     "fp_per_image": None,
 }
-
-
-def check_metric(metric: str) -> str:
-    metric = metric or "iou"
-    if metric not in PER_IMAGE_METRICS:
-        raise InvalidArgument(f"metric must be one of {', '.join(PER_IMAGE_METRICS)}; got {metric!r}")
-    return metric
 
 
 def per_image_values(evaluation: Mapping[str, Any], metric: str, what: str = "evaluation") -> dict[tuple[int, str], float]:

@@ -21,12 +21,12 @@ Evaluation JSON (``format`` = ``synthaug.evaluation/1``), main keys::
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from services.common.errors import InvalidArgument
+from services.evaluator.config import PER_IMAGE_METRICS, EvalConfig
 from services.evaluator.core.coco import (
     GroundTruth,
     Predictions,
@@ -37,42 +37,15 @@ from services.evaluator.core.coco import (
     union_rle,
 )
 from services.evaluator.core.metrics import scores_from_counts
-from services.evaluator.core.stats import DEFAULT_BOOTSTRAP, DEFAULT_CONFIDENCE, check_bootstrap, summarize_many
+from services.evaluator.core.stats import summarize_many
 
 log = logging.getLogger(__name__)
 
 FORMAT = "synthaug.evaluation/1"
-DEFAULT_SCORE_THRESHOLD = 0.5
+#: The threshold assumed when the predictions do not record the one they were binarised at.
 DEFAULT_MASK_THRESHOLD = 0.5
-JACCARD_THRESHOLD = 0.65
-LESION_IOU = 0.5
-PER_IMAGE_METRICS = ("iou", "f1", "precision", "recall", "es", "thresholded_jaccard")
 
 Progress = Callable[[float, str], None]
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD
-    # None: whatever the predictions' producer binarised at (binary masks cannot be re-thresholded).
-    mask_threshold: float | None = None
-    n_bootstrap: int = DEFAULT_BOOTSTRAP
-    seed: int = 0
-    confidence: float = DEFAULT_CONFIDENCE
-    jaccard_threshold: float = JACCARD_THRESHOLD
-    lesion_iou: float = LESION_IOU
-    coco_ap: bool = True
-
-    def validate(self) -> None:
-        if not 0.0 <= self.score_threshold <= 1.0:
-            raise InvalidArgument(f"score_threshold must be in [0, 1], got {self.score_threshold}")
-        if self.mask_threshold is not None and not 0.0 < self.mask_threshold <= 1.0:
-            raise InvalidArgument(f"mask_threshold must be in (0, 1], got {self.mask_threshold}")
-        if not 0.0 < self.jaccard_threshold <= 1.0:
-            raise InvalidArgument(f"jaccard_threshold must be in (0, 1], got {self.jaccard_threshold}")
-        if not 0.0 < self.lesion_iou <= 1.0:
-            raise InvalidArgument(f"lesion_iou must be in (0, 1], got {self.lesion_iou}")
-        check_bootstrap(self.n_bootstrap, self.confidence)
 
 
 def _effective_mask_threshold(config: EvalConfig, preds: Predictions) -> tuple[float, list[str]]:

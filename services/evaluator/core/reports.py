@@ -32,12 +32,20 @@ from matplotlib.ticker import MaxNLocator
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from services.common.errors import InvalidArgument
+from services.evaluator.config import DEFAULT_BOOTSTRAP, ReportConfig, check_metric
 from services.evaluator.core.coco import GroundTruth, Predictions, decode_union
-from services.evaluator.core.compare import SEED_AGGREGATES, ArmAggregate, aligned, arm_aggregates, check_metric, mean_over_seeds
+from services.evaluator.core.compare import (
+    SEED_AGGREGATES,
+    ArmAggregate,
+    aligned,
+    arm_aggregates,
+    mean_over_seeds,
+)
 from services.evaluator.core.stats import paired_comparison
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TITLE = "synthaug report"
 GENERATOR_COLOURS = {"real": "#444444", "composite": "#1f77b4", "gan": "#d62728", "hybrid": "#2ca02c"}
 TABLE_COLUMNS = [
     ("arm", "Arm"),
@@ -168,7 +176,8 @@ def table_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def comparisons(runs: Sequence[RunInput], baseline: str, metric: str = "iou", n_bootstrap: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+def comparisons(runs: Sequence[RunInput], baseline: str, metric: str = "iou", n_bootstrap: int = DEFAULT_BOOTSTRAP,
+                seed: int = 0) -> list[dict[str, Any]]:
     """Each arm vs the baseline arm: paired difference of the per-image metric (averaged over
     each arm's seeds) with bootstrap CI and Wilcoxon p-value."""
     metric = check_metric(metric)
@@ -473,41 +482,53 @@ def html_page(title: str, rows, comparison_rows, figures: Sequence[tuple[str, st
     return "".join(parts)
 
 
+def check_runs(runs: Sequence[tuple[str, int]], baseline: str | None = None, what: str = "runs") -> None:
+    """InvalidArgument unless the (arm, seed) pairs make a report: at least one, each with an
+    arm name, none twice, and `baseline` (when given) among the arms. Cheap: a service
+    checks a request with it before starting the work."""
+    if not runs:
+        raise InvalidArgument(f"{what}: a report needs at least one run")
+    seen: set[tuple[str, int]] = set()
+    for i, (arm, seed) in enumerate(runs):
+        if not arm:
+            raise InvalidArgument(f"{what}[{i}].arm is empty: every run needs an arm name")
+        if (arm, seed) in seen:
+            raise InvalidArgument(f"{what}[{i}]: arm {arm!r} seed {seed} appears twice")
+        seen.add((arm, seed))
+    arms = list(dict.fromkeys(arm for arm, _ in runs))
+    if baseline is not None and baseline not in arms:
+        raise InvalidArgument(f"baseline arm {baseline!r} is not among the runs' arms ({', '.join(arms)})")
+
+
 def build_report(
     runs: Sequence[RunInput],
     truth: GroundTruth | None = None,
-    title: str = "synthaug report",
-    overlay_images: int = 6,
+    title: str = "",
+    *,
+    config: ReportConfig | None = None,
     load_image: Callable[[dict[str, Any]], np.ndarray] | None = None,
-    baseline: str | None = None,
-    n_bootstrap: int = 2000,
     seed: int = 0,
 ) -> Report:
-    """All report files. ``baseline`` (default: the first real-only arm, else the first arm)
-    is what the other arms are compared with."""
-    if not runs:
-        raise InvalidArgument("a report needs at least one run")
-    for r in runs:
-        if not r.arm:
-            raise InvalidArgument("every run needs an arm name")
-    seen = set()
-    for r in runs:
-        if (r.arm, r.seed) in seen:
-            raise InvalidArgument(f"arm {r.arm!r} seed {r.seed} appears twice")
-        seen.add((r.arm, r.seed))
+    """All report files, titled `title` (default DEFAULT_TITLE). `config.baseline_arm`
+    (default: the first real-only arm, else the first arm) is what the other arms are
+    compared with."""
+    config = (config or ReportConfig()).validate()
+    title = title or DEFAULT_TITLE
+    check_runs([(r.arm, r.seed) for r in runs], config.baseline_arm)
+    baseline = config.baseline_arm
     report = Report()
     aggs = arm_aggregates((r.arm, r.seed, r.evaluation) for r in runs)
     rows = table_rows(aggs)
     if baseline is None:
         real = [r.arm for r in runs if r.generator == "real" and r.real_count > 0]
         baseline = real[0] if real else runs[0].arm
-    comp_rows = comparisons(runs, baseline, "iou", n_bootstrap, seed) if len(aggs) > 1 else []
+    comp_rows = comparisons(runs, baseline, "iou", config.n_bootstrap, seed) if len(aggs) > 1 else []
     figures: list[tuple[str, str, bytes]] = [("metrics_bar.png", "Metrics per arm (95% CI)", bar_chart(aggs, title))]
     es_png = es_vs_ratio_chart(runs, report.notes)
     if es_png is not None:
         figures.append(("es_vs_ratio.png", "ES against the synthetic ratio", es_png))
     if truth is not None:
-        grid = overlay_grid(truth, runs, overlay_images, load_image)
+        grid = overlay_grid(truth, runs, config.overlay_images, load_image)
         if grid is not None:
             figures.append(("overlays.png", "Test images: ground truth and predictions", grid))
     arms = list(dict.fromkeys(r.arm for r in runs))

@@ -20,9 +20,12 @@ import numpy as np
 from scipy import stats as sps
 
 from services.common.errors import InvalidArgument
+from services.evaluator.config import (
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_CONFIDENCE,
+    check_bootstrap,
+)
 
-DEFAULT_BOOTSTRAP = 2000
-DEFAULT_CONFIDENCE = 0.95
 # Resamples are drawn in chunks so that memory stays bounded (chunk × n indices).
 _MAX_CHUNK_ELEMENTS = 4_000_000
 
@@ -47,13 +50,6 @@ def _as_values(values: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise InvalidArgument(f"{what}: values must be finite numbers")
     return arr
-
-
-def check_bootstrap(n_bootstrap: int, confidence: float) -> None:
-    if n_bootstrap < 100:
-        raise InvalidArgument(f"n_bootstrap must be ≥ 100, got {n_bootstrap}")
-    if not 0.5 <= confidence < 1.0:
-        raise InvalidArgument(f"confidence must be in [0.5, 1), got {confidence}")
 
 
 def bootstrap_means(

@@ -1,18 +1,27 @@
-"""Composition parameters and their validation.
+"""The compositor's settings: the only copy of their defaults, and their validation.
 
-Validation lives next to the dataclass so the CLI, the gRPC adapter and the library all
-reject the same inputs with the same messages (each naming the offending parameter).
+Plans, gRPC requests and the library fill these through services.common.config
+(`config_from_mapping` / `config_from_proto`), so every caller gets the same defaults and
+rejects the same inputs with the same messages, each naming the offending field. The proto
+comments in protos/synthaug/v1/compositor.proto document the same defaults
+(tests/unit/test_config_defaults.py holds the two together). No numpy, OpenCV or torch here:
+loading a plan imports this module.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.errors import InvalidArgument
 
 BLEND_MODES = ("hard", "gaussian", "poisson")
 IMAGE_FORMATS = ("jpeg", "png")
+#: BackgroundMethod values by their short names (BACKGROUND_METHOD_INPAINT_TELEA ↔ "inpaint_telea").
+BACKGROUND_METHODS = ("as_is", "inpaint_telea", "inpaint_ns", "crop")
+#: What an unset BackgroundParams.method means, by source.
+DATASET_METHOD = "inpaint_telea"
+PREFIX_METHOD = "as_is"
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,77 @@ class Range:
         if self.min == self.max:
             return float(self.min)
         return float(rng.uniform(self.min, self.max))
+
+
+@dataclass(frozen=True)
+class ForegroundParams:
+    """How instances are cut out into a foreground set (ExtractForegroundsRequest)."""
+
+    # Instances with fewer mask pixels are skipped: specks of annotation noise would be
+    # blown up many times when pasted at ComposeParams.scale (an 8×8 px object at 0.25 of a
+    # 256 px composite is an 8× enlargement already).
+    min_area: int = 64
+    # Gaussian sigma (pixels) of the alpha edge; 0 = hard edge. One pixel softens the
+    # staircase of a nearest-neighbour mask, and the alpha thresholded at 128 still gives
+    # the mask back (see foregrounds.feather_alpha).
+    feather_sigma: float = 1.0
+    # Context pixels kept around each instance's box (used to match its tone to a new background).
+    padding: int = 8
+    # Keep instances cut off by the image border (pasted whole they show a straight edge).
+    keep_truncated: bool = False
+
+    def validate(self) -> "ForegroundParams":
+        """Return self, or raise InvalidArgument naming the first bad setting."""
+        p = "ForegroundParams"
+        if self.min_area < 0:
+            raise InvalidArgument(f"{p}.min_area must be ≥ 0, got {self.min_area}")
+        if not 0.0 <= self.feather_sigma <= 50.0:
+            raise InvalidArgument(f"{p}.feather_sigma must be in [0, 50], got {self.feather_sigma}")
+        if not 0 <= self.padding <= 256:
+            raise InvalidArgument(f"{p}.padding must be in [0, 256], got {self.padding}")
+        return self
+
+
+@dataclass(frozen=True)
+class BackgroundParams:
+    """How backgrounds are harvested into a background set (HarvestBackgroundsRequest).
+
+    `method` unset (None) means "inpaint_telea" for a dataset's images and "as_is" for user
+    images under a store prefix (the only method those allow: they have no instance masks);
+    `method_for` resolves it and refuses other combinations.
+    """
+
+    method: str | None = None
+    # Dilation of instance masks before inpainting (and the margin crops keep from them),
+    # pixels: annotations are drawn tight, and a lesion's blurred rim left outside the hole
+    # is smeared into the fill.
+    dilate_px: int = 12
+    # Side of the square crops of the "crop" method.
+    crop_size: int = 96
+    # Keep a seeded random subset of at most this many backgrounds; 0 = no limit.
+    max_backgrounds: int = 0
+
+    def validate(self) -> "BackgroundParams":
+        """Return self, or raise InvalidArgument naming the first bad setting."""
+        p = "BackgroundParams"
+        if self.method is not None and self.method not in BACKGROUND_METHODS:
+            raise InvalidArgument(f"{p}.method must be one of {', '.join(BACKGROUND_METHODS)}, got {self.method!r}")
+        if not 0 <= self.dilate_px <= 256:
+            raise InvalidArgument(f"{p}.dilate_px must be in [0, 256], got {self.dilate_px}")
+        if self.method == "crop" and not 8 <= self.crop_size <= 8192:
+            raise InvalidArgument(f"{p}.crop_size must be in [8, 8192] for the crop method, got {self.crop_size}")
+        if self.max_backgrounds < 0:
+            raise InvalidArgument(f"{p}.max_backgrounds must be ≥ 0 (0 = no limit), got {self.max_backgrounds}")
+        return self
+
+    def method_for(self, from_dataset: bool) -> str:
+        """The method to use on a dataset (True) or on user images under a prefix (False)."""
+        method = self.method or (DATASET_METHOD if from_dataset else PREFIX_METHOD)
+        if not from_dataset and method != PREFIX_METHOD:
+            raise InvalidArgument(
+                f"BackgroundParams.method {method!r} needs a dataset (instance masks); "
+                f"images under an image_prefix are used as they are ({PREFIX_METHOD!r})")
+        return method
 
 
 @dataclass(frozen=True)
@@ -69,17 +149,6 @@ class ComposeParams:
     # (per-channel gains, see transforms.match_tone): 0 = off, 1 = full transfer.
     tone_match: float = 0.8
     image_format: str = "jpeg"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ComposeParams":
-        kwargs = dict(data)
-        for name, value in list(kwargs.items()):
-            if isinstance(value, dict):
-                kwargs[name] = Range(float(value["min"]), float(value["max"]))
-        return cls(**kwargs)
 
     def validate(self) -> "ComposeParams":
         """Return self, or raise InvalidArgument naming the first bad parameter."""

@@ -163,10 +163,10 @@ def _enum_prefix(enum: EnumDescriptor) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
 
 
-def _enum_to_name(enum: EnumDescriptor, number: int) -> str | None:
+def _enum_to_name(enum: EnumDescriptor, number: int, where: str) -> str | None:
     value = enum.values_by_number.get(number)
     if value is None:
-        raise InvalidArgument(f"unknown {enum.name} value {number}")
+        raise InvalidArgument(f"{where}: unknown {enum.name} value {number}")
     name = value.name.removeprefix(_enum_prefix(enum)).lower()
     return None if name == "unspecified" else name
 
@@ -184,16 +184,17 @@ def _is_repeated(field: FieldDescriptor) -> bool:
     return bool(field.is_repeated) if hasattr(field, "is_repeated") else field.label == FieldDescriptor.LABEL_REPEATED
 
 
-def _single(field: FieldDescriptor, value: Any) -> Any:
+def _single(field: FieldDescriptor, value: Any, where: str) -> Any:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return message_to_mapping(value)
+        return message_to_mapping(value, where=f"{where}.{field.name}")
     if field.type == FieldDescriptor.TYPE_ENUM:
-        return _enum_to_name(field.enum_type, value)
+        return _enum_to_name(field.enum_type, value, f"{where}.{field.name}")
     return value
 
 
-def message_to_mapping(message: Message, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+def message_to_mapping(message: Message, exclude: tuple[str, ...] = (), where: str | None = None) -> dict[str, Any]:
     """The fields of `message` that are set, as plain values (enums by short name)."""
+    where = where or message.DESCRIPTOR.name
     out: dict[str, Any] = {}
     for field in message.DESCRIPTOR.fields:
         if field.name in exclude:
@@ -204,14 +205,14 @@ def message_to_mapping(message: Message, exclude: tuple[str, ...] = ()) -> dict[
                 out[field.name] = dict(value)
         elif _is_repeated(field):
             if len(value):
-                out[field.name] = [_single(field, v) for v in value]
+                out[field.name] = [_single(field, v, where) for v in value]
         elif field.has_presence:
             if message.HasField(field.name):
-                converted = _single(field, value)
+                converted = _single(field, value, where)
                 if converted is not None:
                     out[field.name] = converted
         elif value != field.default_value:
-            converted = _single(field, value)
+            converted = _single(field, value, where)
             if converted is not None:
                 out[field.name] = converted
     return out
@@ -219,7 +220,8 @@ def message_to_mapping(message: Message, exclude: tuple[str, ...] = ()) -> dict[
 
 def config_from_proto(cls: type[T], message: Message, where: str | None = None, exclude: tuple[str, ...] = ()) -> T:
     """`cls` from the set fields of `message` (minus `exclude`: e.g. a request's dataset)."""
-    return config_from_mapping(cls, message_to_mapping(message, exclude), where or message.DESCRIPTOR.name)
+    where = where or message.DESCRIPTOR.name
+    return config_from_mapping(cls, message_to_mapping(message, exclude, where), where)
 
 
 def _set_field(message: Message, field: FieldDescriptor, value: Any, where: str) -> None:

@@ -124,24 +124,6 @@ class ServicePool:
             if failed:
                 replica.down_until = time.monotonic() + self.backoff * 4
 
-    def unary(self, method: str, request: Message, timeout: float = 300.0) -> Any:
-        """A plain RPC with failover across replicas."""
-        delay = self.backoff
-        for attempt in range(1, self.attempts + 1):
-            replica = self._pick()
-            try:
-                response = getattr(replica.stub, method)(request, timeout=timeout)
-                self._release(replica, failed=False)
-                return response
-            except grpc.RpcError as exc:
-                self._release(replica, failed=exc.code() in RETRYABLE)
-                if exc.code() not in RETRYABLE or attempt == self.attempts:
-                    raise _as_error(self.service, method, exc) from None
-                log.warning("%s.%s on %s: %s; retrying in %.1fs", self.service, method, replica.address, exc.code().name, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
-        raise AssertionError("unreachable")
-
     def run_job(
         self,
         submit: str,

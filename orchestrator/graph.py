@@ -1,9 +1,10 @@
 """The step graph of a plan, with content keys.
 
-Every step's key hashes its kind, its parameters, the keys of the steps it depends on and the
-code version. Keys are known before anything runs, so a re-run finds every finished step in
-the store (`steps/<key>.pb`) and computes nothing, and `--dry-run` can show which steps are
-cached. Changing one setting changes the keys of exactly the steps downstream of it.
+Every step's key hashes its kind, its parameters (service settings fully resolved, every
+default spelled out: the key names what actually runs), the keys of the steps it depends on
+and the code version. Keys are known before anything runs, so a re-run finds every finished
+step in the store (`steps/<key>.pb`) and computes nothing, and `--dry-run` can show which
+steps are cached. Changing one setting changes the keys of exactly the steps downstream of it.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.plan import Plan
+from services.common.config import config_to_mapping, replace_config
 from services.common.store import canonical_json
 from synthaug import CODE_VERSION
 
@@ -37,6 +39,8 @@ STEP_SERVICE = {
 class Step:
     kind: str
     label: str
+    #: What the step computes with: plain values and service settings dataclasses (hashed as
+    #: their resolved mappings).
     params: dict[str, Any]
     deps: dict[str, "Step"] = field(default_factory=dict)  # role → step
     arm: str = ""
@@ -50,7 +54,7 @@ class Step:
     def compute_key(self) -> str:
         payload = {
             "kind": self.kind,
-            "params": self.params,
+            "params": config_to_mapping(self.params),
             "deps": {role: dep.key for role, dep in sorted(self.deps.items())},
             "code_version": CODE_VERSION,
         }
@@ -131,43 +135,36 @@ def build_graph(plan: Plan) -> Graph:
     compose = gan_masks = None
     if plan.max_composite > 0 or plan.max_gan > 0:
         c = plan.compositor
-        fg = add(Step("foregrounds", "foregrounds", {"min_area": c.min_area, "feather_sigma": c.feather_sigma}, {"dataset": split}))
-        bg = add(
-            Step(
-                "backgrounds",
-                "backgrounds",
-                {"method": c.background_method, "dilate_px": c.dilate_px, "max_backgrounds": c.max_backgrounds, "seed": derive_seed(plan.data_seed, "backgrounds")},
-                {"dataset": split},
-            )
-        )
+        fg = add(Step("foregrounds", "foregrounds", {"settings": c.foregrounds}, {"dataset": split}))
+        # Backgrounds come from the split dataset: an unset method means the dataset's default.
+        backgrounds = replace_config(c.backgrounds, method=c.backgrounds.method_for(from_dataset=True))
+        bg = add(Step("backgrounds", "backgrounds", {"settings": backgrounds, "seed": derive_seed(plan.data_seed, "backgrounds")}, {"dataset": split}))
+        layers = {"foregrounds": fg, "backgrounds": bg}
         if plan.max_composite > 0:
             compose = add(
-                Step("compose", "compose composites", {"count": plan.max_composite, "seed": derive_seed(plan.data_seed, "composite"), "params": c.params, "role": "composite"}, {"foregrounds": fg, "backgrounds": bg})
+                Step("compose", "compose composites", {"count": plan.max_composite, "seed": derive_seed(plan.data_seed, "composite"), "params": c.params, "role": "composite"}, layers)
             )
         if plan.max_gan > 0:
             # GAN images come from their own composite masks, so a hybrid arm never sees one layout twice.
             gan_masks = add(
-                Step("compose", "compose GAN masks", {"count": plan.max_gan, "seed": derive_seed(plan.data_seed, "gan-masks"), "params": c.params, "role": "gan_masks"}, {"foregrounds": fg, "backgrounds": bg})
+                Step("compose", "compose GAN masks", {"count": plan.max_gan, "seed": derive_seed(plan.data_seed, "gan-masks"), "params": c.params, "role": "gan_masks"}, layers)
             )
 
     gan_by_seed: dict[int | None, Step] = {}
     if plan.max_gan > 0:
         assert gan_masks is not None
         train_seeds: list[int | None] = list(plan.seeds) if plan.gan.per_seed else [None]
+        generate = replace_config(plan.gan.generate, count=plan.max_gan)
         for seed in train_seeds:
             gseed = derive_seed(plan.data_seed if seed is None else seed, "gan")
-            gt = add(Step("gan_train", "train GAN" + ("" if seed is None else f" seed={seed}"), {"config": plan.gan.config, "seed": gseed}, {"dataset": split}, seed=seed))
-            gg = add(
-                Step(
-                    "gan_generate",
-                    "generate GAN images" + ("" if seed is None else f" seed={seed}"),
-                    {"no_dropout": plan.gan.no_dropout, "batchnorm": plan.gan.batchnorm, "seed": derive_seed(gseed, "generate"), "count": plan.max_gan},
-                    {"generator": gt, "masks": gan_masks},
-                    seed=seed,
-                )
-            )
+            tag = "" if seed is None else f" seed={seed}"
+            gt = add(Step("gan_train", "train GAN" + tag, {"config": plan.gan.config, "seed": gseed}, {"dataset": split}, seed=seed))
+            gg = add(Step("gan_generate", "generate GAN images" + tag, {"settings": generate, "seed": derive_seed(gseed, "generate")}, {"generator": gt, "masks": gan_masks}, seed=seed))
             gan_by_seed[seed] = gg
 
+    # Masks are read at the threshold they were cut at (Plan checks an explicit one agrees).
+    predict_settings = plan.segmenter.predict
+    evaluate_settings = replace_config(plan.evaluation.evaluate, mask_threshold=predict_settings.mask_threshold)
     evaluations = []
     for arm in plan.arms:
         for seed in plan.seeds:
@@ -188,31 +185,12 @@ def build_graph(plan: Plan) -> Graph:
                     seed=seed,
                 )
             )
-            ev = plan.evaluation
-            predict = add(
-                Step(
-                    "predict",
-                    f"predict {tag}",
-                    {"score_threshold": ev.score_threshold, "mask_threshold": ev.mask_threshold, "batch_size": plan.segmenter.predict_batch_size},
-                    {"model": train, "dataset": split},
-                    arm=arm.name,
-                    seed=seed,
-                )
-            )
-            evaluations.append(
-                add(
-                    Step(
-                        "evaluate",
-                        f"evaluate {tag}",
-                        {"score_threshold": ev.score_threshold, "mask_threshold": ev.mask_threshold, "n_bootstrap": ev.n_bootstrap, "seed": derive_seed(seed, "bootstrap")},
-                        {"predictions": predict, "dataset": split},
-                        arm=arm.name,
-                        seed=seed,
-                    )
-                )
-            )
+            predict = add(Step("predict", f"predict {tag}", {"settings": predict_settings}, {"model": train, "dataset": split}, arm=arm.name, seed=seed))
+            evaluate = replace_config(evaluate_settings, seed=derive_seed(seed, "bootstrap"))
+            evaluations.append(add(Step("evaluate", f"evaluate {tag}", {"settings": evaluate}, {"predictions": predict, "dataset": split}, arm=arm.name, seed=seed)))
     report_deps: dict[str, Step] = {"dataset": split}
     for i, e in enumerate(evaluations):
         report_deps[f"evaluation{i:04d}"] = e
-    add(Step("report", "report", {"title": plan.description or plan.name, "overlay_images": plan.evaluation.overlay_images, "arms": [a.model_dump() for a in plan.arms]}, report_deps))
+    report = {"title": plan.description or plan.name, "settings": plan.evaluation.report, "arms": [a.model_dump() for a in plan.arms]}
+    add(Step("report", "report", report, report_deps))
     return Graph(plan, steps)

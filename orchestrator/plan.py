@@ -1,22 +1,32 @@
 """Experiment plans: one YAML file that describes a whole experiment.
 
-Validated up front, with messages that name the offending field (`arms[2].composite: …`), so
-a typo fails in a second instead of after an hour of training. Service settings (compose
-parameters, GAN and segmenter configs) are passed through to the services' protobuf
-messages and checked against them here, field by field.
+Validated up front, with messages that name the offending field (`arms[2].composite: …`,
+`compositor.params.output_size must be in [8, 8192], got 4`), so a typo fails in a second
+instead of after an hour of training. Service settings are the services' own configuration
+dataclasses (`services/<name>/config.py`, torch-free), filled and checked by the one
+conversion in services.common.config: a plan takes exactly the settings the service's request
+carries, with the service's defaults and the service's checks, and imports no server.
 """
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal, Mapping, TypeVar
 
 import yaml
-from google.protobuf import json_format
 from google.protobuf.message import Message
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, InstanceOf, ValidationError, field_validator, model_validator
 
+from services.common.config import config_fields, config_from_mapping
 from services.common.errors import InvalidArgument
-from synthaug.v1 import compositor_pb2, gan_pb2, segmenter_pb2
+from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams
+from services.evaluator.config import EvalConfig, ReportConfig
+from services.gan.config import GanConfig, GenerateConfig
+from services.segmenter.config import PredictConfig, SegmenterConfig
+from synthaug.v1 import compositor_pb2, evaluator_pb2, gan_pb2, segmenter_pb2
+
+T = TypeVar("T")
 
 
 class _Strict(BaseModel):
@@ -88,87 +98,124 @@ class SplitPlan(_Strict):
         return self
 
 
-def _check_proto(message_type: type[Message], value: dict[str, Any], where: str, convert: Callable[[Any], Any] | None = None) -> dict[str, Any]:
-    """Parse into the service's message, then run the service's own conversion and checks, so a
-    value the service would refuse fails now rather than after hours of earlier steps."""
+def settable(cls: type, message: type[Message], exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The fields of `cls` a plan may set: those `message` carries to the service, less the
+    ones the orchestrator fills itself (`exclude`: seeds, counts)."""
+    carried = message.DESCRIPTOR.fields_by_name
+    return tuple(f for f in config_fields(cls) if f in carried and f not in exclude)
+
+
+def _plan_names(message: str, where: str, *classes: type) -> str:
+    """Name fields as a plan spells them: `ComposeParams.output_size` → `compositor.params.output_size`."""
+    for cls in classes:
+        message = re.sub(rf"\b{cls.__name__}\.", f"{where}.", message)
+    return message
+
+
+def settings(cls: type[T], message: type[Message], values: Any, where: str, exclude: tuple[str, ...] = ()) -> T:
+    """A plan section as the service's settings dataclass: defaults, types and checks all the
+    service's own; ValueError (a pydantic error at `where`) naming the field otherwise."""
+    if isinstance(values, cls):
+        return values
+    allowed = settable(cls, message, exclude)
+    if isinstance(values, Mapping):
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {', '.join(map(str, unknown))}; known fields: {', '.join(allowed)}")
     try:
-        message = json_format.ParseDict(value, message_type())
-    except json_format.ParseError as exc:
-        raise ValueError(f"{where}: {exc}") from None
-    if convert is not None:
-        try:
-            convert(message)
-        except InvalidArgument as exc:
-            raise ValueError(str(exc)) from None
-    return value
-
-
-def _compose_params(message: Any) -> Any:
-    from services.compositor.server import compose_params
-
-    return compose_params(message)
-
-
-def _gan_config(message: Any) -> Any:
-    from services.gan.config import GanConfig
-
-    return GanConfig.from_proto(message)
-
-
-def _segmenter_config(message: Any) -> Any:
-    from services.segmenter.server import train_config
-
-    return train_config(message, seed=0)
+        return config_from_mapping(cls, values, where)
+    except InvalidArgument as exc:
+        raise ValueError(_plan_names(str(exc), where, cls)) from None
 
 
 class CompositorPlan(_Strict):
-    min_area: int = Field(default=16, ge=0)
-    feather_sigma: float = Field(default=1.0, ge=0)
-    background_method: Literal["inpaint_telea", "inpaint_ns", "crop"] = "inpaint_telea"
-    dilate_px: int = Field(default=7, ge=0)
-    max_backgrounds: int = Field(default=0, ge=0)
-    #: ComposeParams fields (protos/synthaug/v1/compositor.proto), e.g. {blend: BLEND_MODE_GAUSSIAN}.
-    params: dict[str, Any] = Field(default_factory=dict)
+    """compositor.ExtractForegrounds, HarvestBackgrounds and Compose settings."""
+
+    foregrounds: InstanceOf[ForegroundParams] = Field(default_factory=ForegroundParams)
+    backgrounds: InstanceOf[BackgroundParams] = Field(default_factory=BackgroundParams)
+    params: InstanceOf[ComposeParams] = Field(default_factory=ComposeParams)
+    #: Composition worker processes (0: one per CPU of the compositor).
     workers: int = Field(default=0, ge=0)
 
-    @field_validator("params")
+    @field_validator("foregrounds", mode="before")
     @classmethod
-    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _check_proto(compositor_pb2.ComposeParams, v, "ComposeParams", _compose_params)
+    def _foregrounds(cls, v: Any) -> ForegroundParams:
+        return settings(ForegroundParams, compositor_pb2.ExtractForegroundsRequest, v, "compositor.foregrounds")
+
+    @field_validator("backgrounds", mode="before")
+    @classmethod
+    def _backgrounds(cls, v: Any) -> BackgroundParams:
+        return settings(BackgroundParams, compositor_pb2.HarvestBackgroundsRequest, v, "compositor.backgrounds")
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params(cls, v: Any) -> ComposeParams:
+        return settings(ComposeParams, compositor_pb2.ComposeParams, v, "compositor.params")
 
 
 class GanPlan(_Strict):
-    #: GanConfig fields (protos/synthaug/v1/gan.proto).
-    config: dict[str, Any] = Field(default_factory=dict)
+    """gan.Train and gan.Generate settings."""
+
+    config: InstanceOf[GanConfig] = Field(default_factory=GanConfig)
+    #: How images are generated; `count` follows from the arms.
+    generate: InstanceOf[GenerateConfig] = Field(default_factory=GenerateConfig)
     #: Train one generator per seed instead of one shared by all seeds.
     per_seed: bool = False
-    no_dropout: bool = False
-    batchnorm: Literal["train", "eval"] = "train"
 
-    @field_validator("config")
+    @field_validator("config", mode="before")
     @classmethod
-    def _config(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _check_proto(gan_pb2.GanConfig, v, "GanConfig", _gan_config)
+    def _config(cls, v: Any) -> GanConfig:
+        return settings(GanConfig, gan_pb2.GanConfig, v, "gan.config")
+
+    @field_validator("generate", mode="before")
+    @classmethod
+    def _generate(cls, v: Any) -> GenerateConfig:
+        return settings(GenerateConfig, gan_pb2.GanGenerateRequest, v, "gan.generate", exclude=("count",))
 
 
 class SegmenterPlan(_Strict):
-    #: SegmenterConfig fields (protos/synthaug/v1/segmenter.proto).
-    config: dict[str, Any] = Field(default_factory=dict)
-    predict_batch_size: int = Field(default=8, gt=0)
+    """segmenter.Train and segmenter.Predict settings."""
 
-    @field_validator("config")
+    config: InstanceOf[SegmenterConfig] = Field(default_factory=SegmenterConfig)
+    predict: InstanceOf[PredictConfig] = Field(default_factory=PredictConfig)
+
+    @field_validator("config", mode="before")
     @classmethod
-    def _config(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _check_proto(segmenter_pb2.SegmenterConfig, v, "SegmenterConfig", _segmenter_config)
+    def _config(cls, v: Any) -> SegmenterConfig:
+        return settings(SegmenterConfig, segmenter_pb2.SegmenterConfig, v, "segmenter.config")
+
+    @field_validator("predict", mode="before")
+    @classmethod
+    def _predict(cls, v: Any) -> PredictConfig:
+        return settings(PredictConfig, segmenter_pb2.PredictRequest, v, "segmenter.predict")
 
 
-class EvaluationPlan(_Strict):
-    score_threshold: float = Field(default=0.5, ge=0, le=1)
-    mask_threshold: float = Field(default=0.5, ge=0, le=1)
-    #: Bootstrap resamples for confidence intervals (the evaluator's range).
-    n_bootstrap: int = Field(default=2000, ge=100, le=100_000)
-    #: Test images drawn with each arm's prediction in the report.
-    overlay_images: int = Field(default=8, ge=1, le=24)
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """The plan's `evaluation` section, one flat mapping: the fields of EvalConfig (how each
+    arm × seed is scored) and of ReportConfig (the report). A field both have (n_bootstrap)
+    sets both. Seeds are derived from the plan's, per evaluation."""
+
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    @classmethod
+    def from_mapping(cls, values: Any) -> "EvaluationPlan":
+        where = "evaluation"
+        if isinstance(values, cls):
+            return values
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{where} must be a mapping, got {values!r}")
+        evaluate = settable(EvalConfig, evaluator_pb2.EvaluateRequest, exclude=("seed",))
+        report = settable(ReportConfig, evaluator_pb2.ReportRequest)
+        known = [*evaluate, *(f for f in report if f not in evaluate)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {', '.join(map(str, unknown))}; known fields: {', '.join(known)}")
+        return cls(
+            evaluate=settings(EvalConfig, evaluator_pb2.EvaluateRequest, {k: v for k, v in values.items() if k in evaluate}, where, exclude=("seed",)),
+            report=settings(ReportConfig, evaluator_pb2.ReportRequest, {k: v for k, v in values.items() if k in report}, where),
+        )
 
 
 class ArmPlan(_Strict):
@@ -192,8 +239,13 @@ class Plan(_Strict):
     compositor: CompositorPlan = Field(default_factory=CompositorPlan)
     gan: GanPlan = Field(default_factory=GanPlan)
     segmenter: SegmenterPlan = Field(default_factory=SegmenterPlan)
-    evaluation: EvaluationPlan = Field(default_factory=EvaluationPlan)
+    evaluation: InstanceOf[EvaluationPlan] = Field(default_factory=EvaluationPlan)
     arms: list[ArmPlan] = Field(min_length=1)
+
+    @field_validator("evaluation", mode="before")
+    @classmethod
+    def _evaluation(cls, v: Any) -> EvaluationPlan:
+        return EvaluationPlan.from_mapping(v)
 
     @field_validator("seeds")
     @classmethod
@@ -219,6 +271,23 @@ class Plan(_Strict):
             raise ValueError(f"image_size must be in [32, 4096] or 'keep', got {self.image_size}")
         if self.image_size is not None and self.dataset.import_ is None:
             raise ValueError("image_size resizes imported images; a demo dataset has its own `size`, a named dataset its stored size")
+        return self
+
+    @model_validator(mode="after")
+    def _predictions_fit_the_evaluation(self) -> "Plan":
+        """Predictions are written once, at the segmenter's thresholds; the evaluation can only
+        raise the score threshold, and must read masks at the threshold they were cut at."""
+        predict, evaluate = self.segmenter.predict, self.evaluation.evaluate
+        if predict.export_threshold > evaluate.score_threshold:
+            raise ValueError(
+                f"segmenter.predict.export_threshold ({predict.export_threshold:g}) is above evaluation.score_threshold "
+                f"({evaluate.score_threshold:g}): the detections between them would never be exported; lower the first"
+            )
+        if evaluate.mask_threshold is not None and evaluate.mask_threshold != predict.mask_threshold:
+            raise ValueError(
+                f"evaluation.mask_threshold ({evaluate.mask_threshold:g}) differs from segmenter.predict.mask_threshold "
+                f"({predict.mask_threshold:g}), the threshold the predicted masks are cut at; leave it unset or make them equal"
+            )
         return self
 
     @property
@@ -256,7 +325,9 @@ def parse_plan(data: Any, source: str = "plan") -> Plan:
         problems = []
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{_location(tuple(err['loc']))}: {msg}")
+            where = _location(tuple(err["loc"]))
+            # Settings errors already start with the field's path (compositor.params.scale …).
+            problems.append(msg if re.match(rf"{re.escape(where)}[.:\[]", msg) else f"{where}: {msg}")
         raise InvalidArgument(f"{source}: invalid plan:\n  " + "\n  ".join(problems)) from None
 
 

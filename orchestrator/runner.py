@@ -7,7 +7,6 @@ does not throw away the others' training.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
@@ -18,8 +17,10 @@ from typing import Callable, Iterator
 from orchestrator.dispatch import Dispatcher
 from orchestrator.graph import Graph, Step
 from orchestrator.metrics import THROUGHPUT_NAMES, OrchestratorMetrics, loss_components
-from orchestrator.steps import LOCAL_EXECUTORS, SERVICE_EXECUTORS, StepContext, StepOutput, report_request
-from services.common.errors import JobCancelled, NotFound, SynthaugError
+from orchestrator.steps import EXECUTORS, StepContext, StepOutput
+from services.common import refs
+from services.common.errors import IntegrityError, JobCancelled, NotFound, SynthaugError
+from services.common.events import EventLog
 from services.common.jobs import TERMINAL
 from services.common.store import ObjectStore, canonical_json, sha256_bytes
 from synthaug import CODE_VERSION
@@ -35,6 +36,10 @@ def step_cache_key(step_key: str) -> str:
     return f"steps/{step_key}.pb"
 
 
+def run_status_key(run_id: str) -> str:
+    return f"runs/{run_id}/status.pb"
+
+
 def run_id_for(graph: Graph) -> str:
     """The run of a plan is named by its content: the same plan is the same run."""
     payload = {"plan": graph.plan.model_dump(mode="json", by_alias=True), "steps": [s.key for s in graph.steps], "code": CODE_VERSION}
@@ -42,9 +47,14 @@ def run_id_for(graph: Graph) -> str:
 
 
 def load_cached(store: ObjectStore, step: Step) -> common_pb2.JobResult | None:
+    """The step's stored record, None when there is none or it is corrupt (then the step is
+    computed again, and its new record replaces the bad one)."""
     try:
-        data = store.get_bytes(step_cache_key(step.key))
+        data = store.get_record(step_cache_key(step.key))
     except NotFound:
+        return None
+    except IntegrityError:
+        log.warning("step %s: its cached record is corrupt; computing it again", step.label, exc_info=True)
         return None
     result = common_pb2.JobResult()
     result.ParseFromString(data)
@@ -54,7 +64,7 @@ def load_cached(store: ObjectStore, step: Step) -> common_pb2.JobResult | None:
 @dataclass
 class StepRecord:
     step: Step
-    state: int = S.JOB_STATE_QUEUED
+    state: common_pb2.JobState = S.JOB_STATE_QUEUED
     progress: float = 0.0
     message: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
@@ -99,36 +109,50 @@ class RunTracker:
         self.started = time.monotonic()
         self.wall_seconds = 0.0
         # A bounded log: a watcher that falls more than MAX_EVENTS behind skips to the recent ones.
-        self._events: collections.deque[orchestrator_pb2.RunEvent] = collections.deque(maxlen=MAX_EVENTS)
-        self._sequence = 0
-        self._cond = threading.Condition()
+        self.events: EventLog[orchestrator_pb2.RunEvent] = EventLog(MAX_EVENTS)
         self._last_persist = 0.0
 
     @property
     def ref(self) -> orchestrator_pb2.RunRef:
         return orchestrator_pb2.RunRef(id=self.run_id, plan_name=self.plan_name)
 
+    @property
+    def finished(self) -> bool:
+        """The run's final event was sent: nothing about it changes any more."""
+        return self.events.finished
+
     def update(self, record: StepRecord | None, persist: bool = True) -> None:
-        with self._cond:
-            self._sequence += 1
-            event = orchestrator_pb2.RunEvent(run=self.ref, sequence=self._sequence, run_state=self.state, time=time.time())
-            if record is not None:
-                event.step.CopyFrom(record.proto())
-            self._events.append(event)
-            self._cond.notify_all()
+        """Announce a step's change (or, with None, the run's); a run-level update in a terminal
+        state is the run's final event."""
+        final = record is None and self.state in TERMINAL
+        if final:
+            persist = True
+        if final or persist:
+            self._persist()
+        with self.events.cond:
+            def event(sequence: int) -> orchestrator_pb2.RunEvent:
+                out = orchestrator_pb2.RunEvent(run=self.ref, sequence=sequence, run_state=self.state, time=time.time())
+                if record is not None:
+                    out.step.CopyFrom(record.proto())
+                return out
+
+            self.events.append(event, final=final)
         if self.metrics is not None:
             counts: dict[int, int] = {}
             for r in self.records.values():
                 counts[r.state] = counts.get(r.state, 0) + 1
             for state in (S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING, S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED):
                 self.metrics.steps.labels(self.plan_name, S.JobState.Name(state)).set(counts.get(state, 0))
-        now = time.monotonic()
-        if persist or now - self._last_persist > 2.0:
-            self._last_persist = now
-            try:
-                self.store.put_bytes(f"runs/{self.run_id}/status.pb", self.status().SerializeToString())
-            except Exception:  # the status file is for observers; the run itself goes on
-                log.warning("run %s: could not write its status to the store", self.run_id, exc_info=True)
+        if not persist and time.monotonic() - self._last_persist > 2.0:
+            self._persist()
+
+    def _persist(self) -> None:
+        """Write the run's status to the store: what GetRun answers once the run left memory."""
+        self._last_persist = time.monotonic()
+        try:
+            self.store.put_bytes(run_status_key(self.run_id), self.status().SerializeToString())
+        except Exception:  # the status file is for observers; the run itself goes on
+            log.warning("run %s: could not write its status to the store", self.run_id, exc_info=True)
 
     def status(self) -> orchestrator_pb2.RunStatus:
         st = orchestrator_pb2.RunStatus(run=self.ref, state=self.state, steps=[r.proto() for r in self.records.values()])
@@ -139,21 +163,8 @@ class RunTracker:
         return st
 
     def watch(self, after: int = 0, is_active: Callable[[], bool] = lambda: True) -> Iterator[orchestrator_pb2.RunEvent]:
-        last = after
-        while True:
-            with self._cond:
-                if self._sequence <= last and self.state not in TERMINAL:
-                    self._cond.wait(timeout=0.5)
-                pending = [e for e in self._events if e.sequence > last]
-                done = self.state in TERMINAL
-                newest = self._sequence
-            for event in pending:
-                last = event.sequence
-                yield event
-            if done and last >= newest:
-                return
-            if not is_active():
-                return
+        """Events after `after` until the run's final event (or the watcher goes away)."""
+        return self.events.watch(after, is_active)
 
     def compute_union(self) -> float:
         """Seconds during which at least one step was computing."""
@@ -174,7 +185,7 @@ class RunTracker:
 @dataclass
 class RunSummary:
     run_id: str
-    state: int
+    state: common_pb2.JobState
     wall_seconds: float
     compute_seconds: float
     executed: int
@@ -224,11 +235,9 @@ class Runner:
             tracker.error = "; ".join(failed)
         else:
             tracker.state = S.JOB_STATE_SUCCEEDED
-        report_step = graph.of_kind("report")[0]
-        report_result = results.get(report_step.key)
+        report_result = results.get(graph.of_kind("report")[0].key)
         if report_result is not None:
-            index = [o for o in report_result.objects if o.key.endswith("index.html")]
-            tracker.report = index[0] if index else None
+            tracker.report = refs.output(report_result, "index", "the report step's result")
         summary = RunSummary(tracker.run_id, tracker.state, tracker.wall_seconds, tracker.compute_union(), executed, cached, failed, tracker.report)
         self.store.put_json(
             f"runs/{tracker.run_id}/summary.json",
@@ -263,7 +272,7 @@ class Runner:
         """Start every step whose dependencies succeeded, as threads allow, until none is left."""
         graph = tracker.graph
         records = tracker.records
-        futures: dict[Future[StepOutput | common_pb2.JobResult], StepRecord] = {}
+        futures: dict[Future[StepOutput], StepRecord] = {}
         with ThreadPoolExecutor(max_workers=self.max_parallel, thread_name_prefix="step") as pool:
             try:
                 while True:
@@ -294,7 +303,7 @@ class Runner:
                         rec.message = "started"
                         tracker.update(rec)
                         inputs = {role: results[d.key] for role, d in step.deps.items()}
-                        futures[pool.submit(self._execute, tracker, rec, inputs, results, cancel)] = rec
+                        futures[pool.submit(self._execute, tracker, rec, inputs, dict(results), cancel)] = rec
                         progressed = True
                     if not futures:
                         if progressed:
@@ -306,14 +315,10 @@ class Runner:
                         rec.finished = time.monotonic()
                         try:
                             out = fut.result()
-                            if isinstance(out, StepOutput):
-                                result, compute = out.result, out.compute_seconds
-                                rec.replica = out.replica
-                            else:
-                                result, compute = out, rec.finished - (rec.started or rec.finished)
-                            rec.compute = (rec.finished - compute, rec.finished)
+                            result, rec.replica = out.result, out.replica
+                            rec.compute = (rec.finished - out.compute_seconds, rec.finished)
                             # The step's commit point: written only once its outputs exist.
-                            self.store.put_bytes(step_cache_key(rec.step.key), result.SerializeToString(deterministic=True))
+                            self.store.put_record(step_cache_key(rec.step.key), result.SerializeToString(deterministic=True))
                             rec.result = result
                             results[rec.step.key] = result
                             rec.state, rec.progress, rec.message = S.JOB_STATE_SUCCEEDED, 1.0, "done"
@@ -342,7 +347,7 @@ class Runner:
         inputs: dict[str, common_pb2.JobResult],
         results: dict[str, common_pb2.JobResult],
         cancel: threading.Event,
-    ) -> StepOutput | common_pb2.JobResult:
+    ) -> StepOutput:
         step = rec.step
         plan = tracker.graph.plan
 
@@ -360,15 +365,8 @@ class Runner:
                             self.metrics.throughput.labels(plan.name, step.arm, step.kind).set(metrics[name])
             tracker.update(rec, persist=False)
 
-        ctx = StepContext(self.store, self.dispatcher, plan, progress, cancel)
-        if step.kind in LOCAL_EXECUTORS:
-            return LOCAL_EXECUTORS[step.kind](step, inputs, ctx)
-        if step.kind == "report":
-            request = report_request(step, inputs, results, prefix=f"runs/{tracker.run_id}/report")
-            start = time.monotonic()
-            response = self.dispatcher["evaluator"].unary("Report", request, timeout=3600)
-            return StepOutput(common_pb2.JobResult(objects=list(response.files)), time.monotonic() - start, "")
-        return SERVICE_EXECUTORS[step.kind](step, inputs, ctx)
+        ctx = StepContext(self.store, self.dispatcher, plan, progress, cancel, results, tracker.run_id)
+        return EXECUTORS[step.kind](step, inputs, ctx)
 
     def _finished(self, tracker: RunTracker, rec: StepRecord) -> None:
         tracker.update(rec)
@@ -381,8 +379,8 @@ class Runner:
             return
         if rec.started is not None and rec.finished is not None:
             self.metrics.step_seconds.labels(plan, kind).observe(rec.finished - rec.started)
-        if kind in ("compose", "gan_generate") and rec.result.datasets:
-            self.metrics.images.labels(plan, kind).inc(rec.result.datasets[0].num_images)
+        if kind in ("compose", "gan_generate"):
+            self.metrics.images.labels(plan, kind).inc(refs.dataset_output(rec.result, "dataset", f"step {rec.step.label}").num_images)
         if kind == "evaluate":
             self._score(tracker, rec)
 

@@ -2,7 +2,8 @@
 
 Shared by the CLI (a run in the foreground) and OrchestratorService (runs in the background,
 watched over gRPC). In embedded mode the services are started once, on first use, and
-stopped with the manager.
+stopped with the manager. Finished runs stay in memory within `Retention` bounds; after that
+GetRun and WatchRun answer from the run's status in the store (`runs/<id>/status.pb`).
 """
 from __future__ import annotations
 
@@ -10,17 +11,18 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from orchestrator.dispatch import Dispatcher
 from orchestrator.graph import Graph, build_graph
 from orchestrator.launcher import EmbeddedServices, start_embedded
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.plan import Plan
-from orchestrator.runner import RunSummary, Runner, RunTracker, load_cached, run_id_for
+from orchestrator.runner import Runner, RunSummary, RunTracker, load_cached, run_id_for, run_status_key
 from orchestrator.settings import ServiceAddresses
 from services.common.datasets import Dataset
 from services.common.errors import InvalidArgument, NotFound
+from services.common.events import EventLog, FinishedIndex, Retention
 from services.common.store import FileStore, ObjectStore
 from synthaug.v1 import common_pb2, orchestrator_pb2
 
@@ -43,6 +45,14 @@ class PreparedRun:
     cached: set[str]
 
 
+@dataclass
+class _Run:
+    tracker: RunTracker
+    cancel: threading.Event
+    #: The background thread running it (None: a dry run, or a run in the caller's thread).
+    thread: threading.Thread | None = None
+
+
 class RunManager:
     def __init__(
         self,
@@ -52,6 +62,7 @@ class RunManager:
         max_parallel: int = 8,
         log_dir: str | Path | None = None,
         store_url: str | None = None,
+        retention: Retention | None = None,
     ):
         self.store = store
         self.store_url = store_url or store.url
@@ -61,8 +72,10 @@ class RunManager:
         self.log_dir = Path(log_dir) if log_dir else (Path(store.root) / "logs" if isinstance(store, FileStore) else Path(".synthaug/logs"))
         self._embedded: EmbeddedServices | None = None
         self._dispatcher: Dispatcher | None = None
-        self._lock = threading.Lock()
-        self._runs: dict[str, tuple[RunTracker, threading.Event, threading.Thread | None]] = {}
+        self._lock = threading.Lock()  # the embedded services and the dispatcher
+        self._runs_lock = threading.Lock()  # the table of runs in memory
+        self._runs: dict[str, _Run] = {}
+        self._retained = FinishedIndex(retention)
 
     # -- services -----------------------------------------------------------------------------
 
@@ -84,10 +97,12 @@ class RunManager:
         return self._embedded
 
     def close(self) -> None:
-        for tracker, cancel, thread in list(self._runs.values()):
-            cancel.set()
-            if thread is not None:
-                thread.join(timeout=60)
+        with self._runs_lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            run.cancel.set()
+            if run.thread is not None:
+                run.thread.join(timeout=60)
         if self._dispatcher is not None:
             self._dispatcher.close()
         if self._embedded is not None:
@@ -106,71 +121,99 @@ class RunManager:
             tracker.records[key].cached = True
         return tracker
 
-    def run(self, plan: Plan, on_start: Callable[[RunTracker], None] | None = None, cancel: threading.Event | None = None) -> RunSummary:
+    def run(self, plan: Plan, on_start: Callable[[RunTracker], object] | None = None, cancel: threading.Event | None = None) -> RunSummary:
         """Run in the calling thread (the CLI)."""
         prepared = self.prepare(plan)
         tracker = self.tracker(prepared)
-        cancel = cancel or threading.Event()
-        with self._lock:
-            self._runs[prepared.run_id] = (tracker, cancel, None)
-        if on_start is not None:
-            on_start(tracker)
-        needs_services = len(prepared.cached) < len(prepared.graph.steps)
-        dispatcher = self.dispatcher() if needs_services else None
-        return Runner(self.store, dispatcher, self.metrics, self.max_parallel).run(tracker, cancel)  # type: ignore[arg-type]
+        entry = _Run(tracker, cancel or threading.Event())
+        with self._runs_lock:
+            self._add(prepared.run_id, entry)
+        try:
+            if on_start is not None:
+                on_start(tracker)
+            needs_services = len(prepared.cached) < len(prepared.graph.steps)
+            dispatcher = self.dispatcher() if needs_services else None
+            return Runner(self.store, dispatcher, self.metrics, self.max_parallel).run(tracker, entry.cancel)  # type: ignore[arg-type]
+        finally:
+            self._finished(prepared.run_id, entry)
 
     def submit(self, plan: Plan, dry_run: bool = False) -> orchestrator_pb2.RunRef:
         """Start a run in the background (OrchestratorService); the same plan → the same run."""
         prepared = self.prepare(plan)
-        with self._lock:
+        with self._runs_lock:
             existing = self._runs.get(prepared.run_id)
-            if existing is not None and existing[0].state in (common_pb2.JOB_STATE_QUEUED, common_pb2.JOB_STATE_RUNNING) and existing[2] is not None:
-                return existing[0].ref
-            tracker = self.tracker(prepared)
-            cancel = threading.Event()
-            if dry_run:
-                self._runs[prepared.run_id] = (tracker, cancel, None)
-                return tracker.ref
-            thread = threading.Thread(target=self._background, args=(tracker, cancel), name=f"run-{prepared.run_id}", daemon=True)
-            self._runs[prepared.run_id] = (tracker, cancel, thread)
-        thread.start()
-        return tracker.ref
+            if existing is not None and existing.thread is not None and not existing.tracker.finished:
+                return existing.tracker.ref
+            entry = _Run(self.tracker(prepared), threading.Event())
+            if not dry_run:
+                entry.thread = threading.Thread(target=self._background, args=(entry,), name=f"run-{prepared.run_id}", daemon=True)
+            self._add(prepared.run_id, entry)
+        if dry_run:
+            # Nothing will happen to it: it only waits for eviction (its status is not stored,
+            # so a finished run of the same plan keeps answering from the store).
+            self._finished(prepared.run_id, entry)
+        else:
+            assert entry.thread is not None
+            entry.thread.start()
+        return entry.tracker.ref
 
-    def _background(self, tracker: RunTracker, cancel: threading.Event) -> None:
+    def _add(self, run_id: str, entry: _Run) -> None:
+        """Hold `entry` as the run `run_id` (call under the runs lock)."""
+        self._runs[run_id] = entry
+        self._retained.discard(run_id)
+
+    def _finished(self, run_id: str, entry: _Run) -> None:
+        """`entry` will not change any more: keep it within the retention bounds only."""
+        with self._runs_lock:
+            if self._runs.get(run_id) is entry:
+                self._retained.add(run_id)
+            for expired in self._retained.expired():
+                self._runs.pop(expired, None)
+
+    def held(self) -> list[str]:
+        """Ids of the runs in memory now (running, and recently finished)."""
+        with self._runs_lock:
+            return list(self._runs)
+
+    def _background(self, entry: _Run) -> None:
+        tracker = entry.tracker
         try:
-            Runner(self.store, self.dispatcher(), self.metrics, self.max_parallel).run(tracker, cancel)
+            Runner(self.store, self.dispatcher(), self.metrics, self.max_parallel).run(tracker, entry.cancel)
         except Exception as exc:  # reported through the run's status
             log.exception("run %s failed", tracker.run_id)
             tracker.state = common_pb2.JOB_STATE_FAILED
             tracker.error = str(exc)
             tracker.update(None)
+        finally:
+            self._finished(tracker.run_id, entry)
 
-    def _find(self, run_id: str) -> RunTracker | None:
-        with self._lock:
-            entry = self._runs.get(run_id)
-        return entry[0] if entry else None
+    def _find(self, run_id: str) -> _Run | None:
+        with self._runs_lock:
+            return self._runs.get(run_id)
 
     def status(self, run_id: str) -> orchestrator_pb2.RunStatus:
-        tracker = self._find(run_id)
-        if tracker is not None:
-            return tracker.status()
+        entry = self._find(run_id)
+        if entry is not None:
+            return entry.tracker.status()
         return load_status(self.store, run_id)
 
-    def watch(self, run_id: str, after: int, is_active: Callable[[], bool]):  # type: ignore[no-untyped-def]
-        tracker = self._find(run_id)
-        if tracker is None:
-            status = load_status(self.store, run_id)
-            yield orchestrator_pb2.RunEvent(run=status.run, sequence=1, run_state=status.state)
+    def watch(self, run_id: str, after: int, is_active: Callable[[], bool]) -> Iterator[orchestrator_pb2.RunEvent]:
+        entry = self._find(run_id)
+        if entry is not None:
+            yield from entry.tracker.watch(after, is_active)
             return
-        yield from tracker.watch(after, is_active)
+        # A run no longer in memory: its stored status is its one (final) event.
+        status = load_status(self.store, run_id)
+        stored: EventLog[orchestrator_pb2.RunEvent] = EventLog(1)
+        stored.append(lambda sequence: orchestrator_pb2.RunEvent(run=status.run, sequence=sequence, run_state=status.state), final=True)
+        yield from stored.watch(after, is_active)
 
     def cancel(self, run_id: str) -> orchestrator_pb2.RunStatus:
-        with self._lock:
-            entry = self._runs.get(run_id)
+        entry = self._find(run_id)
         if entry is None:
             return load_status(self.store, run_id)
-        entry[1].set()
-        return entry[0].status()
+        entry.cancel.set()
+        return entry.tracker.status()
 
 
 def validate_run_id(run_id: str) -> str:
@@ -182,7 +225,7 @@ def validate_run_id(run_id: str) -> str:
 def load_status(store: ObjectStore, run_id: str) -> orchestrator_pb2.RunStatus:
     validate_run_id(run_id)
     try:
-        data = store.get_bytes(f"runs/{run_id}/status.pb")
+        data = store.get_bytes(run_status_key(run_id))
     except NotFound:
         raise NotFound(f"run {run_id} not found") from None
     status = orchestrator_pb2.RunStatus()

@@ -15,6 +15,7 @@ from orchestrator.plan import load_plan_text
 from orchestrator.runs import RunManager, validate_run_id
 from orchestrator.settings import parse_addresses
 from services.common.errors import InvalidArgument
+from services.common.events import Retention
 from services.common.runtime import ServerConfig, ServiceRuntime, serve
 from services.common.store import ObjectStore
 from synthaug.v1 import orchestrator_pb2, orchestrator_pb2_grpc
@@ -49,6 +50,15 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--services", default=None, help="compositor=H:P,...;gan=H:P;... (default: SYNTHAUG_<NAME>_ADDR; none = embedded)")
     parser.add_argument("--max-parallel-steps", type=int, default=int(os.environ.get("SYNTHAUG_MAX_PARALLEL_STEPS", "8")))
+    parser.add_argument(
+        "--keep-finished-runs", type=int, default=int(os.environ.get("SYNTHAUG_KEEP_FINISHED_RUNS", str(Retention.max_finished))),
+        help="finished runs kept in memory; older ones answer from the store [$SYNTHAUG_KEEP_FINISHED_RUNS]",
+    )
+    parser.add_argument(
+        "--keep-finished-runs-seconds", type=float,
+        default=float(os.environ.get("SYNTHAUG_KEEP_FINISHED_RUNS_SECONDS", str(Retention.max_age_seconds))),
+        help="seconds a finished run stays in memory [$SYNTHAUG_KEEP_FINISHED_RUNS_SECONDS]",
+    )
 
 
 def build(config: ServerConfig, store: ObjectStore | None = None) -> ServiceRuntime:
@@ -63,6 +73,10 @@ def build(config: ServerConfig, store: ObjectStore | None = None) -> ServiceRunt
         OrchestratorMetrics(runtime.registry),
         max_parallel=int(config.extra.get("max_parallel_steps", 8)),
         store_url=config.store_url,
+        retention=Retention(
+            max_finished=int(config.extra.get("keep_finished_runs", Retention.max_finished)),
+            max_age_seconds=float(config.extra.get("keep_finished_runs_seconds", Retention.max_age_seconds)),
+        ),
     )
     runtime.add(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, OrchestratorServicer(runs), SERVICE_NAME)
     runtime.on_stop(runs.close)

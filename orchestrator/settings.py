@@ -19,7 +19,13 @@ SERVICES = ("compositor", "gan", "segmenter", "evaluator")
 ADDRESS_ENV = {name: f"SYNTHAUG_{name.upper()}_ADDR" for name in SERVICES}
 
 #: Every environment variable the orchestrator reads besides the runtime's (deploy tests use this).
-ENV_VARS = (*ADDRESS_ENV.values(), "SYNTHAUG_STORE", "SYNTHAUG_MAX_PARALLEL_STEPS")
+ENV_VARS = (
+    *ADDRESS_ENV.values(),
+    "SYNTHAUG_STORE",
+    "SYNTHAUG_MAX_PARALLEL_STEPS",
+    "SYNTHAUG_KEEP_FINISHED_RUNS",
+    "SYNTHAUG_KEEP_FINISHED_RUNS_SECONDS",
+)
 
 
 @dataclass

@@ -13,7 +13,6 @@ from services.common.runtime import DEFAULT_MAX_MESSAGE_BYTES
 from synthaug.v1 import common_pb2
 
 
-
 class JobFailed(SynthaugError):
     """A job ended FAILED or CANCELLED; carries the job's status."""
 

@@ -3,12 +3,16 @@
 A job's id is derived from (kind, canonical request bytes, code version): submitting the same
 request twice names the same job, on any replica. A finished job's result is written to
 `jobs/<id>/result.pb` (the last thing a job writes), so another replica or a restarted server
-returns it without recomputing. Work in progress (checkpoints) lives under `jobs/<id>/work/`,
-which is how a job killed with its server resumes when it is submitted again.
+returns it without recomputing. A job that failed or was cancelled leaves its final status in
+`jobs/<id>/status.pb` (for status queries only: submitting the request again runs it again).
+Work in progress (checkpoints) lives under `jobs/<id>/work/`, which is how a job killed with
+its server resumes when it is submitted again.
+
+Finished jobs stay in memory for a bounded time and number (`Retention`); after that, status
+and watch requests are answered from those two store records.
 """
 from __future__ import annotations
 
-import collections
 import hashlib
 import logging
 import threading
@@ -20,7 +24,8 @@ from typing import Callable, Iterator
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from services.common.errors import InvalidArgument, JobCancelled, NotFound, SynthaugError, Unavailable, error_code
+from services.common.errors import IntegrityError, InvalidArgument, JobCancelled, NotFound, SynthaugError, Unavailable, error_code
+from services.common.events import EventLog, FinishedIndex, Retention
 from services.common.store import ObjectStore
 from synthaug import CODE_VERSION
 from synthaug.v1 import common_pb2
@@ -45,6 +50,11 @@ def job_id_for(kind: str, request: Message, code_version: str = CODE_VERSION) ->
 
 def result_key(job_id: str) -> str:
     return f"{JOB_PREFIX}/{job_id}/result.pb"
+
+
+def failure_key(job_id: str) -> str:
+    """Where a job that ended FAILED or CANCELLED leaves its final JobStatus."""
+    return f"{JOB_PREFIX}/{job_id}/status.pb"
 
 
 def validate_job_id(job_id: str) -> str:
@@ -83,7 +93,7 @@ class JobContext:
 @dataclass
 class _Job:
     ref: common_pb2.JobRef
-    state: int = common_pb2.JOB_STATE_QUEUED
+    state: common_pb2.JobState = common_pb2.JOB_STATE_QUEUED
     progress: float = 0.0
     message: str = ""
     error: common_pb2.JobError | None = None
@@ -92,11 +102,13 @@ class _Job:
     updated_at: float = field(default_factory=time.time)
     from_cache: bool = False
     cancel_requested: threading.Event = field(default_factory=threading.Event)
-    events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=MAX_EVENTS_KEPT))
-    sequence: int = 0
-    cond: threading.Condition = field(default_factory=lambda: threading.Condition(threading.RLock()))
+    events: EventLog[common_pb2.JobEvent] = field(default_factory=lambda: EventLog(MAX_EVENTS_KEPT))
 
-    def emit(self, state: int, progress: float | None = None, message: str = "", metrics: dict[str, float] | None = None) -> None:
+    @property
+    def cond(self) -> threading.Condition:
+        return self.events.cond
+
+    def emit(self, state: common_pb2.JobState, progress: float | None = None, message: str = "", metrics: dict[str, float] | None = None) -> None:
         with self.cond:
             if self.state in TERMINAL and state != self.state:
                 return  # a late progress or cancel note never reopens a finished job
@@ -106,22 +118,24 @@ class _Job:
             if message:
                 self.message = message
             self.updated_at = time.time()
-            self.sequence += 1
-            event = common_pb2.JobEvent(
-                job=self.ref,
-                sequence=self.sequence,
-                state=state,
-                progress=self.progress,
-                message=message,
-                metrics={k: float(v) for k, v in (metrics or {}).items()},
-                time=self.updated_at,
-            )
-            if self.result is not None and state == common_pb2.JOB_STATE_SUCCEEDED:
-                event.result.CopyFrom(self.result)
-            if self.error is not None:
-                event.error.CopyFrom(self.error)
-            self.events.append(event)
-            self.cond.notify_all()
+
+            def event(sequence: int) -> common_pb2.JobEvent:
+                out = common_pb2.JobEvent(
+                    job=self.ref,
+                    sequence=sequence,
+                    state=state,
+                    progress=self.progress,
+                    message=message,
+                    metrics={k: float(v) for k, v in (metrics or {}).items()},
+                    time=self.updated_at,
+                )
+                if self.result is not None and state == common_pb2.JOB_STATE_SUCCEEDED:
+                    out.result.CopyFrom(self.result)
+                if self.error is not None:
+                    out.error.CopyFrom(self.error)
+                return out
+
+            self.events.append(event, final=state in TERMINAL)
 
     def status(self) -> common_pb2.JobStatus:
         with self.cond:
@@ -140,16 +154,39 @@ class _Job:
                 st.result.CopyFrom(self.result)
             return st
 
+    @classmethod
+    def stored(cls, status: common_pb2.JobStatus) -> "_Job":
+        """A finished job as its store records describe it: one final event."""
+        job = cls(
+            ref=status.job,
+            state=status.state,
+            progress=status.progress,
+            result=status.result if status.HasField("result") else None,
+            error=status.error if status.HasField("error") else None,
+            created_at=status.created_at or time.time(),
+            from_cache=True,
+        )
+        job.emit(status.state, status.progress, status.message)
+        return job
+
 
 class JobManager:
-    """Runs jobs in a bounded thread pool; persists successful results in the store."""
+    """Runs jobs in a bounded thread pool; persists their outcomes in the store."""
 
-    def __init__(self, store: ObjectStore, service: str, max_concurrent: int = 1, registry: CollectorRegistry | None = None):
+    def __init__(
+        self,
+        store: ObjectStore,
+        service: str,
+        max_concurrent: int = 1,
+        registry: CollectorRegistry | None = None,
+        retention: Retention | None = None,
+    ):
         if max_concurrent < 1:
             raise InvalidArgument(f"max_concurrent must be ≥ 1, got {max_concurrent}")
         self.store = store
         self.service = service
         self._jobs: dict[str, _Job] = {}
+        self._retained = FinishedIndex(retention)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix=f"{service}-job")
         self._closed = False
@@ -171,16 +208,17 @@ class JobManager:
             existing = self._jobs.get(job_id)
             if existing is not None and existing.state not in (common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED):
                 return ref
-            stored = self._load_result(job_id)
+            stored = self._load_result(job_id, recompute_if_corrupt=True)
             if stored is not None:
-                job = _Job(ref=ref, state=common_pb2.JOB_STATE_SUCCEEDED, progress=1.0, result=stored, from_cache=True, message="result from store")
-                job.emit(common_pb2.JOB_STATE_SUCCEEDED, 1.0, "result from store")
-                self._jobs[job_id] = job
+                job = _Job.stored(common_pb2.JobStatus(job=ref, state=common_pb2.JOB_STATE_SUCCEEDED, progress=1.0, result=stored, message="result from store"))
+                self._jobs[job_id] = job  # replaces a failed attempt another replica since redid
+                self._hold(job)
                 self._cache_hits.labels(self.service, kind).inc()
                 return ref
             job = _Job(ref=ref)
             job.emit(common_pb2.JOB_STATE_QUEUED, 0.0, "queued")
             self._jobs[job_id] = job
+            self._retained.discard(job_id)
             self._queued.labels(self.service).inc()
         try:
             self.store.put_json(f"{JOB_PREFIX}/{job_id}/job.json", {"kind": kind, "service": self.service, "request_type": request.DESCRIPTOR.full_name})
@@ -195,14 +233,55 @@ class JobManager:
             raise
         return ref
 
-    def _load_result(self, job_id: str) -> common_pb2.JobResult | None:
+    def _hold(self, job: _Job) -> _Job:
+        """Keep `job` in memory unless one with its id is there already (call under the lock);
+        then drop the finished jobs beyond the retention bounds. Returns the job held."""
+        job = self._jobs.setdefault(job.ref.id, job)
+        if job.state in TERMINAL:
+            self._retained.add(job.ref.id)
+        for job_id in self._retained.expired():
+            self._jobs.pop(job_id, None)
+        return job
+
+    def held(self) -> list[str]:
+        """Ids of the jobs in memory now (running, queued, and recently finished)."""
+        with self._lock:
+            return list(self._jobs)
+
+    def _load_result(self, job_id: str, recompute_if_corrupt: bool = False) -> common_pb2.JobResult | None:
+        """The job's stored result (a self-checking record), None when there is none. A corrupt
+        one is an IntegrityError naming its key, or, for a submission, work to do again."""
         try:
-            data = self.store.get_bytes(result_key(job_id))
+            data = self.store.get_record(result_key(job_id))
         except NotFound:
+            return None
+        except IntegrityError:
+            if not recompute_if_corrupt:
+                raise
+            log.warning("job %s: its stored result is corrupt; running it again", job_id, exc_info=True)
             return None
         result = common_pb2.JobResult()
         result.ParseFromString(data)
         return result
+
+    def _load_status(self, job_id: str) -> common_pb2.JobStatus | None:
+        """A finished job's status from the store: its result, else its failure record."""
+        result = self._load_result(job_id)
+        if result is not None:
+            try:
+                kind = str(self.store.get_json(f"{JOB_PREFIX}/{job_id}/job.json").get("kind", ""))
+            except NotFound:
+                kind = ""
+            self._cache_hits.labels(self.service, kind).inc()
+            ref = common_pb2.JobRef(id=job_id, kind=kind)
+            return common_pb2.JobStatus(job=ref, state=common_pb2.JOB_STATE_SUCCEEDED, progress=1.0, result=result, message="result from store")
+        try:
+            data = self.store.get_bytes(failure_key(job_id))
+        except NotFound:
+            return None
+        status = common_pb2.JobStatus()
+        status.ParseFromString(data)
+        return status
 
     def _run(self, job: _Job, run: RunFn) -> None:
         self._queued.labels(self.service).dec()
@@ -216,7 +295,7 @@ class JobManager:
             if not isinstance(result, common_pb2.JobResult):
                 raise TypeError(f"job {job.ref.kind} returned {type(result).__name__}, not JobResult")
             # The stored result is the job's commit point: written last, read by every replica.
-            self.store.put_bytes(result_key(job.ref.id), result.SerializeToString(deterministic=True))
+            self.store.put_record(result_key(job.ref.id), result.SerializeToString(deterministic=True))
             job.result = result
             self._finish(job, common_pb2.JOB_STATE_SUCCEEDED, "done", progress=1.0)
         except JobCancelled:
@@ -234,9 +313,21 @@ class JobManager:
         finally:
             self._running.labels(self.service).dec()
 
-    def _finish(self, job: _Job, state: int, message: str, progress: float | None = None) -> None:
-        job.emit(state, progress, message)
-        self._finished.labels(self.service, job.ref.kind, common_pb2.JobState.Name(state)).inc()
+    def _finish(self, job: _Job, state: common_pb2.JobState, message: str, progress: float | None = None) -> None:
+        # Under the job's lock, so a watcher sees the final event only once the records that
+        # answer for the job after it leaves memory are in place.
+        with job.cond:
+            job.emit(state, progress, message)
+            if state != common_pb2.JOB_STATE_SUCCEEDED:
+                # Status queries find it after it leaves memory; a new submission runs it again.
+                try:
+                    self.store.put_bytes(failure_key(job.ref.id), job.status().SerializeToString(deterministic=True))
+                except Exception:  # the outcome is decided; this record is for observers only
+                    log.warning("job %s: could not write its final status to the store", job.ref.id, exc_info=True)
+            with self._lock:
+                if self._jobs.get(job.ref.id) is job:
+                    self._hold(job)
+            self._finished.labels(self.service, job.ref.kind, common_pb2.JobState.Name(state)).inc()
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -246,50 +337,22 @@ class JobManager:
             job = self._jobs.get(job_id)
         if job is not None:
             return job
-        stored = self._load_result(job_id)
-        if stored is None:
+        status = self._load_status(job_id)
+        if status is None:
             raise NotFound(f"job {job_id} not found on this {self.service} replica")
-        try:
-            kind = str(self.store.get_json(f"{JOB_PREFIX}/{job_id}/job.json").get("kind", ""))
-        except NotFound:
-            kind = ""
-        job = _Job(ref=common_pb2.JobRef(id=job_id, kind=kind), state=common_pb2.JOB_STATE_SUCCEEDED, progress=1.0, result=stored, from_cache=True)
-        job.emit(common_pb2.JOB_STATE_SUCCEEDED, 1.0, "result from store")
-        self._cache_hits.labels(self.service, kind).inc()
         with self._lock:
-            return self._jobs.setdefault(job_id, job)
+            return self._hold(_Job.stored(status))
 
     def get(self, job_id: str) -> common_pb2.JobStatus:
         return self._find(job_id).status()
 
     def watch(self, job_id: str, after_sequence: int = 0, is_active: Callable[[], bool] = lambda: True, poll: float = 0.5) -> Iterator[common_pb2.JobEvent]:
         """Events after `after_sequence` until the terminal one (or the watcher goes away)."""
-        job = self._find(job_id)
-        last = after_sequence
-        while True:
-            with job.cond:
-                pending = [e for e in job.events if e.sequence > last]
-                if not pending and job.state not in TERMINAL:
-                    job.cond.wait(timeout=poll)
-                    pending = [e for e in job.events if e.sequence > last]
-                terminal = job.state in TERMINAL and job.sequence <= max([last] + [e.sequence for e in pending])
-            for event in pending:
-                last = event.sequence
-                yield event
-            if terminal:
-                return
-            if not is_active():
-                return
+        yield from self._find(job_id).events.watch(after_sequence, is_active, poll)
 
     def wait(self, job_id: str, timeout: float | None = None) -> common_pb2.JobStatus:
         job = self._find(job_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with job.cond:
-            while job.state not in TERMINAL:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                job.cond.wait(timeout=remaining)
+        job.events.wait_finished(timeout)
         return job.status()
 
     def cancel(self, job_id: str) -> common_pb2.JobStatus:
@@ -309,9 +372,7 @@ class JobManager:
             job.cancel_requested.set()
         deadline = time.monotonic() + timeout
         for job in jobs:
-            with job.cond:
-                while job.state not in TERMINAL and time.monotonic() < deadline:
-                    job.cond.wait(timeout=max(0.0, deadline - time.monotonic()))
+            job.events.wait_finished(max(0.0, deadline - time.monotonic()))
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -5,6 +5,7 @@ under test here, not the compositor.
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import urllib.request
@@ -16,7 +17,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.client import JobFailed, health_status, open_channel, wait_job
 from services.common.errors import InvalidArgument, NotFound
-from services.common.jobs import JobContext, JobServicerMixin, job_id_for, result_key
+from services.common.events import Retention
+from services.common.jobs import JobContext, JobManager, JobServicerMixin, job_id_for, result_key
 from services.common.runtime import ServerConfig, ServiceRuntime, parse_config
 from services.common.store import ObjectStore
 from synthaug.v1 import common_pb2, compositor_pb2, compositor_pb2_grpc
@@ -62,8 +64,10 @@ class ProbeServicer(JobServicerMixin, compositor_pb2_grpc.CompositorServiceServi
         return self.jobs.submit("probe.Extract", request, run)
 
 
-def build_probe(config: ServerConfig, store: ObjectStore) -> ServiceRuntime:
+def build_probe(config: ServerConfig, store: ObjectStore, retention: Retention | None = None) -> ServiceRuntime:
     runtime = ServiceRuntime(config, store)
+    if retention is not None:
+        runtime.jobs = JobManager(store, config.service, config.max_concurrent_jobs, retention=retention)
     servicer = ProbeServicer(runtime)
     runtime.add(compositor_pb2_grpc.add_CompositorServiceServicer_to_server, servicer, SERVICE)
     runtime.probe = servicer  # type: ignore[attr-defined]
@@ -120,6 +124,32 @@ def test_result_reused_after_restart_without_recompute(file_store: ObjectStore) 
         assert wait_job(stub2, ref2, timeout=10).metrics["count"] == 2
         assert runtime2.probe.runs == 0  # type: ignore[attr-defined]
         assert metric(runtime2, "synthaug_jobs_cache_hits_total", {"service": "compositor", "kind": "probe.Compose"}) == 1
+
+
+def test_finished_jobs_leave_memory_and_answer_from_the_store(file_store: ObjectStore) -> None:
+    """A server that keeps no finished job in memory still answers GetJob and WatchJob."""
+    forgetful = functools.partial(build_probe, retention=Retention(max_finished=0, max_age_seconds=0))
+    with running_server(forgetful, "compositor", file_store) as (runtime, channel):
+        stub = compositor_pb2_grpc.CompositorServiceStub(channel)
+        ref = stub.SubmitCompose(compositor_pb2.ComposeRequest(count=2, seed=5, name="kept"))
+        events: list[common_pb2.JobEvent] = []
+        assert wait_job(stub, ref, timeout=30, on_event=events.append).attributes["name"] == "kept"
+        assert [e.state for e in events][-1] == common_pb2.JOB_STATE_SUCCEEDED
+        assert runtime.jobs.held() == []
+        status = stub.GetJob(common_pb2.GetJobRequest(job_id=ref.id))
+        assert status.state == common_pb2.JOB_STATE_SUCCEEDED and status.job.kind == "probe.Compose"
+        assert status.result.metrics["count"] == 2
+        replay = list(stub.WatchJob(common_pb2.WatchJobRequest(job_id=ref.id)))
+        assert [e.state for e in replay] == [common_pb2.JOB_STATE_SUCCEEDED] and replay[0].result.attributes["name"] == "kept"
+        # A failed job, too: its final status, error code and message come from the store.
+        with pytest.raises(JobFailed):
+            wait_job(stub, stub.SubmitExtractForegrounds(compositor_pb2.ExtractForegroundsRequest(min_area=1)), timeout=10)
+        assert runtime.jobs.held() == []
+        failed_id = job_id_for("probe.Extract", compositor_pb2.ExtractForegroundsRequest(min_area=1))
+        failed = stub.GetJob(common_pb2.GetJobRequest(job_id=failed_id))
+        assert failed.state == common_pb2.JOB_STATE_FAILED
+        assert (failed.error.code, failed.error.message) == ("INVALID_ARGUMENT", "foreground 3 is empty")
+        assert runtime.probe.runs == 1  # type: ignore[attr-defined]  # nothing recomputed to answer
 
 
 def test_cancel_running_job(server: tuple[ServiceRuntime, grpc.Channel]) -> None:

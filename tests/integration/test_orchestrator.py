@@ -18,6 +18,7 @@ from orchestrator.plan import parse_plan
 from orchestrator.runs import RunManager
 from orchestrator.server import build as build_orchestrator
 from orchestrator.settings import ServiceAddresses
+from services.common.events import Retention
 from services.common.store import FileStore
 from synthaug.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from tests.grpc_helpers import running_server
@@ -72,6 +73,18 @@ def test_tiny_plan_runs_then_reruns_from_cache_and_replicas_share_the_arms(share
         assert again.report is not None and again.report.key == status.report.key
     finally:
         manager.close()
+    # An orchestrator that keeps no finished run in memory answers for it from the store.
+    forgetful = RunManager(store, ServiceAddresses(services.addresses), retention=Retention(max_finished=0, max_age_seconds=0))
+    try:
+        replay = forgetful.run(plan)
+        assert replay.run_id == first.run_id and replay.executed == 0
+        assert forgetful.held() == []
+        stored = forgetful.status(replay.run_id)
+        assert stored.state == SUCCEEDED and stored.report.key == status.report.key
+        assert sorted(s.key for s in stored.steps) == sorted(s.key for s in status.steps)
+        assert [e.run_state for e in forgetful.watch(replay.run_id, 0, lambda: True)] == [SUCCEEDED]
+    finally:
+        forgetful.close()
     # Changing one setting recomputes only what depends on it.
     changed = parse_plan(tiny_plan(seeds=[0, 1], evaluation={"n_bootstrap": 150, "overlay_images": 2}))
     manager = RunManager(store, ServiceAddresses(services.addresses))

@@ -8,7 +8,12 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.graph import build_graph
 from orchestrator.plan import load_plan, load_plan_text, parse_plan
+from services.common.config import config_to_mapping
 from services.common.errors import InvalidArgument
+from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams
+from services.evaluator.config import EvalConfig, ReportConfig
+from services.gan.config import GanConfig, GenerateConfig
+from services.segmenter.config import PredictConfig, SegmenterConfig
 from tests.conftest import REPO
 
 BASE = {
@@ -40,9 +45,11 @@ def plan_with(**changes: object) -> dict:
         ({"dataset": {"demo": {"count": 5}, "name": "x"}}, "dataset: give exactly one of `name`, `import` or `demo`"),
         ({"dataset": {"import": {"format": "masks", "images": "a"}}}, "dataset.import: format 'masks' needs `masks`"),
         ({"split": {"train": 0.5, "val": 0.2, "test": 0.2}}, "split: train + val + test must be 1"),
-        ({"gan": {"config": {"ngf": "many"}}}, "gan.config: GanConfig: Failed to parse ngf field"),
-        ({"segmenter": {"config": {"epochz": 3}}}, "segmenter.config: SegmenterConfig"),
-        ({"compositor": {"params": {"blend": "BLEND_MODE_SPLAT"}}}, "compositor.params: ComposeParams"),
+        ({"gan": {"config": {"ngf": "many"}}}, "gan.config.ngf must be an integer, got 'many'"),
+        ({"segmenter": {"config": {"epochz": 3}}}, "segmenter.config: unknown field(s) epochz; known fields: architecture, weights, epochs"),
+        ({"compositor": {"params": {"blend": "BLEND_MODE_GAUSSIAN"}}}, "compositor.params.blend must be one of hard, gaussian, poisson, got 'BLEND_MODE_GAUSSIAN'"),
+        ({"compositor": {"params": {"scale": [0.2, 0.5]}}}, "compositor.params.scale must be a mapping of min, max"),
+        ({"compositor": {"min_area": 16}}, "compositor.min_area: Extra inputs are not permitted"),
         ({"name": "bad name!"}, "name: String should match pattern"),
     ],
 )
@@ -135,12 +142,15 @@ def test_loss_components_of_progress_metrics() -> None:
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"evaluation": {"n_bootstrap": 50}}, "evaluation.n_bootstrap: Input should be greater than or equal to 100"),
-        ({"evaluation": {"overlay_images": 100}}, "evaluation.overlay_images: Input should be less than or equal to 24"),
+        ({"evaluation": {"n_bootstrap": 50}}, "evaluation.n_bootstrap must be in [100, 100000], got 50"),
+        ({"evaluation": {"overlay_images": 100}}, "evaluation.overlay_images must be in [0, 24] (0 = none), got 100"),
         ({"image_size": 128}, "image_size resizes imported images"),
-        ({"segmenter": {"config": {"architecture": "unet"}}}, "segmenter.config: SegmenterConfig.architecture"),
-        ({"gan": {"config": {"norm": "layer"}}}, "gan.config: GanConfig.norm"),
-        ({"compositor": {"params": {"min_objects": 3, "max_objects": 2}}}, "compositor.params"),
+        ({"segmenter": {"config": {"architecture": "unet"}}}, "segmenter.config.architecture 'unet' is unknown"),
+        ({"gan": {"config": {"norm": "layer"}}}, "gan.config.norm must be one of"),
+        ({"compositor": {"params": {"min_objects": 3, "max_objects": 2}}}, "compositor.params.max_objects (2) must be ≥ min_objects (3)"),
+        ({"compositor": {"backgrounds": {"dilate_px": -1}}}, "compositor.backgrounds.dilate_px must be in [0, 256], got -1"),
+        ({"segmenter": {"predict": {"batch_size": 0}}}, "segmenter.predict.batch_size must be ≥ 1, got 0"),
+        ({"gan": {"generate": {"batchnorm": "frozen"}}}, "gan.generate.batchnorm must be one of"),
     ],
 )
 def test_values_the_services_would_reject_fail_up_front(changes: dict, message: str) -> None:
@@ -156,3 +166,68 @@ def test_group_csv_content_enters_the_split_key(tmp_path: Path) -> None:
     before = build_graph(parse_plan(plan)).of_kind("split")[0].key
     csv.write_text("image,lesion_id\na,2\n")
     assert build_graph(parse_plan(plan)).of_kind("split")[0].key != before
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        # Settings the service has but its request does not carry would be silently dropped.
+        ({"segmenter": {"config": {"gamma": 0.5}}}, "segmenter.config: unknown field(s) gamma"),
+        # What the orchestrator sets itself: counts from the arms, seeds from the plan's.
+        ({"gan": {"generate": {"count": 5}}}, "gan.generate: unknown field(s) count; known fields: dropout, batchnorm, resize, batch_size"),
+        ({"evaluation": {"seed": 3}}, "evaluation: unknown field(s) seed"),
+        (
+            {"segmenter": {"predict": {"export_threshold": 0.5}}, "evaluation": {"score_threshold": 0.3}},
+            "segmenter.predict.export_threshold (0.5) is above evaluation.score_threshold (0.3)",
+        ),
+        ({"evaluation": {"mask_threshold": 0.4}}, "evaluation.mask_threshold (0.4) differs from segmenter.predict.mask_threshold (0.5)"),
+    ],
+)
+def test_plans_set_only_what_reaches_the_service(changes: dict, message: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_plan(plan_with(**changes))
+    assert message in str(info.value)
+
+
+def test_settings_default_to_the_services_dataclasses_and_keys_name_resolved_settings() -> None:
+    g = build_graph(parse_plan(BASE))
+    step = {s.kind: s for s in g.steps}
+    assert step["foregrounds"].params["settings"] == ForegroundParams()
+    # An unset background method resolves to what the compositor does with a dataset.
+    assert step["backgrounds"].params["settings"] == BackgroundParams(method="inpaint_telea")
+    assert step["compose"].params["params"] == ComposeParams()
+    assert step["gan_train"].params["config"] == GanConfig()
+    assert step["gan_generate"].params["settings"] == GenerateConfig(count=20)
+    assert step["segment_train"].params["config"] == SegmenterConfig()
+    assert step["predict"].params["settings"] == PredictConfig()
+    evaluate = step["evaluate"].params["settings"]
+    assert evaluate.mask_threshold == PredictConfig().mask_threshold  # read at the threshold masks were cut at
+    assert (evaluate.score_threshold, evaluate.n_bootstrap) == (EvalConfig().score_threshold, EvalConfig().n_bootstrap)
+    assert step["report"].params["settings"] == ReportConfig()
+    # Spelling out a default is the same plan: the same keys, because keys hash resolved settings.
+    explicit = plan_with(
+        compositor={"params": {"output_size": ComposeParams().output_size}, "backgrounds": {"method": "inpaint_telea"}},
+        segmenter={"predict": config_to_mapping(PredictConfig())},
+        evaluation={"n_bootstrap": EvalConfig().n_bootstrap},
+    )
+    assert [s.key for s in build_graph(parse_plan(explicit)).steps] == [s.key for s in g.steps]
+
+
+def test_one_n_bootstrap_sets_the_evaluations_and_the_reports() -> None:
+    plan = parse_plan(plan_with(evaluation={"n_bootstrap": 500, "overlay_images": 3, "baseline_arm": "real"}))
+    assert plan.evaluation.evaluate.n_bootstrap == plan.evaluation.report.n_bootstrap == 500
+    assert (plan.evaluation.report.overlay_images, plan.evaluation.report.baseline_arm) == (3, "real")
+
+
+def test_loading_a_plan_imports_no_server_and_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from orchestrator.plan import load_plan\n"
+        "load_plan('examples/demo.yaml'); load_plan('examples/thesis-table4.yaml')\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.endswith('.server')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]", out.stderr

@@ -238,7 +238,10 @@ def _set_field(message: Message, field: FieldDescriptor, value: Any, where: str)
         container = getattr(message, field.name)
         for item in value:
             if field.type == FieldDescriptor.TYPE_MESSAGE:
-                mapping_to_message(item, container.add(), f"{where}.{field.name}")
+                if isinstance(item, Message):
+                    container.add().CopyFrom(item)
+                else:
+                    mapping_to_message(item, container.add(), f"{where}.{field.name}")
             elif field.type == FieldDescriptor.TYPE_ENUM:
                 container.append(_enum_from_name(field.enum_type, item, f"{where}.{field.name}"))
             else:

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from services.common.errors import SynthaugError
+from services.common.events import Retention
 from services.common.jobs import JobManager
 from services.common.logs import configure_logging
 from services.common.store import ObjectStore, open_store
@@ -51,6 +52,8 @@ ENV_VARS = (
     "SYNTHAUG_DRAIN_SECONDS",
     "SYNTHAUG_LOG_LEVEL",
     "SYNTHAUG_LOG_FORMAT",
+    "SYNTHAUG_KEEP_FINISHED_JOBS",
+    "SYNTHAUG_KEEP_FINISHED_JOBS_SECONDS",
 )
 
 
@@ -71,6 +74,9 @@ class ServerConfig:
     drain_seconds: float = 0.0
     log_level: str = "INFO"
     log_json: bool = True
+    #: Finished jobs kept in memory (count, seconds); older ones answer from the store.
+    keep_finished_jobs: int = 256
+    keep_finished_jobs_seconds: float = 3600.0
     #: Service-specific flags (added by `add_arguments`).
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -108,6 +114,10 @@ def parse_config(
     )
     p.add_argument("--grace-seconds", type=float, default=_env_default(env, "SYNTHAUG_GRACE_SECONDS", 30.0, float))
     p.add_argument("--drain-seconds", type=float, default=_env_default(env, "SYNTHAUG_DRAIN_SECONDS", 0.0, float))
+    p.add_argument("--keep-finished-jobs", type=int, default=_env_default(env, "SYNTHAUG_KEEP_FINISHED_JOBS", 256, int),
+                   help="finished jobs kept in memory; older ones answer from the store [$SYNTHAUG_KEEP_FINISHED_JOBS]")
+    p.add_argument("--keep-finished-jobs-seconds", type=float, default=_env_default(env, "SYNTHAUG_KEEP_FINISHED_JOBS_SECONDS", 3600.0, float),
+                   help="seconds a finished job stays in memory [$SYNTHAUG_KEEP_FINISHED_JOBS_SECONDS]")
     p.add_argument("--log-level", default=_env_default(env, "SYNTHAUG_LOG_LEVEL", "INFO", str))
     p.add_argument("--log-format", choices=("json", "text"), default=_env_default(env, "SYNTHAUG_LOG_FORMAT", "json", str))
     if add_arguments is not None:
@@ -126,6 +136,8 @@ def parse_config(
         drain_seconds=ns.pop("drain_seconds"),
         log_level=ns.pop("log_level"),
         log_json=ns.pop("log_format") == "json",
+        keep_finished_jobs=ns.pop("keep_finished_jobs"),
+        keep_finished_jobs_seconds=ns.pop("keep_finished_jobs_seconds"),
         extra=ns,
     )
 
@@ -236,7 +248,8 @@ class ServiceRuntime:
         self.store = store if store is not None else open_store(config.store_url)
         self.registry = CollectorRegistry()
         self.metrics = GrpcMetrics(self.registry)
-        self.jobs = JobManager(self.store, config.service, config.max_concurrent_jobs, registry=self.registry)
+        self.jobs = JobManager(self.store, config.service, config.max_concurrent_jobs, registry=self.registry,
+                               retention=Retention(config.keep_finished_jobs, config.keep_finished_jobs_seconds))
         options = [
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),

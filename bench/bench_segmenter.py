@@ -32,7 +32,7 @@ from tests.unit.segmenter_shapes import make_source  # noqa: E402
 def batches(size: int, n: int, batch: int) -> list:
     src = make_source("bench", n, size=size, seed=0, max_objects=3)
     ds = TrainingDataset([src], [(0, i) for i in src.image_ids()], CategoryMap(src.categories), None, seed=0)
-    return [collate([ds[(k * batch + j) % n] for j in range(batch)]) for k in range(4)]
+    return [collate([ds[((k * batch + j) % n, 0)] for j in range(batch)]) for k in range(4)]
 
 
 def time_config(name: str, spec: ModelSpec, dtype: torch.dtype, batch: int, iters: int, device: torch.device,

@@ -16,7 +16,7 @@ from services.common.errors import InvalidArgument
 from services.segmenter.architectures import DEFAULT_ARCHITECTURE, get_architecture
 from services.segmenter.weights import TorchvisionWeights, WeightsSpec, parse_weights
 
-#: Pixel validation scores; any of them may select the best epoch.
+#: Pixel validation scores; any of them may select the best evaluation.
 METRICS = ("iou", "f1", "precision", "recall", "es")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
@@ -38,12 +38,26 @@ class SegmenterConfig:
     scaling rule of torchvision's references (0.02 per 16 images for SGD, 1e-4 for AdamW).
 
     The proto carries every field but warmup_factor, step_milestones, gamma, dtype, seed (the
-    request's), device (the server's) and max_iters_per_epoch (benchmarks)."""
+    request's), device (the server's) and max_iters_per_epoch (benchmarks).
+
+    The training budget: `iterations` optimiser steps when set (the equal budget that makes
+    arms comparable), else `epochs` × one epoch's iterations of this training set;
+    validation, best-checkpoint selection and early stopping every `eval_every` iterations
+    (one epoch's by default). An epoch's iterations are ceil(training images / (batch_size ×
+    world size))."""
 
     architecture: str = DEFAULT_ARCHITECTURE
     #: "none", a torchvision weights name, "store:KEY" or "file:NAME" (services/segmenter/weights.py).
     weights: str = "none"
+    #: Ignored when `iterations` is set.
     epochs: int = 12
+    #: Total optimiser steps; None = epochs × one epoch's iterations.
+    iterations: int | None = None
+    #: Iterations between validations (and checkpoints); None = one epoch's iterations.
+    eval_every: int | None = None
+    #: Share of real images (dataset kind "real") in every batch; None = sample the mixed
+    #: training set uniformly, i.e. in the arm's proportions.
+    real_fraction: float | None = None
     #: Per process.
     batch_size: int = 4
     lr: float = 0.0
@@ -58,7 +72,7 @@ class SegmenterConfig:
     #: Max gradient norm; 0 = off.
     grad_clip: float = 0.0
     amp: str = "none"
-    #: Epochs without val improvement before stopping; 0 = off.
+    #: Evaluations without val improvement before stopping; 0 = off.
     patience: int = 0
     #: DataLoader worker processes; -1 = auto: none on CPU (the model, not loading, is the
     #: bottleneck there, and forking a serving process is best avoided), min(4, CPUs) on CUDA.
@@ -74,7 +88,7 @@ class SegmenterConfig:
     select_metric: str = "iou"
     seed: int = 0
     device: str = ""
-    #: Benchmarks only: stop each epoch after this many iterations (0 = whole epoch).
+    #: Benchmarks only: cap one epoch's iterations (epoch-mode length, default eval_every); 0 = off.
     max_iters_per_epoch: int = 0
 
     def validate(self) -> None:
@@ -84,6 +98,12 @@ class SegmenterConfig:
             architecture.check_torchvision_weights(weights.name)
         checks = [
             (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
+            (self.iterations is None or self.iterations >= 1,
+             f"iterations must be ≥ 1 (or unset = epochs), got {self.iterations}"),
+            (self.eval_every is None or self.eval_every >= 1,
+             f"eval_every must be ≥ 1 (or unset = one epoch), got {self.eval_every}"),
+            (self.real_fraction is None or (math.isfinite(self.real_fraction) and 0 <= self.real_fraction <= 1),
+             f"real_fraction must be in [0, 1] (or unset = the arm's proportions), got {self.real_fraction}"),
             (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
             (self.lr >= 0 and math.isfinite(self.lr), f"lr must be ≥ 0, got {self.lr}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}"),
@@ -127,16 +147,21 @@ class SegmenterConfig:
 class PredictConfig:
     """Settings of a prediction (a PredictRequest's, beside its model, dataset and split).
 
-    Predictions keep every detection at or above `score_threshold`; the evaluator applies its
-    own threshold, so plans export with a low one."""
+    Predictions keep every detection at or above `export_threshold` (0.05, the torchvision /
+    COCO practice), at most `detections_per_image` per image: COCO AP is computed on all of
+    them, and only the evaluator applies the score threshold of its pixel metrics."""
 
-    score_threshold: float = 0.5
+    export_threshold: float = 0.05
+    #: The most detections written per image (the highest-scoring ones); the model's cap.
+    detections_per_image: int = 100
     #: Mask probability at which the written RLE masks are binarised.
     mask_threshold: float = 0.5
     #: Images per inference batch (memory grows with batch × image size).
     batch_size: int = 4
 
     def validate(self) -> None:
-        check_thresholds("PredictConfig", "score_threshold", self.score_threshold, "mask_threshold", self.mask_threshold)
+        check_thresholds("PredictConfig", "export_threshold", self.export_threshold, "mask_threshold", self.mask_threshold)
+        if self.detections_per_image < 1:
+            raise InvalidArgument(f"PredictConfig.detections_per_image must be ≥ 1, got {self.detections_per_image}")
         if self.batch_size < 1:
             raise InvalidArgument(f"PredictConfig.batch_size must be ≥ 1, got {self.batch_size}")

@@ -4,7 +4,7 @@ Train and Predict are jobs. Requests are checked before submitting — unknown a
 bad hyper-parameters, a dataset without annotations, a count larger than the dataset split,
 weights that do not fit — so bad input is INVALID_ARGUMENT on the Submit call itself.
 Training checkpoints live under the job's work prefix, so a job resubmitted after its server
-died resumes after the last finished epoch. Results are read by role: Train →
+died resumes after the last finished evaluation. Results are read by role: Train →
 outputs["model"], outputs["training_record"]; Predict → outputs["predictions"].
 """
 from __future__ import annotations
@@ -60,8 +60,10 @@ class SegmenterServicer(JobServicerMixin, segmenter_pb2_grpc.SegmenterServiceSer
             record["job"] = ctx.job_id
             record_info = self.store.put_blob(canonical_json(record), "json", "application/json")
             best = record["epochs"][[e["epoch"] for e in record["epochs"]].index(record["best_epoch"])]
+            budget = record["budget"]
             metrics = {"best_epoch": float(record["best_epoch"]), "epochs_run": float(len(record["epochs"])),
-                       "images_per_s": float(best["images_per_s"]),
+                       "best_iteration": float(best["iteration"]), "iterations_run": float(budget["iterations_run"]),
+                       "images_seen": float(budget["images_seen"]), "images_per_s": float(best["images_per_s"]),
                        **{f"val_{k}": float(v) for k, v in best.get("val", {}).items()}}
             out = common_pb2.JobResult(
                 metrics=metrics, attributes={"architecture": cfg.architecture, "device": record["device"],

@@ -8,17 +8,19 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TrainingSource(_message.Message):
-    __slots__ = ("dataset", "split", "count")
+    __slots__ = ("dataset", "split", "count", "order_seed")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    ORDER_SEED_FIELD_NUMBER: _ClassVar[int]
     dataset: _common_pb2.DatasetRef
     split: str
     count: int
-    def __init__(self, dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+    order_seed: int
+    def __init__(self, dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., count: _Optional[int] = ..., order_seed: _Optional[int] = ...) -> None: ...
 
 class SegmenterConfig(_message.Message):
-    __slots__ = ("architecture", "weights", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "warmup_iters", "grad_clip", "amp", "patience", "num_workers", "augment", "trainable_backbone_layers", "min_size", "max_size", "val_score_threshold", "val_mask_threshold", "select_metric")
+    __slots__ = ("architecture", "weights", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "warmup_iters", "grad_clip", "amp", "patience", "num_workers", "augment", "trainable_backbone_layers", "min_size", "max_size", "val_score_threshold", "val_mask_threshold", "select_metric", "iterations", "eval_every", "real_fraction")
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +42,9 @@ class SegmenterConfig(_message.Message):
     VAL_SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     VAL_MASK_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     SELECT_METRIC_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_EVERY_FIELD_NUMBER: _ClassVar[int]
+    REAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
     architecture: str
     weights: str
     epochs: int
@@ -61,7 +66,10 @@ class SegmenterConfig(_message.Message):
     val_score_threshold: float
     val_mask_threshold: float
     select_metric: str
-    def __init__(self, architecture: _Optional[str] = ..., weights: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., schedule: _Optional[str] = ..., warmup_iters: _Optional[int] = ..., grad_clip: _Optional[float] = ..., amp: _Optional[str] = ..., patience: _Optional[int] = ..., num_workers: _Optional[int] = ..., augment: _Optional[bool] = ..., trainable_backbone_layers: _Optional[int] = ..., min_size: _Optional[int] = ..., max_size: _Optional[int] = ..., val_score_threshold: _Optional[float] = ..., val_mask_threshold: _Optional[float] = ..., select_metric: _Optional[str] = ...) -> None: ...
+    iterations: int
+    eval_every: int
+    real_fraction: float
+    def __init__(self, architecture: _Optional[str] = ..., weights: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., schedule: _Optional[str] = ..., warmup_iters: _Optional[int] = ..., grad_clip: _Optional[float] = ..., amp: _Optional[str] = ..., patience: _Optional[int] = ..., num_workers: _Optional[int] = ..., augment: _Optional[bool] = ..., trainable_backbone_layers: _Optional[int] = ..., min_size: _Optional[int] = ..., max_size: _Optional[int] = ..., val_score_threshold: _Optional[float] = ..., val_mask_threshold: _Optional[float] = ..., select_metric: _Optional[str] = ..., iterations: _Optional[int] = ..., eval_every: _Optional[int] = ..., real_fraction: _Optional[float] = ...) -> None: ...
 
 class SegmenterTrainRequest(_message.Message):
     __slots__ = ("sources", "val_dataset", "val_split", "config", "seed")
@@ -78,17 +86,19 @@ class SegmenterTrainRequest(_message.Message):
     def __init__(self, sources: _Optional[_Iterable[_Union[TrainingSource, _Mapping]]] = ..., val_dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., val_split: _Optional[str] = ..., config: _Optional[_Union[SegmenterConfig, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("checkpoint", "dataset", "split", "score_threshold", "mask_threshold", "batch_size")
+    __slots__ = ("checkpoint", "dataset", "split", "export_threshold", "mask_threshold", "batch_size", "detections_per_image")
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
-    SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MASK_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DETECTIONS_PER_IMAGE_FIELD_NUMBER: _ClassVar[int]
     checkpoint: _common_pb2.ObjectRef
     dataset: _common_pb2.DatasetRef
     split: str
-    score_threshold: float
+    export_threshold: float
     mask_threshold: float
     batch_size: int
-    def __init__(self, checkpoint: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., score_threshold: _Optional[float] = ..., mask_threshold: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    detections_per_image: int
+    def __init__(self, checkpoint: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., export_threshold: _Optional[float] = ..., mask_threshold: _Optional[float] = ..., batch_size: _Optional[int] = ..., detections_per_image: _Optional[int] = ...) -> None: ...

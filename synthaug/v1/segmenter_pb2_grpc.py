@@ -66,18 +66,21 @@ class SegmenterServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SubmitTrain(self, request, context):
-        """Result by role: outputs["model"] the best epoch's model file (torch, weights_only: state
-        dict, ModelSpec, categories; the input of Predict); outputs["training_record"] the training
-        record (JSON: epochs[{epoch, losses, images_per_s, val}], best_epoch, steps, training_set,
-        config, model, categories).
+        """Result by role: outputs["model"] the best evaluation's model file (torch, weights_only:
+        state dict, ModelSpec, categories; the input of Predict); outputs["training_record"] the
+        training record (JSON: epochs[{epoch (evaluation index), iteration, images_seen, losses,
+        images_per_s, val}] one entry per evaluation, best_epoch, budget{mode, iterations,
+        iterations_run, images_seen, batch_size, world_size, eval_every, real_fraction,
+        images_seen_by_source}, steps, training_set{sources, members}, config, model{…,
+        input_sizes}, categories).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitPredict(self, request, context):
-        """Result by role: outputs["predictions"] COCO results JSON {results, score_threshold,
-        mask_threshold, dataset, split, model, categories, num_images}.
+        """Result by role: outputs["predictions"] COCO results JSON {results, export_threshold,
+        detections_per_image, mask_threshold, dataset, split, model, categories, num_images}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -16,6 +16,7 @@ from pycocotools.cocoeval import COCOeval
 
 from services.common.client import wait_job
 from services.common.datasets import Dataset, DatasetWriter
+from services.common.sampling import nested_order
 from services.common.refs import output
 from services.common.store import ObjectStore, open_store
 from services.segmenter.core.models import ModelSpec, build_model
@@ -65,7 +66,7 @@ def test_train_and_predict_end_to_end(served) -> None:  # type: ignore[no-untype
     store, stub = served
     ds = shapes_dataset(store, 16, 4, "shapes")
     request = pb.SegmenterTrainRequest(
-        sources=[pb.TrainingSource(dataset=ds.ref(), split="train", count=12)],
+        sources=[pb.TrainingSource(dataset=ds.ref(), split="train", count=12, order_seed=11)],
         val_dataset=ds.ref(), val_split="val", config=light_config(), seed=3)
     events: list[common_pb2.JobEvent] = []
     job = stub.SubmitTrain(request)
@@ -76,6 +77,16 @@ def test_train_and_predict_end_to_end(served) -> None:  # type: ignore[no-untype
     assert [e["epoch"] for e in record["epochs"]] == [0, 1, 2]
     assert record["training_set"]["num_images"] == 12
     assert len({tuple(m) for m in record["training_set"]["members"]}) == 12
+    # The first 12 of the split's nested order with the source's order seed — the prefix the
+    # orchestrator computes with the same function for the synthetic sources.
+    train_ids = [r["id"] for r in ds.image_records("train")]
+    assert [i for _, i in record["training_set"]["members"]] == sorted(nested_order(11, ds.id, "train", train_ids)[:12])
+    assert record["training_set"]["sources"][0]["order_seed"] == 11
+    assert record["budget"] == {"mode": "epochs", "iterations": 9, "iterations_run": 9, "images_seen": 36,
+                                "batch_size": 4, "world_size": 1, "eval_every": 3, "real_fraction": None,
+                                "images_seen_by_source": [36]}
+    assert [e["iteration"] for e in record["epochs"]] == [3, 6, 9]
+    assert result.metrics["iterations_run"] == 9 and result.metrics["images_seen"] == 36
     assert record["categories"] == [{"id": CATEGORY, "name": "lesion"}]
     assert result.metrics["best_epoch"] == record["best_epoch"]
     assert result.metrics["val_iou"] == record["epochs"][record["best_epoch"]]["val"]["iou"]
@@ -94,10 +105,10 @@ def test_train_and_predict_end_to_end(served) -> None:  # type: ignore[no-untype
     assert output(stub.GetJob(common_pb2.GetJobRequest(job_id=job.id)).result, "model").key == model_ref.key
 
     pred = wait_job(stub, stub.SubmitPredict(pb.PredictRequest(
-        checkpoint=model_ref, dataset=ds.ref(), split="val", score_threshold=0.05, batch_size=3)), timeout=300)
+        checkpoint=model_ref, dataset=ds.ref(), split="val", export_threshold=0.05, batch_size=3)), timeout=300)
     doc = json.loads(store.get_bytes(output(pred, "predictions").key))
     assert doc["dataset"] == ds.id and doc["split"] == "val"
-    assert doc["score_threshold"] == 0.05 and doc["mask_threshold"] == 0.5
+    assert (doc["export_threshold"], doc["detections_per_image"], doc["mask_threshold"]) == (0.05, 100, 0.5)
     results = doc["results"]
     assert pred.metrics["num_results"] == len(results) > 0
     val_ids = {r["id"] for r in ds.image_records("val")}
@@ -163,6 +174,8 @@ def test_bad_input_is_invalid_argument_naming_the_problem(served, monkeypatch) -
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "file weights are disabled" in msg
     code, msg = _code(stub.SubmitTrain, train(light_config(epochs=0)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "SegmenterConfig.epochs must be ≥ 1, got 0" in msg
+    code, msg = _code(stub.SubmitTrain, train(light_config(real_fraction=0.5)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "real_fraction = 0.5" in msg and "no synthetic images" in msg
 
     code, _ = _code(stub.SubmitPredict, pb.PredictRequest(
         checkpoint=common_pb2.ObjectRef(key="blobs/none.pt"), dataset=ds.ref(), split="val"))

@@ -40,6 +40,11 @@ def test_unset_fields_take_the_dataclass_defaults_and_zero_is_a_value() -> None:
     # Zero is a value now, so it is checked instead of silently meaning "default".
     with pytest.raises(InvalidArgument, match=r"SegmenterConfig.epochs must be ≥ 1, got 0"):
         config_from_proto(SegmenterConfig, pb.SegmenterConfig(epochs=0))
+    # The budget: unset = epochs; iterations, eval_every and real_fraction travel when set.
+    assert (cfg.iterations, cfg.eval_every, cfg.real_fraction) == (None, None, None)
+    budget = config_from_proto(SegmenterConfig, pb.SegmenterConfig(iterations=2000, eval_every=400, real_fraction=0.0))
+    assert (budget.iterations, budget.eval_every, budget.real_fraction) == (2000, 400, 0.0)
+    assert config_from_proto(SegmenterConfig, config_to_proto(budget, pb.SegmenterConfig)) == budget
     # A plan section and a request give the same configuration.
     plan = {"architecture": "maskrcnn_resnet18_fpn", "epochs": 2, "lr": 0.01, "augment": False}
     from_plan = config_from_mapping(SegmenterConfig, plan)
@@ -53,6 +58,10 @@ def test_unset_fields_take_the_dataclass_defaults_and_zero_is_a_value() -> None:
     ({"val_mask_threshold": 1.0}, r"SegmenterConfig.val_mask_threshold must be in \(0, 1\)"),
     ({"val_score_threshold": -0.1}, r"SegmenterConfig.val_score_threshold must be in \[0, 1\]"),
     ({"epochs": "3"}, "SegmenterConfig.epochs must be an integer"),
+    ({"iterations": 0}, r"SegmenterConfig.iterations must be ≥ 1 \(or unset = epochs\), got 0"),
+    ({"eval_every": 0}, r"SegmenterConfig.eval_every must be ≥ 1 \(or unset = one epoch\), got 0"),
+    ({"real_fraction": 1.5}, r"SegmenterConfig.real_fraction must be in \[0, 1\]"),
+    ({"real_fraction": float("nan")}, r"SegmenterConfig.real_fraction must be in \[0, 1\]"),
     ({"epochz": 3}, "unknown field"),
     ({"weights": "file:../x.pt"}, "outside SYNTHAUG_WEIGHTS_DIR"),
     ({"weights": "store:../x.pt"}, r"SegmenterConfig.weights 'store:../x.pt': invalid object key"),
@@ -110,8 +119,13 @@ def test_file_weights_are_read_only_inside_the_weights_dir(tmp_path: Path, monke
 def test_predict_settings_come_from_the_request() -> None:
     assert config_from_proto(PredictConfig, pb.PredictRequest(split="test"), exclude=PREDICT_INPUTS) == PredictConfig()
     assert PredictConfig().batch_size == 4
-    cfg = config_from_proto(PredictConfig, pb.PredictRequest(score_threshold=0.0, batch_size=2), exclude=PREDICT_INPUTS)
-    assert (cfg.score_threshold, cfg.mask_threshold, cfg.batch_size) == (0.0, 0.5, 2)
+    assert (PredictConfig().export_threshold, PredictConfig().detections_per_image) == (0.05, 100)
+    cfg = config_from_proto(PredictConfig, pb.PredictRequest(export_threshold=0.0, batch_size=2), exclude=PREDICT_INPUTS)
+    assert (cfg.export_threshold, cfg.mask_threshold, cfg.batch_size, cfg.detections_per_image) == (0.0, 0.5, 2, 100)
+    with pytest.raises(InvalidArgument, match=r"PredictConfig.export_threshold must be in \[0, 1\], got 1.5"):
+        config_from_proto(PredictConfig, pb.PredictRequest(export_threshold=1.5), exclude=PREDICT_INPUTS)
+    with pytest.raises(InvalidArgument, match="PredictConfig.detections_per_image must be ≥ 1, got 0"):
+        config_from_proto(PredictConfig, pb.PredictRequest(detections_per_image=0), exclude=PREDICT_INPUTS)
     with pytest.raises(InvalidArgument, match=r"PredictConfig.mask_threshold must be in \(0, 1\), got 1.5"):
         config_from_proto(PredictConfig, pb.PredictRequest(mask_threshold=1.5), exclude=PREDICT_INPUTS)
     with pytest.raises(InvalidArgument, match="PredictConfig.batch_size must be ≥ 1, got 0"):

@@ -1,4 +1,5 @@
-"""Segmenter core: sampling, augmentation, losses, learning, resume, checkpoints, prediction."""
+"""Segmenter core: sampling, the training stream, augmentation, losses, learning, resume,
+checkpoints, prediction, image size."""
 from __future__ import annotations
 
 import copy
@@ -12,13 +13,13 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from services.common.errors import InvalidArgument
+from services.common.sampling import nested_order
 from services.evaluator.core.metrics import pixel_scores, union_of_instances
 from services.segmenter.config import PredictConfig, SegmenterConfig
 from services.segmenter.core import checkpoints as ck
 from services.segmenter.core.data import (
     AugmentConfig,
     CategoryMap,
-    EpochSampler,
     Example,
     InMemorySource,
     TrainingDataset,
@@ -28,7 +29,8 @@ from services.segmenter.core.data import (
 )
 from services.segmenter.core.maskrcnn import LOSS_NAMES
 from services.segmenter.core.models import ModelSpec, build_model, load_state_dict_into
-from services.segmenter.core.predictor import load_model_file, pixel_validation, predict
+from services.segmenter.core.predictor import infer, load_model_file, pixel_validation, predict
+from services.segmenter.core.stream import TrainingStream
 from services.segmenter.core.trainer import Interrupted, Trainer
 from services.segmenter.weights import WEIGHTS_DIR_ENV
 from tests.unit.segmenter_shapes import make_source
@@ -60,7 +62,7 @@ def test_training_set_counts_and_membership_are_exact():
     # The thesis' dataset class mapped every index ≥ 80 to a random index < 80: the images
     # actually served must be exactly the members, all 107 of them.
     ds = TrainingDataset([a, b], items, CategoryMap(a.categories), None, seed=0)
-    served = [(s, int(ds[k][1]["image_id"])) for k, (s, _) in enumerate(items)]
+    served = [(s, int(ds[(k, 0)][1]["image_id"])) for k, (s, _) in enumerate(items)]
     assert served == items
 
 
@@ -74,16 +76,44 @@ def test_training_set_refuses_more_than_available_and_repeats():
         sample_training_set([(a, 2), (a, 3)], seed=0)
 
 
-def test_epoch_sampler_is_a_seeded_permutation_split_over_ranks():
-    s = EpochSampler(10, seed=3)
-    s.set_epoch(0)
-    e0 = list(s)
-    s.set_epoch(1)
-    assert sorted(e0) == list(range(10)) and list(s) != e0
-    ranks = [EpochSampler(10, 3, rank=r, world_size=3) for r in range(3)]
-    parts = [list(r) for r in ranks]
-    assert all(len(p) == 4 for p in parts)
-    assert set(sum(parts, [])) == set(range(10))
+def test_stream_is_seeded_permutation_passes_split_over_ranks():
+    stream = TrainingStream([True] * 10, seed=3, batch_size=2)
+    draws = [d for step in range(10) for d in stream.draws(step)]
+    assert [g for _, g in draws] == list(range(20))  # draw numbers: positions in the stream
+    first, second = [i for i, _ in draws[:10]], [i for i, _ in draws[10:]]
+    assert sorted(first) == sorted(second) == list(range(10)) and first != second  # two passes
+    assert TrainingStream([True] * 10, seed=3, batch_size=2).draws(7) == stream.draws(7)  # a function of the step
+    assert TrainingStream([True] * 10, seed=4, batch_size=2).draws(0) != stream.draws(0)
+    # Under DDP each rank takes every world-th image of the same stream: disjoint shares of
+    # batch_size each, together the single-process stream of batch batch_size × world.
+    ddp = TrainingStream([True] * 10, seed=3, batch_size=2, world_size=3)
+    single = TrainingStream([True] * 10, seed=3, batch_size=6)
+    for step in range(4):
+        shares = [ddp.rank_draws(step, r) for r in range(3)]
+        assert all(len(s) == 2 for s in shares)
+        assert sorted(sum(shares, [])) == sorted(single.draws(step)) and shares[1] == single.draws(step)[1::3]
+
+
+def test_real_fraction_mixes_two_streams_in_exact_proportion():
+    is_real = [True] * 3 + [False] * 9
+    stream = TrainingStream(is_real, seed=1, batch_size=4, real_fraction=0.25)
+    for step in range(9):
+        assert sum(is_real[i] for i, _ in stream.draws(step)) == 1
+    # Three steps take one pass over the three real images; twelve steps take four.
+    assert sorted(i for step in range(3) for i, _ in stream.draws(step) if is_real[i]) == [0, 1, 2]
+    # A share that is not a whole number of images per batch is exact over every prefix of the run.
+    odd = TrainingStream(is_real, seed=1, batch_size=4, real_fraction=0.3)
+    per_step = [sum(is_real[i] for i, _ in odd.draws(step)) for step in range(10)]
+    assert set(per_step) == {1, 2} and [sum(per_step[:t]) for t in (1, 5, 10)] == [1, 6, 12]  # ⌊1.2 t⌋
+    # Unset: one stream over the mixed set, so over whole passes every image is seen equally often.
+    mixed = TrainingStream(is_real, seed=1, batch_size=4)
+    counts = np.bincount([i for step in range(6) for i, _ in mixed.draws(step)], minlength=12)
+    assert counts.tolist() == [2] * 12
+    with pytest.raises(InvalidArgument, match="real_fraction = 0.5 but the training set has no real images"):
+        TrainingStream([False] * 4, seed=1, batch_size=2, real_fraction=0.5)
+    with pytest.raises(InvalidArgument, match="real_fraction = 0.5 but the training set has no synthetic images"):
+        TrainingStream([True] * 4, seed=1, batch_size=2, real_fraction=0.5)
+    TrainingStream([True] * 4, seed=1, batch_size=2, real_fraction=1.0)  # all real: nothing else needed
 
 
 def test_category_ids_map_to_contiguous_labels_and_back():
@@ -117,14 +147,13 @@ def test_augmentation_moves_image_masks_and_boxes_together():
     assert colours  # fixture sanity
 
 
-def test_augmentation_is_deterministic_per_seed_epoch_index():
+def test_augmentation_is_deterministic_per_seed_and_draw():
     src = make_source("x", 4, size=32)
     ds = TrainingDataset([src], [(0, i) for i in src.image_ids()], CategoryMap(src.categories), AugmentConfig(), seed=9)
-    a = ds[2]
-    b = ds[2]
+    a = ds[(2, 17)]
+    b = ds[(2, 17)]
     assert torch.equal(a[0], b[0]) and torch.equal(a[1]["masks"], b[1]["masks"])
-    ds.set_epoch(1)
-    assert not torch.equal(ds[2][0], a[0])
+    assert not torch.equal(ds[(2, 18)][0], a[0])  # the same image drawn again is augmented afresh
 
 
 # -- model, losses, weights -------------------------------------------------------------------
@@ -135,7 +164,7 @@ def test_all_five_losses_present_and_finite():
     ds = TrainingDataset([src], [(0, 1), (0, 2)], CategoryMap(src.categories), None, seed=0)
     model = build_model(ModelSpec(LIGHT, 2, 64, 64))
     model.train()
-    images, targets = zip(*[ds[0], ds[1]])
+    images, targets = zip(*[ds[(0, 0)], ds[(1, 1)]])
     losses = model(list(images), list(targets))
     assert set(losses) == set(LOSS_NAMES)
     assert all(torch.isfinite(v) and v.requires_grad for v in losses.values())
@@ -200,30 +229,40 @@ def _cfg(**kw) -> SegmenterConfig:
 
 
 @pytest.mark.slow
-def test_resume_continues_with_identical_losses(tmp_path):
+@pytest.mark.parametrize(("budget", "evaluated_at"), [({"epochs": 2}, [2, 4]), ({"iterations": 5, "eval_every": 2}, [2, 4, 5])],
+                         ids=["epochs", "iterations"])
+def test_resume_continues_with_identical_losses(tmp_path, budget, evaluated_at):
     train = make_source("t", 12, size=48, seed=11)
     val = make_source("v", 2, size=48, seed=12)
-    cfg = _cfg(epochs=2, batch_size=4)
+    cfg = _cfg(batch_size=4, **budget)  # 8 images in batches of 4: one epoch is 2 iterations
     full = Trainer(cfg, [(train, 8)], val, ck.DirectoryCheckpointIO(tmp_path / "full")).run()
+    assert [e["iteration"] for e in full.record["epochs"]] == evaluated_at
+    last = len(evaluated_at) - 1
 
-    def crash_after_first(epoch: int, _entry: dict) -> None:
-        if epoch == 0:
+    def crash_after_first(evaluation: int, _entry: dict) -> None:
+        if evaluation == 0:
             raise Interrupted("killed")
 
     work = ck.DirectoryCheckpointIO(tmp_path / "resumed")
     with pytest.raises(Interrupted):
-        Trainer(cfg, [(train, 8)], val, work, on_epoch_end=crash_after_first).run()
+        Trainer(cfg, [(train, 8)], val, work, on_evaluation=crash_after_first).run()
     assert ck.checkpoint_epochs(work) == [0]
     resumed = Trainer(cfg, [(train, 8)], val, work).run()
 
     assert [e["losses"] for e in resumed.record["epochs"]] == [e["losses"] for e in full.record["epochs"]]
     assert resumed.record["steps"] == full.record["steps"]
+    assert [s["iteration"] for s in resumed.record["steps"]] == list(range(1, evaluated_at[-1] + 1))
     assert [e["val"] for e in resumed.record["epochs"]] == [e["val"] for e in full.record["epochs"]]
+    assert resumed.record["budget"] == full.record["budget"] == {
+        "mode": "iterations" if "iterations" in budget else "epochs", "iterations": evaluated_at[-1],
+        "iterations_run": evaluated_at[-1], "images_seen": 4 * evaluated_at[-1], "batch_size": 4, "world_size": 1,
+        "eval_every": 2, "real_fraction": None, "images_seen_by_source": [4 * evaluated_at[-1]]}
+    assert resumed.model_file == full.model_file
     # Only the last and the best checkpoints are kept.
-    assert set(ck.checkpoint_epochs(work)) == {1, resumed.record["best_epoch"]}
+    assert set(ck.checkpoint_epochs(work)) == {last, resumed.record["best_epoch"]}
     # A different configuration never resumes silently from someone else's checkpoints.
     with pytest.raises(InvalidArgument, match="another configuration"):
-        Trainer(_cfg(epochs=2, lr=0.01), [(train, 8)], val, work).run()
+        Trainer(_cfg(batch_size=4, lr=0.01, **budget), [(train, 8)], val, work).run()
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +300,7 @@ def test_training_raises_val_iou_well_above_untrained(trained):
 def test_prediction_is_coco_results_that_round_trip_through_pycocotools(trained):
     result, _train, val, _ = trained
     loaded = load_model_file(result.model_file, "model", torch.device("cpu"))
-    results = predict(loaded, val, torch.device("cpu"), PredictConfig(score_threshold=0.5, mask_threshold=0.5, batch_size=3))
+    results = predict(loaded, val, torch.device("cpu"), PredictConfig(export_threshold=0.5, mask_threshold=0.5, batch_size=3))
     assert results and all(r["category_id"] == 1 and r["score"] >= 0.5 for r in results)
 
     gt = COCO()
@@ -315,6 +354,57 @@ def test_smaller_counts_take_a_prefix_so_arms_are_nested() -> None:
     alone = [img for _, img in sample_training_set([(b, 10)], seed=9)]
     second = [img for src, img in sample_training_set([(a, 5), (b, 10)], seed=9) if src == 1]
     assert alone == second
+    # The prefix is the shared nested order's (the orchestrator derives synthetic sources from
+    # it), keyed by the dataset id and split, and a source's order seed replaces the seed.
+    assert small == set(nested_order(9, "a", "", a.image_ids())[:20])
+    assert sample_training_set([(a, 20), (b, 10)], seed=1, order_seeds=[9, None]) == \
+        [(0, i) for i in sorted(small)] + [(1, i) for i in sorted(nested_order(1, "b", "", b.image_ids())[:10])]
+    a_test = make_source("a", 60, size=16, seed=3)
+    a_test.split = "test"
+    assert {img for _, img in sample_training_set([(a_test, 20)], seed=9)} != small
+
+
+def test_one_image_size_trains_and_predicts_at_the_configured_size(tmp_path) -> None:
+    """96-px images with min_size = max_size = 64: the network sees 64 px in training and
+    prediction, and predicted masks come back at the stored 96 px (probabilities pasted
+    bilinearly, then thresholded at mask_threshold)."""
+    train = make_source("t", 4, size=96, seed=5)
+    val = make_source("v", 2, size=96, seed=6, first_id=101)
+    cfg = _cfg(min_size=64, max_size=64, iterations=1, eval_every=1, batch_size=2, augment=False)
+    trainer = Trainer(cfg, [(train, 4)], val, ck.DirectoryCheckpointIO(tmp_path))
+    result = trainer.run()
+    assert result.record["model"]["input_sizes"] == {"train": [[64, 64]], "val": [[64, 64]]}
+    assert (result.record["model"]["min_size"], result.record["model"]["max_size"]) == (64, 64)
+
+    seen: list[tuple[int, ...]] = []
+
+    def record_input(_module, args) -> None:  # type: ignore[no-untyped-def]
+        seen.append(tuple(args[0].shape))
+
+    # Training: what enters the backbone (torchvision's GeneralizedRCNN) is 64 px.
+    model = build_model(trainer.spec).train()
+    model.backbone.register_forward_pre_hook(record_input)
+    ds = TrainingDataset([train], trainer.items, trainer.category_map, None, seed=0)
+    images, targets = zip(*[ds[(0, 0)], ds[(1, 1)]])
+    model(list(images), list(targets))
+    assert seen == [(2, 3, 64, 64)]
+    assert model.input_size(96, 96) == (64, 64) and model.input_size(96, 48) == (64, 32)
+
+    # Prediction: 64 px inside, masks at 96 px outside.
+    seen.clear()
+    loaded = load_model_file(result.model_file, "model", torch.device("cpu"))
+    loaded.model.backbone.register_forward_pre_hook(record_input)
+    cfg_predict = PredictConfig(export_threshold=0.0, batch_size=2)
+    results = predict(loaded, val, torch.device("cpu"), cfg_predict)
+    assert seen == [(2, 3, 64, 64)] and results
+    assert all(r["segmentation"]["size"] == [96, 96] for r in results)
+    out = infer(loaded.model, [val.load(101).image], torch.device("cpu"))[0]
+    assert out["masks"].shape[1:] == (96, 96)
+    assert ((out["masks"] > 0.01) & (out["masks"] < 0.99)).any()  # probabilities, not pasted binary masks
+    first = [r for r in results if r["image_id"] == 101]
+    keep = np.argsort(-out["scores"], kind="stable")[:len(first)]
+    for r, k in zip(first, keep):
+        assert np.array_equal(mask_utils.decode(r["segmentation"]).astype(bool), out["masks"][k] >= 0.5)
 
 
 def test_file_weights_are_confined_to_the_weights_dir_on_the_trainer_path(tmp_path, monkeypatch) -> None:

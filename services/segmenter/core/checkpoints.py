@@ -4,17 +4,19 @@ Two formats, both written with ``torch.save`` of plain containers (state dicts, 
 Python scalars, strings) so that ``torch.load(weights_only=True)`` reads them — nothing is
 unpickled:
 
-* a **training checkpoint** (``epoch-NNNN.pt`` under the job's work prefix) holds model,
-  optimiser, scheduler and AMP-scaler state, the epoch, the RNG state (as tensors), the
-  config and the training record, so that a restarted job resumes after the last finished
-  epoch with exactly the losses an uninterrupted run would have had;
+* a **training checkpoint** (``epoch-NNNN.pt`` under the job's work prefix, NNNN the index
+  of the evaluation it was written at — the epoch, in epoch mode) holds model, optimiser,
+  scheduler and AMP-scaler state, the evaluation index and iteration, the RNG state (as
+  tensors), the config, the number of processes and the training record, so that a
+  restarted job resumes after the last finished evaluation with exactly the losses an
+  uninterrupted run would have had;
 * a **model file** (the job's result) holds the model state dict and the ModelSpec and
   category list needed to rebuild the network for prediction.
 
 Initial weights (``store:KEY`` / ``file:NAME``, services/segmenter/weights.py) are read
 back the same way by :func:`initial_state`.
 
-The last checkpoint is found by parsing the epoch number out of the names — never by the
+The last checkpoint is found by parsing the evaluation number out of the names — never by the
 order a directory listing happens to return (the thesis resumed from whatever
 ``os.listdir`` gave first).
 """
@@ -37,7 +39,8 @@ from services.segmenter.weights import (
     read_weights,
 )
 
-TRAIN_FORMAT = "synthaug.segmenter.checkpoint/1"
+#: /2: iteration budget (the checkpoint's state holds the iteration; the stream is a function of it).
+TRAIN_FORMAT = "synthaug.segmenter.checkpoint/2"
 MODEL_FORMAT = "synthaug.segmenter.model/1"
 _EPOCH_RE = re.compile(r"^epoch-(\d{4,})\.pt$")
 
@@ -78,7 +81,7 @@ class DirectoryCheckpointIO:
 
 class StoreCheckpointIO:
     """CheckpointIO under a prefix of the object store (a job's work prefix), so a job
-    resubmitted after its server died resumes after the last finished epoch."""
+    resubmitted after its server died resumes after the last finished evaluation."""
 
     def __init__(self, store: ObjectStore, prefix: str):
         self.store, self.prefix = store, prefix
@@ -101,7 +104,7 @@ def epoch_name(epoch: int) -> str:
 
 
 def checkpoint_epochs(io_: CheckpointIO) -> list[int]:
-    """Epoch numbers of the stored training checkpoints, ascending."""
+    """Evaluation numbers of the stored training checkpoints, ascending."""
     return sorted(int(m.group(1)) for n in io_.names() if (m := _EPOCH_RE.match(n)))
 
 

@@ -2,26 +2,27 @@
 
 The thesis' dataset class replaced every index ≥ 80 by a random index below 80, so arms of
 3000 and 15000 images trained on the same 80 images. Here a training set is an explicit list
-of (source, image id) pairs drawn without replacement with the seed — the exact membership
-can be listed, tested and stored with the run — and asking for more images than a source
-holds is an error, never silent capping or repetition.
+of (source, image id) pairs — each source's first ``count`` images of its nested order
+(services/common/sampling.py) — so the exact membership can be listed, tested and stored
+with the run, and asking for more images than a source holds is an error, never silent
+capping or repetition.
 
-Every random choice (membership, epoch order, augmentation parameters) derives from
-(seed, epoch, index) through NumPy's SeedSequence, so results do not depend on the number
-of DataLoader workers or processes.
+Every random choice (membership, the training stream, augmentation parameters) derives from
+the seed through services/common/seeding.py, keyed by what it is for and by position, so
+results do not depend on the number of DataLoader workers or processes.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
-from torch.utils.data import Sampler
 
+from services.common.sampling import nested_order
+from services.common import seeding
 from services.common.errors import InvalidArgument
 
 
@@ -43,6 +44,19 @@ class ExampleSource(Protocol):
     def name(self) -> str: ...
 
     @property
+    def dataset_id(self) -> str:
+        """The dataset's content id: with ``split`` it keys the source's nested order."""
+        ...
+
+    @property
+    def split(self) -> str: ...
+
+    @property
+    def kind(self) -> str:
+        """The dataset's kind: "real", "composite" or "gan" (real_fraction counts "real")."""
+        ...
+
+    @property
     def categories(self) -> list[dict[str, Any]]: ...
 
     def image_ids(self) -> list[int]: ...
@@ -61,9 +75,15 @@ class InMemorySource:
     name: str
     categories: list[dict[str, Any]]
     examples: list[Example]
+    split: str = ""
+    kind: str = "real"
 
     def __post_init__(self) -> None:
         self._by_id = {e.image_id: e for e in self.examples}
+
+    @property
+    def dataset_id(self) -> str:
+        return self.name
 
     def image_ids(self) -> list[int]:
         return sorted(self._by_id)
@@ -79,42 +99,36 @@ class InMemorySource:
         return self._by_id[image_id]
 
 
-def _rng(*key: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in key]))
-
-
-def _source_order(seed: int, source_name: str, n: int) -> np.ndarray:
-    """A seeded order of a source's images that depends only on (seed, source), so that a
-    smaller count takes a prefix of a larger one: arms are nested (real[:1000] ⊂ real[:1500]),
-    and a source draws the same images wherever it stands in the list."""
-    digest = hashlib.sha256(source_name.encode()).digest()
-    words = [int.from_bytes(digest[k:k + 4], "big") for k in range(0, 16, 4)]
-    return _rng(seed, *words, 0x5A4D).permutation(n)
-
-
-def sample_training_set(sources: Sequence[tuple[ExampleSource, int]], seed: int) -> list[tuple[int, int]]:
-    """Exactly ``count`` images of each source, drawn without replacement with ``seed``:
-    the first ``count`` of the source's seeded order (see `_source_order`).
+def sample_training_set(sources: Sequence[tuple[ExampleSource, int]], seed: int,
+                        order_seeds: Sequence[int | None] | None = None) -> list[tuple[int, int]]:
+    """Exactly ``count`` images of each source, without replacement: the first ``count`` of
+    the source's nested order (services.common.sampling.nested_order) with its order seed
+    (``order_seeds[i]``, None or absent = ``seed``). A smaller count is a prefix of a larger
+    one, and a source draws the same images wherever it stands in the list.
 
     Returns (source index, image id) pairs, sorted. Raises InvalidArgument when a count is
     < 1 or larger than the source, or when the same source is listed twice (which would
     draw some images twice)."""
     if not sources:
         raise InvalidArgument("the training set needs at least one source")
-    seen: dict[str, int] = {}
+    if order_seeds is not None and len(order_seeds) != len(sources):
+        raise ValueError(f"{len(order_seeds)} order seeds for {len(sources)} sources")
+    seen: dict[tuple[str, str], int] = {}
     items: list[tuple[int, int]] = []
     for i, (source, count) in enumerate(sources):
-        if source.name in seen:
-            raise InvalidArgument(f"sources[{i}] ({source.name}) repeats sources[{seen[source.name]}]: "
+        key = (source.dataset_id, source.split)
+        if key in seen:
+            raise InvalidArgument(f"sources[{i}] ({source.name}) repeats sources[{seen[key]}]: "
                                   "list each dataset split once with the total count")
-        seen[source.name] = i
+        seen[key] = i
         ids = source.image_ids()
         if count < 1:
             raise InvalidArgument(f"sources[{i}].count must be ≥ 1, got {count} ({source.name})")
         if count > len(ids):
             raise InvalidArgument(f"sources[{i}].count = {count} but {source.name} has only {len(ids)} images")
-        chosen = _source_order(seed, source.name, len(ids))[:count]
-        items.extend((i, ids[j]) for j in sorted(chosen.tolist()))
+        own = order_seeds[i] if order_seeds is not None else None
+        chosen = nested_order(seed if own is None else own, source.dataset_id, source.split, ids)[:count]
+        items.extend((i, image_id) for image_id in sorted(chosen))
     return items
 
 
@@ -232,8 +246,15 @@ def make_target(example_masks: np.ndarray, labels: np.ndarray, image_id: int) ->
     }
 
 
+#: One image of the training stream: (index into the training items, draw number). The draw
+#: number (the image's position in the stream, services/segmenter/core/stream.py) keys its
+#: augmentation, so a resumed run or another number of workers augments identically.
+Draw = tuple[int, int]
+
+
 class TrainingDataset(TorchDataset):
-    """The training set as a torch Dataset: (image tensor, Mask R-CNN target) per item.
+    """The training set as a torch Dataset: ``dataset[(item, draw)]`` is (image tensor, Mask
+    R-CNN target) of training item ``item``, augmented with the stream of ``draw``.
 
     Crowd instances are dropped from targets (Mask R-CNN has no crowd handling); instances
     that an augmentation pushes out of the image are dropped too."""
@@ -245,17 +266,13 @@ class TrainingDataset(TorchDataset):
         self.category_map = category_map
         self.augment_cfg = augment_cfg
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set before creating the epoch's DataLoader iterator (workers copy the dataset)."""
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        src, image_id = self.items[index]
+    def __getitem__(self, draw: Draw) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        item, draw_number = draw
+        src, image_id = self.items[item]
         ex = self.sources[src].load(image_id)
         masks = np.asarray(ex.masks, dtype=bool)
         cats = np.asarray(ex.category_ids)
@@ -265,32 +282,8 @@ class TrainingDataset(TorchDataset):
         labels = self.category_map.to_labels(cats)
         image = ex.image
         if self.augment_cfg is not None:
-            image, masks = augment(image, masks, self.augment_cfg, _rng(self.seed, self.epoch, index, 0xA06))
+            image, masks = augment(image, masks, self.augment_cfg, seeding.rng(self.seed, "segmenter/augment", draw_number))
         return image_to_tensor(image), make_target(masks, labels, ex.image_id)
-
-
-class EpochSampler(Sampler[int]):
-    """A fresh permutation each epoch from (seed, epoch); under DDP each rank takes every
-    world-th index of the same permutation (padded by wrapping so ranks step together)."""
-
-    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
-        self.n, self.seed, self.rank, self.world_size, self.shuffle = n, seed, rank, world_size, shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _order(self) -> list[int]:
-        order = _rng(self.seed, self.epoch, 0x5E0).permutation(self.n).tolist() if self.shuffle else list(range(self.n))
-        per_rank = -(-self.n // self.world_size)
-        order = (order * (1 + per_rank * self.world_size // max(1, self.n)))[: per_rank * self.world_size]
-        return order[self.rank:: self.world_size]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._order())
-
-    def __len__(self) -> int:
-        return -(-self.n // self.world_size)
 
 
 def collate(batch: Sequence[Any]) -> tuple[list[Any], list[Any]]:

@@ -8,8 +8,8 @@ Run the same training under ``torchrun`` and it becomes data-parallel::
 torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; :func:`init_from_env` then joins the process
 group (NCCL on CUDA, gloo on CPU), pins each process to GPU LOCAL_RANK, and the trainer
 wraps the model in DistributedDataParallel (BatchNorm → SyncBatchNorm), gives each rank
-every world-th image of the same seeded epoch permutation, and lets only rank 0 validate,
-checkpoint and report. With WORLD_SIZE unset or 1 nothing of this happens (the path the
+every world-th image of the same training stream (core/stream.py), and lets only rank 0
+validate, checkpoint and report. With WORLD_SIZE unset or 1 nothing of this happens (the path the
 service and the tests use).
 """
 from __future__ import annotations

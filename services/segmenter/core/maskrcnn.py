@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
 from torch import nn
 from torchvision.models import resnet18
 from torchvision.models.detection import (
@@ -31,8 +32,14 @@ COCO_CLASSES = 91  # torchvision's detector weights come with COCO's 91 classes
 
 
 class MaskRCNNSegmenter(MaskRCNN):
-    """torchvision's MaskRCNN plus the SegmentationModel hook (core/models.py): the same
-    modules, state dict and forward, with the box head's score cut as `score_threshold`."""
+    """torchvision's MaskRCNN plus the SegmentationModel hooks (core/models.py): the same
+    modules, state dict and forward, with the box head's score cut as `score_threshold`, its
+    cap as `detections_per_image`, and the transform's resize as `input_size`.
+
+    torchvision resizes every image (training and inference alike, one min_size) so that its
+    shorter side is min_size unless its longer side would exceed max_size; in inference it
+    pastes each instance's 28×28 mask probabilities bilinearly into the box at the input
+    image's own size, so predicted masks come back at the stored size."""
 
     @property
     def score_threshold(self) -> float:
@@ -41,6 +48,23 @@ class MaskRCNNSegmenter(MaskRCNN):
     @score_threshold.setter
     def score_threshold(self, value: float) -> None:
         self.roi_heads.score_thresh = value
+
+    @property
+    def detections_per_image(self) -> int:
+        return int(self.roi_heads.detections_per_img)
+
+    @detections_per_image.setter
+    def detections_per_image(self, value: int) -> None:
+        self.roi_heads.detections_per_img = value
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        was_training = self.transform.training
+        self.transform.eval()  # the training resize draws its size with torch's RNG; one min_size: the same size
+        try:
+            resized, _ = self.transform.resize(torch.zeros(1, height, width), None)
+        finally:
+            self.transform.train(was_training)
+        return int(resized.shape[-2]), int(resized.shape[-1])
 
 
 def _with_hook(model: MaskRCNN) -> MaskRCNNSegmenter:

@@ -7,9 +7,9 @@ network is first needed. The trainer and predictor use a network only through
 `SegmentationModel`, never through one family's internals, so adding an architecture is
 one new file and one registry line.
 
-The input resize (``min_size``/``max_size``) follows the dataset's image size, so 256-px
-images are trained at 256 px — the thesis upsampled them to 800 px through torchvision's
-default and paid ~10× in compute for it.
+The input resize (``min_size``/``max_size``) is the plan's image size, or follows the
+dataset's image size, so 256-px images are trained at 256 px — the thesis upsampled them to
+800 px through torchvision's default and paid ~10× in compute for it.
 
 Weights never download unless the user names torchvision weights explicitly (see
 services/segmenter/weights.py): a torchvision name is resolved here against the
@@ -52,16 +52,25 @@ class SegmentationModel(Protocol):
       the input image's pixels), ``labels`` (N int64 in 1..K), ``scores`` (N float) and
       ``masks`` (N×1×H×W mask probabilities at the input image's size).
     * ``score_threshold``: detections scoring below it are dropped inside the model (a
-      read/write attribute). The predictor lowers it to its own export threshold so that
-      nothing it asks for is lost, and validation raises it so that the model skips work on
+      read/write attribute). The predictor sets it to its export threshold so that nothing
+      it asks for is lost, and validation raises it so that the model skips work on
       detections that would be thrown away. A model without an internal cut keeps the
       attribute and ignores it (the predictor filters by score itself).
+    * ``detections_per_image``: the most detections the model returns per image (a
+      read/write attribute; the predictor sets it to its own cap and keeps the
+      highest-scoring ones itself, so a model without a cap may ignore it).
+    * ``input_size(height, width)``: the size an image of that size has when it enters the
+      network (the model's own resize to ModelSpec min_size / max_size), in training and in
+      prediction alike; outputs come back at the input image's own size.
     """
 
     score_threshold: float
+    detections_per_image: int
 
     def __call__(self, images: list[torch.Tensor],
                  targets: list[dict[str, torch.Tensor]] | None = None) -> Any: ...
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]: ...
 
 
 @dataclass(frozen=True)

@@ -117,40 +117,52 @@ def load_model_file(data: bytes, what: str, device: torch.device) -> LoadedModel
     return LoadedModel(model, spec, cmap)
 
 
+def exported(scores: np.ndarray, cfg: PredictConfig) -> np.ndarray:
+    """Indices of the detections an image exports: score ≥ ``cfg.export_threshold``, the
+    ``cfg.detections_per_image`` highest-scoring of them, by decreasing score."""
+    keep = np.flatnonzero(scores >= cfg.export_threshold)
+    return keep[np.argsort(-scores[keep], kind="stable")][: cfg.detections_per_image]
+
+
 def predict(loaded: LoadedModel, source: ExampleSource, device: torch.device, cfg: PredictConfig,
             amp: str = "none", progress: Progress | None = None) -> list[dict[str, Any]]:
-    """COCO results for every image of ``source``: one entry per detected instance with
-    score ≥ ``cfg.score_threshold``, its mask binarised at ``cfg.mask_threshold`` and
-    RLE-encoded, bbox [x, y, w, h] and the dataset's category id."""
+    """COCO results for every image of ``source``: one entry per exported detection (see
+    `exported`), its mask probabilities (at the image's stored size) binarised at
+    ``cfg.mask_threshold`` and RLE-encoded, bbox [x, y, w, h] and the dataset's category id.
+    No score threshold beyond the export threshold is applied: that is the evaluator's."""
     cfg.validate()
-    score_threshold, mask_threshold = cfg.score_threshold, cfg.mask_threshold
     model = _unwrapped(loaded.model)
-    # A model may drop detections below its own threshold (torchvision's: 0.05) before we see them.
-    model.score_threshold = min(model.score_threshold, score_threshold)
+    saved = model.score_threshold, model.detections_per_image
+    # The model's own cut and cap (torchvision's: 0.05 and 100) must not drop what we export.
+    model.score_threshold, model.detections_per_image = cfg.export_threshold, cfg.detections_per_image
     ids = source.image_ids()
     results: list[dict[str, Any]] = []
     done = 0
-    for chunk in _batches(ids, cfg.batch_size):
-        images = [source.load(i).image for i in chunk]
-        for image_id, out in zip(chunk, infer(model, images, device, amp=amp)):
-            keep = out["scores"] >= score_threshold
-            cats = loaded.category_map.to_category_ids(out["labels"][keep])
-            for box, score, cat, prob in zip(out["boxes"][keep], out["scores"][keep], cats, out["masks"][keep]):
-                x0, y0, x1, y1 = (float(v) for v in box)
-                results.append({
-                    "image_id": int(image_id),
-                    "category_id": int(cat),
-                    "segmentation": encode_rle(prob >= mask_threshold),
-                    "score": float(score),
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                })
-        done += len(chunk)
-        if progress is not None:
-            progress(done / max(1, len(ids)), f"predicted {done}/{len(ids)} images", None)
+    try:
+        for chunk in _batches(ids, cfg.batch_size):
+            images = [source.load(i).image for i in chunk]
+            for image_id, out in zip(chunk, infer(model, images, device, amp=amp)):
+                keep = exported(out["scores"], cfg)
+                cats = loaded.category_map.to_category_ids(out["labels"][keep])
+                for box, score, cat, prob in zip(out["boxes"][keep], out["scores"][keep], cats, out["masks"][keep]):
+                    x0, y0, x1, y1 = (float(v) for v in box)
+                    results.append({
+                        "image_id": int(image_id),
+                        "category_id": int(cat),
+                        "segmentation": encode_rle(prob >= cfg.mask_threshold),
+                        "score": float(score),
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    })
+            done += len(chunk)
+            if progress is not None:
+                progress(done / max(1, len(ids)), f"predicted {done}/{len(ids)} images", None)
+    finally:
+        model.score_threshold, model.detections_per_image = saved
     return results
 
 
 def results_document(results: list[dict[str, Any]], cfg: PredictConfig, dataset_id: str, split: str,
                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"results": results, "score_threshold": cfg.score_threshold, "mask_threshold": cfg.mask_threshold,
+    return {"results": results, "export_threshold": cfg.export_threshold,
+            "detections_per_image": cfg.detections_per_image, "mask_threshold": cfg.mask_threshold,
             "dataset": dataset_id, "split": split, **(extra or {})}

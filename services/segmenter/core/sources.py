@@ -19,10 +19,18 @@ class DatasetSplitSource:
 
     @property
     def name(self) -> str:
-        # The id names the content (the training-set order is keyed by this name); the
-        # registered name, when there is one, is for people reading error messages.
+        # For people reading messages and records: the id names the content, the registered
+        # name (when there is one) is what they typed. Nothing is keyed by it.
         label = self.dataset.id + (f" ({self.dataset.name})" if self.dataset.name else "")
         return f"dataset {label} split {self.split or '(all)'}"
+
+    @property
+    def dataset_id(self) -> str:
+        return self.dataset.id
+
+    @property
+    def kind(self) -> str:
+        return self.dataset.kind
 
     @property
     def categories(self) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Training: all losses, schedules, AMP, validation, checkpoints, resume.
+"""Training: all losses, schedules, AMP, an iteration budget, validation, checkpoints, resume.
 
 The network is any registered architecture (services/segmenter/architectures.py), used only
 through the SegmentationModel contract of core/models.py: the sum of every loss the model
@@ -6,11 +6,14 @@ reports is optimised.
 
 What the thesis got wrong and this module does instead: every Mask R-CNN loss is optimised
 (classifier, box regression, mask, RPN objectness, RPN box regression — the thesis trained
-only two); training runs at the dataset's image size in float32 (AMP on CUDA) instead of
-float64 at 800 px; SGD with warmup and a cosine or step schedule (AdamW as an option);
-augmentation; validation after every epoch with pixel IoU/F1 from the evaluator core,
-best-epoch selection and early stopping; a checkpoint every epoch from which a restarted job
-continues with exactly the losses of an uninterrupted run.
+only two); training runs at one configured (or the dataset's) image size in float32 (AMP on
+CUDA) instead of float64 at 800 px; SGD with warmup and a cosine or step schedule over the
+whole run (AdamW as an option); augmentation; a fixed number of optimiser steps drawn from a
+deterministic stream of the training set (core/stream.py), so arms of different sizes can
+train for the same budget (epochs = the training set's passes, when no budget is given);
+validation every ``eval_every`` iterations with pixel IoU/F1 from the evaluator core,
+best-checkpoint selection and early stopping; a checkpoint at every validation from which a
+restarted job continues with exactly the losses of an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import torch
 from torch import nn
@@ -28,12 +31,12 @@ from torch.utils.data import DataLoader
 
 from services.common.config import config_to_mapping
 from services.common.errors import InvalidArgument
+from services.common.seeding import derive_seed
 from services.segmenter.config import SegmenterConfig
 from services.segmenter.core import checkpoints as ck
 from services.segmenter.core.data import (
     AugmentConfig,
     CategoryMap,
-    EpochSampler,
     ExampleSource,
     TrainingDataset,
     collate,
@@ -47,11 +50,13 @@ from services.segmenter.core.distributed import (
 )
 from services.segmenter.core.models import (
     ModelSpec,
+    SegmentationModel,
     build_model,
     load_state_dict_into,
     torchvision_weights,
 )
 from services.segmenter.core.predictor import autocast, pixel_validation
+from services.segmenter.core.stream import StreamBatchSampler, TrainingStream, draws_by_source
 from services.segmenter.weights import BlobReader, TorchvisionWeights
 
 log = logging.getLogger(__name__)
@@ -62,12 +67,12 @@ Progress = Callable[[float, str, "dict[str, float] | None"], None]
 
 @dataclass
 class TrainResult:
-    model_file: bytes  # the best epoch's model (checkpoints.model_file format)
+    model_file: bytes  # the best evaluation's model (checkpoints.model_file format)
     record: dict[str, Any]  # the training record (JSON-serialisable)
 
 
 class Interrupted(Exception):
-    """Raised by an ``on_epoch_end`` hook to stop training after a checkpoint (tests)."""
+    """Raised by an ``on_evaluation`` hook to stop training after a checkpoint (tests)."""
 
 
 def select_device(name: str) -> torch.device:
@@ -114,24 +119,51 @@ def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How long a run trains and how often it validates, in optimiser steps."""
+
+    #: "epochs" (epochs × one epoch's iterations) or "iterations" (SegmenterConfig.iterations).
+    mode: str
+    #: Planned optimiser steps (early stopping may end the run sooner).
+    iterations: int
+    #: Iterations between validations and checkpoints.
+    eval_every: int
+    #: One epoch's iterations: ceil(training images / (batch_size × world size)).
+    epoch_iterations: int
+
+    @classmethod
+    def of(cls, cfg: SegmenterConfig, num_images: int, world_size: int) -> "Budget":
+        epoch = -(-num_images // (cfg.batch_size * world_size))
+        if cfg.max_iters_per_epoch:
+            epoch = min(epoch, cfg.max_iters_per_epoch)
+        if cfg.iterations is not None:
+            return cls("iterations", cfg.iterations, cfg.eval_every or epoch, epoch)
+        return cls("epochs", cfg.epochs * epoch, cfg.eval_every or epoch, epoch)
+
+
 class Trainer:
     """One training run. ``run()`` resumes from the last checkpoint in ``checkpoints``."""
 
     def __init__(self, cfg: SegmenterConfig, sources: Sequence[tuple[ExampleSource, int]], val: ExampleSource | None,
                  checkpoints: ck.CheckpointIO | None, progress: Progress | None = None,
-                 on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-                 dist_info: DistInfo | None = None, weights_store: BlobReader | None = None):
+                 on_evaluation: Callable[[int, dict[str, Any]], None] | None = None,
+                 dist_info: DistInfo | None = None, weights_store: BlobReader | None = None,
+                 order_seeds: Sequence[int | None] | None = None):
         """Check everything that can be checked before training (configuration, sources,
-        weights: a torchvision name must exist, store/file weights are read now and must fit
-        the model), so bad input fails here, not mid-job. ``weights_store`` is where
-        ``store:KEY`` weights are read from."""
+        budget, weights: a torchvision name must exist, store/file weights are read now and
+        must fit the model), so bad input fails here, not mid-job. ``weights_store`` is where
+        ``store:KEY`` weights are read from; ``order_seeds[i]`` seeds source i's nested order
+        (None: the training seed)."""
         cfg.validate()
         self.cfg = cfg
         self.sources = [s for s, _ in sources]
         for i, (src, _) in enumerate(sources):
             if src.num_annotations() == 0:
                 raise InvalidArgument(f"sources[{i}] ({src.name}) has no annotations: nothing to train on")
-        self.items = sample_training_set(sources, cfg.seed)
+        given = list(order_seeds) if order_seeds is not None else [None] * len(sources)
+        self.order_seeds = [cfg.seed if s is None else int(s) for s in given]
+        self.items = sample_training_set(sources, cfg.seed, self.order_seeds)
         self.val = val
         if val is not None and not val.image_ids():
             raise InvalidArgument(f"validation set {val.name} has no images")
@@ -139,8 +171,11 @@ class Trainer:
         self.category_map = CategoryMap(cats)
         self.checkpoints = checkpoints
         self.progress = progress
-        self.on_epoch_end = on_epoch_end
+        self.on_evaluation = on_evaluation
         self.dist = dist_info if dist_info is not None else init_from_env()
+        self.budget = Budget.of(cfg, len(self.items), self.dist.world_size)
+        self.stream = TrainingStream([self.sources[s].kind == "real" for s, _ in self.items], cfg.seed,
+                                     cfg.batch_size, self.dist.world_size, cfg.real_fraction)
         self.device = select_device(cfg.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -188,12 +223,12 @@ class Trainer:
             return torch.optim.SGD(groups, lr=lr, momentum=self.cfg.momentum)
         return torch.optim.AdamW(groups, lr=lr)
 
-    def _loader(self, dataset: TrainingDataset, sampler: EpochSampler) -> DataLoader:
+    def _loader(self, dataset: TrainingDataset, start: int, stop: int) -> DataLoader:
+        """This process's batches of steps ``start`` … ``stop`` − 1."""
         cuda = self.device.type == "cuda"
         workers = self.cfg.num_workers if self.cfg.num_workers >= 0 else (min(4, os.cpu_count() or 1) if cuda else 0)
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=collate,
-                          num_workers=workers, pin_memory=cuda, drop_last=False,
-                          persistent_workers=False)
+        return DataLoader(dataset, batch_sampler=StreamBatchSampler(self.stream, self.dist.rank, start, stop),
+                          collate_fn=collate, num_workers=workers, pin_memory=cuda, persistent_workers=False)
 
     def _report(self, fraction: float, message: str, metrics: dict[str, float] | None = None) -> None:
         if self.progress is not None and self.dist.is_main:
@@ -201,33 +236,33 @@ class Trainer:
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        cfg, device = self.cfg, self.device
+        cfg, device, budget = self.cfg, self.device, self.budget
         checkpoints = self._checkpoint_io()
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(derive_seed(cfg.seed, "segmenter/init"))
         model = self._build_model().to(device=device, dtype=self.dtype)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         if self.dist.enabled and _has_batchnorm(model):
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         optimizer = self._optimizer(model)
-        sampler = EpochSampler(len(self.items), cfg.seed, self.dist.rank, self.dist.world_size)
-        iters_per_epoch = len(sampler) // cfg.batch_size + (1 if len(sampler) % cfg.batch_size else 0)
-        if cfg.max_iters_per_epoch:
-            iters_per_epoch = min(iters_per_epoch, cfg.max_iters_per_epoch)
-        total_iters = iters_per_epoch * cfg.epochs
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, total_iters, cfg))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, budget.iterations, cfg))
         scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp == "fp16")
-        record = self._new_record()
-        state: dict[str, Any] = {"best_epoch": -1, "best_score": -math.inf, "bad_epochs": 0, "stopped": False}
-        start = 0
+        record = self._new_record(model)
+        state: dict[str, Any] = {"best_epoch": -1, "best_score": -math.inf, "bad_epochs": 0, "stopped": False,
+                                 "iteration": 0}
+        evaluation = 0
 
         done = ck.checkpoint_epochs(checkpoints)
         if done:
             last = done[-1]
-            saved = ck.from_bytes(checkpoints.read(ck.epoch_name(last)), f"checkpoint {ck.epoch_name(last)}")
-            if saved.get("config") != config_to_mapping(cfg):
-                raise InvalidArgument(f"checkpoint {ck.epoch_name(last)} was written with another configuration; "
+            name = ck.epoch_name(last)
+            saved = ck.from_bytes(checkpoints.read(name), f"checkpoint {name}")
+            if saved.get("format") != ck.TRAIN_FORMAT or saved.get("config") != config_to_mapping(cfg):
+                raise InvalidArgument(f"checkpoint {name} was written with another configuration or version; "
                                       "use a fresh work prefix")
+            if saved.get("world_size") != self.dist.world_size:
+                raise InvalidArgument(f"checkpoint {name} was written by {saved.get('world_size')} processes, "
+                                      f"not {self.dist.world_size}: the training stream would differ")
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
@@ -235,9 +270,10 @@ class Trainer:
             ck.set_rng_state(saved["rng"])
             record = _from_tensors(saved["record"])
             state = dict(saved["state"])
-            start = last + 1
-            log.info("resuming after epoch %d (best epoch %d)", last, state["best_epoch"])
-            self._report(start / cfg.epochs, f"resumed after epoch {last}")
+            evaluation = last + 1
+            log.info("resuming after evaluation %d, iteration %d (best evaluation %d)",
+                     last, state["iteration"], state["best_epoch"])
+            self._report(state["iteration"] / budget.iterations, f"resumed after iteration {state['iteration']}")
 
         train_model: nn.Module = model
         if self.dist.enabled:
@@ -245,36 +281,51 @@ class Trainer:
                 model, device_ids=[self.dist.local_rank] if device.type == "cuda" else None)
         dataset = TrainingDataset(self.sources, self.items, self.category_map,
                                   AugmentConfig() if cfg.augment else None, cfg.seed)
-        for epoch in range(start, cfg.epochs):
-            if state["stopped"]:
-                break
-            dataset.set_epoch(epoch)
-            sampler.set_epoch(epoch)
-            entry = self._train_epoch(train_model, optimizer, scheduler, scaler, self._loader(dataset, sampler),
-                                      epoch, iters_per_epoch, record)
+        while state["iteration"] < budget.iterations and not state["stopped"]:
+            start = state["iteration"]
+            stop = min(start + budget.eval_every, budget.iterations)
+            entry = self._train_interval(train_model, optimizer, scheduler, scaler, self._loader(dataset, start, stop),
+                                         evaluation, start, record)
+            state["iteration"] = stop
             if self.dist.is_main:
-                self._validate_epoch(model, epoch, entry, state)
+                self._validate(model, evaluation, entry, state)
                 record["epochs"].append(entry)
                 record["best_epoch"] = state["best_epoch"]
                 record["stopped_early"] = state["stopped"]
-                self._save(epoch, model, optimizer, scheduler, scaler, record, state)
-                metrics = {**{f"loss/{k}": v for k, v in entry["losses"].items()},
+                self._count(record["budget"], start, stop)
+                self._save(evaluation, model, optimizer, scheduler, scaler, record, state)
+                metrics = {**{f"loss/{k}": v for k, v in entry["losses"].items()}, "iteration": float(stop),
                            "images_per_s": entry["images_per_s"], **{f"val/{k}": v for k, v in entry.get("val", {}).items()}}
-                self._report((epoch + 1) / cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs} done", metrics)
+                self._report(stop / budget.iterations, f"iteration {stop}/{budget.iterations} (evaluation {evaluation + 1}) done",
+                             metrics)
             state["stopped"] = broadcast_flag(state["stopped"], self.dist, device)
             barrier(self.dist)
-            if self.on_epoch_end is not None:
-                self.on_epoch_end(epoch, entry)
+            if self.on_evaluation is not None:
+                self.on_evaluation(evaluation, entry)
+            evaluation += 1
         return self._result(record, state)
 
-    def _new_record(self) -> dict[str, Any]:
+    def _new_record(self, network: nn.Module) -> dict[str, Any]:
+        cfg, budget = self.cfg, self.budget
+        model = cast(SegmentationModel, network)
+        train_sizes = sorted({self.sources[s].image_size(i) for s, i in self.items})
+        val_sizes = sorted({self.val.image_size(i) for i in self.val.image_ids()}) if self.val is not None else []
         return {
-            "epochs": [], "best_epoch": -1, "select_metric": self.cfg.select_metric, "stopped_early": False,
-            "steps": [], "config": config_to_mapping(self.cfg), "model": self.spec.to_dict(),
+            "epochs": [], "best_epoch": -1, "select_metric": cfg.select_metric, "stopped_early": False,
+            "steps": [], "config": config_to_mapping(cfg),
+            "model": {**self.spec.to_dict(), "input_sizes": {
+                "train": [list(model.input_size(h, w)) for h, w in train_sizes],
+                "val": [list(model.input_size(h, w)) for h, w in val_sizes]}},
             "categories": self.category_map.categories,
+            "budget": {
+                "mode": budget.mode, "iterations": budget.iterations, "iterations_run": 0, "images_seen": 0,
+                "batch_size": cfg.batch_size, "world_size": self.dist.world_size, "eval_every": budget.eval_every,
+                "real_fraction": cfg.real_fraction, "images_seen_by_source": [0] * len(self.sources),
+            },
             "training_set": {
                 "num_images": len(self.items),
-                "sources": [{"name": s.name, "count": sum(1 for i, _ in self.items if i == k)}
+                "sources": [{"name": s.name, "dataset": s.dataset_id, "split": s.split, "kind": s.kind,
+                             "order_seed": self.order_seeds[k], "count": sum(1 for i, _ in self.items if i == k)}
                             for k, s in enumerate(self.sources)],
                 "members": [[s, i] for s, i in self.items],
             },
@@ -282,18 +333,25 @@ class Trainer:
             "device": str(self.device), "world_size": self.dist.world_size,
         }
 
-    def _train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                     scaler: torch.amp.GradScaler, loader: DataLoader, epoch: int, iters_per_epoch: int,
-                     record: dict[str, Any]) -> dict[str, Any]:
-        cfg, device = self.cfg, self.device
+    def _count(self, budget: dict[str, Any], start: int, stop: int) -> None:
+        """Add steps ``start`` … ``stop`` − 1 to the record's budget."""
+        by_source = draws_by_source(self.stream, self.items, len(self.sources), start, stop)
+        budget["iterations_run"] = stop
+        budget["images_seen"] = stop * self.stream.step_images
+        budget["images_seen_by_source"] = [int(a + b) for a, b in zip(budget["images_seen_by_source"], by_source)]
+
+    def _train_interval(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                        scaler: torch.amp.GradScaler, loader: DataLoader, evaluation: int, start: int,
+                        record: dict[str, Any]) -> dict[str, Any]:
+        """Train steps ``start`` … (the loader's); the entry of the evaluation that follows."""
+        cfg, device, total = self.cfg, self.device, self.budget.iterations
         model.train()
         sums: dict[str, float] = defaultdict(float)
-        n_iter = n_images = 0
+        n_iter = 0
         last_report = time.monotonic()
         t0 = time.perf_counter()
         for images, targets in loader:
-            if cfg.max_iters_per_epoch and n_iter >= cfg.max_iters_per_epoch:
-                break
+            iteration = start + n_iter + 1  # 1-based: optimiser steps taken after this one
             images = [im.to(device=device, dtype=self.dtype, non_blocking=True) for im in images]
             targets = _to_device(targets, device, self.dtype)
             with autocast(device, cfg.amp):
@@ -302,7 +360,7 @@ class Trainer:
             values = {k: float(v.detach()) for k, v in loss_dict.items()}
             if not all(math.isfinite(v) for v in values.values()):
                 bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
-                raise FloatingPointError(f"training diverged at epoch {epoch + 1}, iteration {n_iter + 1}: {bad}; "
+                raise FloatingPointError(f"training diverged at iteration {iteration}: {bad}; "
                                          "lower the learning rate or enable grad_clip")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -315,33 +373,32 @@ class Trainer:
             scheduler.step()
             for k, v in values.items():
                 sums[k] += v
-            total = sum(values.values())
-            sums["loss"] += total
+            step_loss = sum(values.values())
+            sums["loss"] += step_loss
             n_iter += 1
-            n_images += len(images)
             if self.dist.is_main:
-                record["steps"].append({"epoch": epoch, "iter": n_iter, "loss": total, "lr": lr})
+                record["steps"].append({"iteration": iteration, "loss": step_loss, "lr": lr})
             now = time.monotonic()
             if now - last_report > 5.0:
                 last_report = now
-                self._report((epoch + n_iter / max(1, iters_per_epoch)) / cfg.epochs,
-                             f"epoch {epoch + 1} iteration {n_iter}/{iters_per_epoch}",
-                             {"loss": total, "lr": lr})
+                self._report(iteration / total, f"iteration {iteration}/{total}", {"loss": step_loss, "lr": lr})
         seconds = time.perf_counter() - t0
-        n = max(1, n_iter)
+        images = n_iter * self.stream.step_images
         return {
-            "epoch": epoch,
-            "losses": {k: v / n for k, v in sums.items()},
+            "epoch": evaluation,
+            "iteration": start + n_iter,
+            "images_seen": (start + n_iter) * self.stream.step_images,
+            "losses": {k: v / max(1, n_iter) for k, v in sums.items()},
             "iterations": n_iter,
-            "images": n_images * self.dist.world_size,
+            "images": images,
             "seconds": seconds,
-            "images_per_s": n_images * self.dist.world_size / max(seconds, 1e-9),
+            "images_per_s": images / max(seconds, 1e-9),
             "lr": optimizer.param_groups[0]["lr"],
         }
 
-    def _validate_epoch(self, model: nn.Module, epoch: int, entry: dict[str, Any], state: dict[str, Any]) -> None:
+    def _validate(self, model: nn.Module, evaluation: int, entry: dict[str, Any], state: dict[str, Any]) -> None:
         if self.val is None:
-            state["best_epoch"] = epoch  # without validation the last epoch is the result
+            state["best_epoch"] = evaluation  # without validation the last evaluation is the result
             return
         t0 = time.perf_counter()
         scores = pixel_validation(model, self.val, self.device, self.cfg.batch_size, self.cfg.val_score_threshold,
@@ -350,38 +407,39 @@ class Trainer:
         entry["val_seconds"] = time.perf_counter() - t0
         score = scores[self.cfg.select_metric]
         if score > state["best_score"]:
-            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+            state.update(best_score=score, best_epoch=evaluation, bad_epochs=0)
         else:
             state["bad_epochs"] += 1
             if self.cfg.patience and state["bad_epochs"] >= self.cfg.patience:
                 state["stopped"] = True
-                log.info("early stop after epoch %d: no %s improvement for %d epochs",
-                         epoch, self.cfg.select_metric, state["bad_epochs"])
+                log.info("early stop after iteration %d: no %s improvement for %d evaluations",
+                         entry["iteration"], self.cfg.select_metric, state["bad_epochs"])
 
-    def _save(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+    def _save(self, evaluation: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
               scaler: torch.amp.GradScaler, record: dict[str, Any], state: dict[str, Any]) -> None:
         payload = {
-            "format": ck.TRAIN_FORMAT, "epoch": epoch, "model": model.state_dict(),
+            "format": ck.TRAIN_FORMAT, "epoch": evaluation, "iteration": state["iteration"], "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "rng": ck.rng_state(), "config": config_to_mapping(self.cfg),
-            "spec": self.spec.to_dict(), "categories": self.category_map.categories,
-            "record": record, "state": state,
+            "world_size": self.dist.world_size, "spec": self.spec.to_dict(),
+            "categories": self.category_map.categories, "record": record, "state": state,
         }
         io_ = self._checkpoint_io()
-        io_.write(ck.epoch_name(epoch), ck.to_bytes(payload))
-        # Keep the last and the best epoch; older ones are no longer needed.
+        io_.write(ck.epoch_name(evaluation), ck.to_bytes(payload))
+        # Keep the last and the best evaluation's checkpoints; older ones are no longer needed.
         for old in ck.checkpoint_epochs(io_):
-            if old not in (epoch, state["best_epoch"]):
+            if old not in (evaluation, state["best_epoch"]):
                 io_.remove(ck.epoch_name(old))
 
     def _result(self, record: dict[str, Any], state: dict[str, Any]) -> TrainResult:
         best = state["best_epoch"]
         if best < 0:
-            raise RuntimeError("training finished without a completed epoch")
+            raise RuntimeError("training finished without a completed evaluation")
         saved = ck.from_bytes(self._checkpoint_io().read(ck.epoch_name(best)), f"checkpoint {ck.epoch_name(best)}")
         record = _from_tensors(record)
         record["best_epoch"] = best
-        extra = {"best_epoch": best, "val": next((e.get("val", {}) for e in record["epochs"] if e["epoch"] == best), {})}
+        entry = next(e for e in record["epochs"] if e["epoch"] == best)
+        extra = {"best_epoch": best, "iteration": entry["iteration"], "val": entry.get("val", {})}
         return TrainResult(ck.model_file(saved["model"], self.spec.to_dict(), self.category_map.categories, extra),
                            record)
 

@@ -1,7 +1,9 @@
-"""Evaluator benchmark: pixel-metric throughput at 256 px on one core, and the time of a full
-evaluation (per-image metrics, lesion matching, bootstrap, COCO mask + box AP) of 1000 images.
+"""Evaluator benchmark: pixel-metric throughput at 256 px on one core, the time of a full
+evaluation (per-image metrics, lesion matching, bootstrap, COCO mask + box AP) of 1000 images,
+and with --report the time of a full report (7 arms × 3 seeds × 2 test sets: statistics,
+tables, figures in PNG/SVG/PDF).
 
-    PYTHONPATH=. python bench/bench_evaluator.py [--images 1000] [--isic PATH]
+    PYTHONPATH=. python bench/bench_evaluator.py [--images 1000] [--isic PATH] [--report]
 
 Uses ISIC 2018 masks (resized to 256 px) when present, else procedural masks. Predictions
 are the truth masks shifted and eroded/dilated by a few pixels plus a spurious blob on
@@ -25,10 +27,11 @@ import numpy as np
 
 from services.common.datasets import masks_to_rle
 from services.common.imageio import read_mask, resize_mask
-from services.evaluator.config import EvalConfig
+from services.evaluator.config import EvalConfig, ReportConfig
 from services.evaluator.core.coco import GroundTruth, coco_ap, predictions_from_results
 from services.evaluator.core.evaluate import evaluate
 from services.evaluator.core.metrics import pixel_scores, union_of_instances
+from services.evaluator.core.reports import RunInput, build_report
 
 SIZE = 256
 DEFAULT_ISIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic2018-256"
@@ -74,6 +77,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--isic", type=Path, default=DEFAULT_ISIC)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--report", action="store_true", help="also time a full report of 7 arms × 3 seeds × 2 test sets")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     n = args.images
@@ -122,6 +126,29 @@ def main() -> None:
     print(f"full evaluate() ({n} images):          {t_all:.2f} s  (mean IoU {ev['mean_iou']:.4f} "
           f"[{ev['metrics']['iou']['ci_low']:.4f}, {ev['metrics']['iou']['ci_high']:.4f}], ES {ev['es']:.4f}, "
           f"thr. Jaccard {ev['thresholded_jaccard']:.4f}, lesion recall {ev['lesion_recall']:.3f}, FP/img {ev['fp_per_image']:.3f})")
+    if args.report:
+        bench_report(gt, truth)
+
+
+def bench_report(gt: GroundTruth, truth: np.ndarray) -> None:
+    """A thesis-sized study's report: 7 arms × 3 seeds × 2 test sets (the same images twice)."""
+    arms = [("real", 1000, 0, 0), ("comp-2k", 1000, 2000, 0), ("comp-14k", 1000, 14000, 0), ("gan-2k", 1000, 0, 2000),
+            ("gan-14k", 1000, 0, 14000), ("hybrid-2k", 1000, 1000, 1000), ("hybrid-14k", 1000, 7000, 7000)]
+    cfg = EvalConfig(n_bootstrap=2000, coco_ap=False)
+    runs = []
+    for a, (arm, real, comp, gan) in enumerate(arms):
+        for seed in range(3):
+            preds = predictions_from_results(
+                [{"image_id": i + 1, "category_id": 1, "segmentation": r, "score": 0.9}
+                 for i, r in enumerate(masks_to_rle(perturb(truth, seed=100 * a + seed)))], gt)
+            ev = evaluate(gt, preds, cfg)
+            runs += [RunInput(arm, seed, ev, preds, None, real, comp, gan, label) for label in ("internal", "external")]
+    t0 = time.perf_counter()
+    report = build_report(runs, config=ReportConfig(overlay_images=0))
+    t = time.perf_counter() - t0
+    size = sum(len(v) for v in report.files.values()) / 1e6
+    print(f"build_report, 7 arms × 3 seeds × 2 test sets × {len(gt.images)} images, no overlays: {t:.1f} s "
+          f"({len(report.files)} files, {size:.1f} MB)")
 
 
 if __name__ == "__main__":

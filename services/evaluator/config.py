@@ -18,6 +18,7 @@ MIN_BOOTSTRAP = 100
 MAX_BOOTSTRAP = 100_000
 DEFAULT_CONFIDENCE = 0.95
 MAX_OVERLAY_IMAGES = 24
+MAX_CONTACT_IMAGES = 16
 #: Metrics the evaluation JSON has for every image (and that comparisons can pair).
 PER_IMAGE_METRICS = ("iou", "f1", "precision", "recall", "es", "thresholded_jaccard")
 
@@ -81,8 +82,10 @@ class ReportConfig:
     overlay_images: int = 8
     # Arm the others are compared with; None: the first real-only arm, else the first arm.
     baseline_arm: str | None = None
-    # Bootstrap resamples for the paired comparisons' confidence intervals.
+    # Bootstrap resamples of the report's confidence intervals (results, comparisons).
     n_bootstrap: int = DEFAULT_BOOTSTRAP
+    # Training images per source on the contact sheet; 0 = no sheet.
+    contact_images: int = 8
 
     def validate(self) -> "ReportConfig":
         """Return self, or raise InvalidArgument naming the first bad setting."""
@@ -90,6 +93,9 @@ class ReportConfig:
         if not 0 <= self.overlay_images <= MAX_OVERLAY_IMAGES:
             raise InvalidArgument(
                 f"{p}.overlay_images must be in [0, {MAX_OVERLAY_IMAGES}] (0 = none), got {self.overlay_images}")
+        if not 0 <= self.contact_images <= MAX_CONTACT_IMAGES:
+            raise InvalidArgument(
+                f"{p}.contact_images must be in [0, {MAX_CONTACT_IMAGES}] (0 = none), got {self.contact_images}")
         if self.baseline_arm is not None and not self.baseline_arm:
             raise InvalidArgument(f"{p}.baseline_arm is empty (leave it unset for the default)")
         check_bootstrap(self.n_bootstrap, DEFAULT_CONFIDENCE, f"{p}.")

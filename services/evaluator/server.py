@@ -22,7 +22,15 @@ from services.evaluator.config import CompareConfig, EvalConfig, ReportConfig
 from services.evaluator.core.coco import GroundTruth, predictions_from_results
 from services.evaluator.core.compare import compare_evaluations
 from services.evaluator.core.evaluate import evaluate, headline_metrics
-from services.evaluator.core.reports import Report, RunInput, build_report, check_runs
+from services.evaluator.core.provenance import parse_provenance
+from services.evaluator.core.report_inputs import INTERNAL, check_label
+from services.evaluator.core.reports import (
+    ImageSet,
+    Report,
+    RunInput,
+    build_report,
+    check_runs,
+)
 from services.evaluator.core.sources import truth_from_dataset
 from synthaug.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
 
@@ -36,7 +44,7 @@ MAX_RUNS = 500
 #: Request fields that are inputs, not settings (the rest fill the config dataclasses).
 EVALUATE_INPUTS = ("truth", "split", "predictions")
 COMPARE_INPUTS = ("a", "b", "seed")
-REPORT_INPUTS = ("runs", "truth", "split", "title", "prefix", "seed")
+REPORT_INPUTS = ("runs", "truth", "split", "title", "prefix", "seed", "test_sets", "contact_sources", "provenance_json")
 
 
 @dataclass(frozen=True)
@@ -117,30 +125,84 @@ class EvaluatorServicer(JobServicerMixin, evaluator_pb2_grpc.EvaluatorServiceSer
         config = config_from_proto(ReportConfig, request, exclude=REPORT_INPUTS)
         if len(request.runs) > MAX_RUNS:
             raise InvalidArgument(f"{what}.runs: at most {MAX_RUNS} runs, got {len(request.runs)}")
-        check_runs([(run.arm, int(run.seed)) for run in request.runs], config.baseline_arm, f"{what}.runs")
-        split = validate_split(request.split, f"{what}.split")
+        check_runs([(run.arm, int(run.seed), run.test_set) for run in request.runs], config.baseline_arm, f"{what}.runs")
         prefix = request.prefix or f"reports/{job_id_for(REPORT_KIND, request)}/"
         if not prefix.endswith("/"):
             prefix += "/"
         validate_key(prefix + "index.html")
-        dataset: Dataset | None = None
-        if request.HasField("truth") and (request.truth.id or request.truth.name):
-            dataset = Dataset.load(self.store, request.truth)
-        sources = [self._run_source(run, f"{what}.runs[{i}]", dataset is not None) for i, run in enumerate(request.runs)]
+        test_sets = self._test_sets(request, what)
+        contact = [self._images(src.dataset, src.split, f"{what}.contact_sources[{i}]")
+                   for i, src in enumerate(self._contact_sources(request, what))]
+        provenance = parse_provenance(request.provenance_json, f"{what}.provenance_json") if request.provenance_json else None
+        with_truth = {label for label, (dataset, _) in test_sets.items() if dataset is not None}
+        sources = [self._run_source(run, f"{what}.runs[{i}]", check_label(run.test_set, "test set") in with_truth)
+                   for i, run in enumerate(request.runs)]
 
         def run(ctx: JobContext) -> common_pb2.JobResult:
-            truth = truth_from_dataset(dataset, split) if dataset is not None else None
+            truths = {label: truth_from_dataset(dataset, split) for label, (dataset, split) in test_sets.items() if dataset}
+            records: dict[str, Any] = {}
             runs = []
             for n, source in enumerate(sources):
-                ctx.progress(0.5 * n / len(sources), f"loading run {n + 1}/{len(sources)}")
-                runs.append(self._load_run(source, truth))
-            ctx.progress(0.5, "drawing tables and charts")
-            report = build_report(runs, truth, request.title, config=config, seed=int(request.seed),
-                                  load_image=dataset.load_image if dataset is not None else None)
+                ctx.progress(0.4 * n / len(sources), f"loading run {n + 1}/{len(sources)}")
+                runs.append(self._load_run(source, truths.get(check_label(source.run.test_set, "test set")), records))
+            ctx.check_cancelled()
+            image_sets = [ImageSet(label, truths[label], dataset.load_image)
+                          for label, (dataset, _) in test_sets.items() if dataset is not None]
+            contact_sets = [ImageSet(src.label, truth_from_dataset(dataset, split), dataset.load_image)
+                            for src, (dataset, split) in zip(request.contact_sources, contact)]
+            ctx.progress(0.4, "tables, statistics and figures")
+            report = build_report(runs, None, request.title, config=config, seed=int(request.seed),
+                                  test_sets=image_sets, contact=contact_sets, provenance=provenance)
             ctx.progress(0.95, f"writing {len(report.files)} files under {prefix}")
             return self._store_report(report, prefix)
 
         return self.jobs.submit(REPORT_KIND, request, run)
+
+    def _images(self, ref: common_pb2.DatasetRef, split: str, where: str) -> tuple[Dataset, str]:
+        """A dataset and split the report draws images from, checked: it exists and the split has images."""
+        split = validate_split(split, f"{where}.split")
+        dataset = Dataset.load(self.store, ref)
+        if not dataset.image_records(split):
+            raise InvalidArgument(f"{where}: dataset {dataset.id} has no images in split {split!r}")
+        return dataset, split
+
+    def _test_sets(self, request: evaluator_pb2.ReportRequest, what: str) -> dict[str, tuple[Dataset | None, str]]:
+        """Label → (truth dataset or None, split) of every test set the runs name. truth/split
+        are the internal one's; each of test_sets is named by a run and named once."""
+        out: dict[str, tuple[Dataset | None, str]] = {}
+        split = validate_split(request.split, f"{what}.split")
+        if request.HasField("truth") and (request.truth.id or request.truth.name):
+            out[INTERNAL] = self._images(request.truth, split, f"{what}.truth")
+        named = {check_label(run.test_set, "test set") for run in request.runs}
+        for i, ts in enumerate(request.test_sets):
+            where = f"{what}.test_sets[{i}]"
+            label = check_label(ts.label, f"{where}.label")
+            if not ts.label or label == INTERNAL:
+                raise InvalidArgument(f"{where}.label: the internal test set is {what}.truth/split, not a test_sets entry")
+            if label in out:
+                raise InvalidArgument(f"{where}.label {label!r} appears twice")
+            if label not in named:
+                raise InvalidArgument(f"{where}: no run names test set {label!r}")
+            has_truth = ts.HasField("truth") and bool(ts.truth.id or ts.truth.name)
+            out[label] = self._images(ts.truth, ts.split, f"{where}.truth") if has_truth else (None, ts.split)
+        for i, run in enumerate(request.runs):
+            label = check_label(run.test_set, "test set")
+            if label != INTERNAL and label not in out:
+                raise InvalidArgument(f"{what}.runs[{i}].test_set {label!r} is not among {what}.test_sets")
+        return out
+
+    @staticmethod
+    def _contact_sources(request: evaluator_pb2.ReportRequest, what: str) -> list[evaluator_pb2.ContactSource]:
+        seen: set[str] = set()
+        for i, src in enumerate(request.contact_sources):
+            if not src.label:
+                raise InvalidArgument(f"{what}.contact_sources[{i}].label is empty")
+            if src.label in seen:
+                raise InvalidArgument(f"{what}.contact_sources[{i}].label {src.label!r} appears twice")
+            if not src.HasField("dataset"):
+                raise InvalidArgument(f"{what}.contact_sources[{i}].dataset is required")
+            seen.add(src.label)
+        return list(request.contact_sources)
 
     def _run_source(self, run: evaluator_pb2.ArmRun, where: str, with_truth: bool) -> _RunSource:
         """Check one ArmRun's counts and objects before the job starts."""
@@ -149,7 +211,8 @@ class EvaluatorServicer(JobServicerMixin, evaluator_pb2_grpc.EvaluatorServiceSer
                 raise InvalidArgument(f"{where}.{name} must be ≥ 0, got {getattr(run, name)}")
         if not run.HasField("evaluation"):
             raise InvalidArgument(f"{where}.evaluation is required")
-        what = f"{where} ({run.arm}, seed {run.seed})"
+        on = f", test set {run.test_set}" if run.test_set and run.test_set != INTERNAL else ""
+        what = f"{where} ({run.arm}, seed {run.seed}{on})"
 
         def key(name: str) -> str:
             return resolve_object(self.store, getattr(run, name), f"{what}.{name}", verify=True)
@@ -158,15 +221,21 @@ class EvaluatorServicer(JobServicerMixin, evaluator_pb2_grpc.EvaluatorServiceSer
                           key("predictions") if with_truth and _has_ref(run, "predictions") else None,
                           key("training_record") if _has_ref(run, "training_record") else None)
 
-    def _load_run(self, source: _RunSource, truth: GroundTruth | None) -> RunInput:
+    def _load_run(self, source: _RunSource, truth: GroundTruth | None, records: dict[str, Any]) -> RunInput:
+        """One run's objects; `records` caches training records by key (one training serves
+        the runs of its arm and seed on every test set)."""
         run = source.run
         evaluation = self._load_evaluation(source.evaluation, f"{source.what}.evaluation")
         preds = None
         if truth is not None and source.predictions is not None:
             preds = predictions_from_results(self.store.get_json(source.predictions), truth, source.predictions)
-        record = self.store.get_json(source.training_record) if source.training_record is not None else None
-        return RunInput(run.arm, int(run.seed), evaluation, preds, record,
-                        int(run.real_count), int(run.composite_count), int(run.gan_count))
+        record = None
+        if source.training_record is not None:
+            if source.training_record not in records:
+                records[source.training_record] = self.store.get_json(source.training_record)
+            record = records[source.training_record]
+        return RunInput(run.arm, int(run.seed), evaluation, preds, record, int(run.real_count), int(run.composite_count),
+                        int(run.gan_count), check_label(run.test_set, "test set"))
 
     def _store_report(self, report: Report, prefix: str) -> common_pb2.JobResult:
         """Write the files under `prefix`, index.html last: it is what a reader opens, and it
@@ -174,8 +243,9 @@ class EvaluatorServicer(JobServicerMixin, evaluator_pb2_grpc.EvaluatorServiceSer
         names = [n for n in report.files if n != "index.html"] + ["index.html"]
         refs = {name: object_ref(self.store, self.store.put_bytes(prefix + name, report.files[name], report.content_type(name)))
                 for name in names}
-        result = common_pb2.JobResult(attributes={"notes": "\n".join(report.notes), "prefix": prefix},
-                                      metrics={"files": float(len(refs))})
+        result = common_pb2.JobResult(
+            attributes={"notes": "\n".join(report.notes), "warnings": "\n".join(report.warnings), "prefix": prefix},
+            metrics={"files": float(len(refs))})
         for name in report.files:
             if name == "index.html":
                 add_output(result, "index", refs[name])

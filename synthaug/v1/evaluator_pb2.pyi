@@ -62,7 +62,7 @@ class CompareResponse(_message.Message):
     def __init__(self, n_images: _Optional[int] = ..., mean_difference: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., p_value: _Optional[float] = ..., metric: _Optional[str] = ..., mean_a: _Optional[float] = ..., mean_b: _Optional[float] = ..., statistic: _Optional[float] = ...) -> None: ...
 
 class ArmRun(_message.Message):
-    __slots__ = ("arm", "seed", "evaluation", "predictions", "training_record", "real_count", "composite_count", "gan_count")
+    __slots__ = ("arm", "seed", "evaluation", "predictions", "training_record", "real_count", "composite_count", "gan_count", "test_set")
     ARM_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class ArmRun(_message.Message):
     REAL_COUNT_FIELD_NUMBER: _ClassVar[int]
     COMPOSITE_COUNT_FIELD_NUMBER: _ClassVar[int]
     GAN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TEST_SET_FIELD_NUMBER: _ClassVar[int]
     arm: str
     seed: int
     evaluation: _common_pb2.ObjectRef
@@ -79,10 +80,31 @@ class ArmRun(_message.Message):
     real_count: int
     composite_count: int
     gan_count: int
-    def __init__(self, arm: _Optional[str] = ..., seed: _Optional[int] = ..., evaluation: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., predictions: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., training_record: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., real_count: _Optional[int] = ..., composite_count: _Optional[int] = ..., gan_count: _Optional[int] = ...) -> None: ...
+    test_set: str
+    def __init__(self, arm: _Optional[str] = ..., seed: _Optional[int] = ..., evaluation: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., predictions: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., training_record: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., real_count: _Optional[int] = ..., composite_count: _Optional[int] = ..., gan_count: _Optional[int] = ..., test_set: _Optional[str] = ...) -> None: ...
+
+class TestSet(_message.Message):
+    __slots__ = ("label", "truth", "split")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    TRUTH_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    truth: _common_pb2.DatasetRef
+    split: str
+    def __init__(self, label: _Optional[str] = ..., truth: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ...) -> None: ...
+
+class ContactSource(_message.Message):
+    __slots__ = ("label", "dataset", "split")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    dataset: _common_pb2.DatasetRef
+    split: str
+    def __init__(self, label: _Optional[str] = ..., dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
-    __slots__ = ("runs", "truth", "split", "title", "prefix", "overlay_images", "baseline_arm", "n_bootstrap", "seed")
+    __slots__ = ("runs", "truth", "split", "title", "prefix", "overlay_images", "baseline_arm", "n_bootstrap", "seed", "test_sets", "contact_sources", "provenance_json", "contact_images")
     RUNS_FIELD_NUMBER: _ClassVar[int]
     TRUTH_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +114,10 @@ class ReportRequest(_message.Message):
     BASELINE_ARM_FIELD_NUMBER: _ClassVar[int]
     N_BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    TEST_SETS_FIELD_NUMBER: _ClassVar[int]
+    CONTACT_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_JSON_FIELD_NUMBER: _ClassVar[int]
+    CONTACT_IMAGES_FIELD_NUMBER: _ClassVar[int]
     runs: _containers.RepeatedCompositeFieldContainer[ArmRun]
     truth: _common_pb2.DatasetRef
     split: str
@@ -101,4 +127,8 @@ class ReportRequest(_message.Message):
     baseline_arm: str
     n_bootstrap: int
     seed: int
-    def __init__(self, runs: _Optional[_Iterable[_Union[ArmRun, _Mapping]]] = ..., truth: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., title: _Optional[str] = ..., prefix: _Optional[str] = ..., overlay_images: _Optional[int] = ..., baseline_arm: _Optional[str] = ..., n_bootstrap: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    test_sets: _containers.RepeatedCompositeFieldContainer[TestSet]
+    contact_sources: _containers.RepeatedCompositeFieldContainer[ContactSource]
+    provenance_json: str
+    contact_images: int
+    def __init__(self, runs: _Optional[_Iterable[_Union[ArmRun, _Mapping]]] = ..., truth: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., title: _Optional[str] = ..., prefix: _Optional[str] = ..., overlay_images: _Optional[int] = ..., baseline_arm: _Optional[str] = ..., n_bootstrap: _Optional[int] = ..., seed: _Optional[int] = ..., test_sets: _Optional[_Iterable[_Union[TestSet, _Mapping]]] = ..., contact_sources: _Optional[_Iterable[_Union[ContactSource, _Mapping]]] = ..., provenance_json: _Optional[str] = ..., contact_images: _Optional[int] = ...) -> None: ...

@@ -86,11 +86,14 @@ class EvaluatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitReport(self, request, context):
-        """Tables, charts and one self-contained HTML page, written under the request's prefix
-        (index.html last). Result: outputs["index"] is index.html; objects lists every report
-        file, index.html first, then PNG/CSV/Markdown files; attributes["notes"] holds notes on
-        what could not be drawn (e.g. a logistic curve that could not be fitted), one per line,
-        and attributes["prefix"] the store prefix.
+        """The experiment report, written under the request's prefix (index.html last): one
+        self-contained HTML page, the same report in Markdown (results.md), tables as CSV and
+        LaTeX (results, comparisons, domain_shift, per_seed, per_image, budget), figures as PNG
+        (200 dpi), SVG and PDF, and provenance.json when provenance_json is given. Result:
+        outputs["index"] is index.html; objects lists every report file, index.html first;
+        attributes["notes"] holds notes on what could not be drawn (e.g. a logistic curve that
+        could not be fitted) and attributes["warnings"] what a reader must see (e.g. unequal
+        training budgets), one per line; attributes["prefix"] is the store prefix.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

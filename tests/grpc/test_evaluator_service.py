@@ -1,6 +1,8 @@
 """EvaluatorService over real loopback gRPC with the S3 store (moto server)."""
 from __future__ import annotations
 
+import json
+
 import grpc
 import numpy as np
 import pytest
@@ -35,9 +37,9 @@ TRUTH = [
 ]
 
 
-def make_truth(store: ObjectStore) -> common_pb2.DatasetRef:
-    rng = np.random.default_rng(0)
-    writer = DatasetWriter(store, "real", [{"id": 1, "name": "lesion"}], name="eval-truth")
+def make_truth(store: ObjectStore, name: str = "eval-truth") -> common_pb2.DatasetRef:
+    rng = np.random.default_rng(0 if name == "eval-truth" else 1)
+    writer = DatasetWriter(store, "real", [{"id": 1, "name": "lesion"}], name=name)
     for i, (mask, split) in enumerate(TRUTH):
         image = rng.integers(0, 255, (S, S, 3), dtype=np.uint8)
         if mask is not None:
@@ -123,12 +125,25 @@ def test_evaluate_compare_report_end_to_end(server):
 
     record = store.put_json("train/a.json", {"epochs": [{"epoch": e, "losses": {"loss_mask": 1 / e}, "val": {"iou": 0.1 * e}} for e in (1, 2, 3)]})
     rec_ref = common_pb2.ObjectRef(bucket=store.bucket, key=record.key)
+    # The same predictions scored on a second test set ("ext": the same images under another name).
+    ext = make_truth(store, "eval-ext")
+    ev_ext = output(evaluate(store, stub, ext, pa)[1], "evaluation")
+    ev_ext_b = output(evaluate(store, stub, ext, pb)[1], "evaluation")
     runs = [
         evaluator_pb2.ArmRun(arm="real", seed=0, evaluation=ev_ref, predictions=pa, training_record=rec_ref, real_count=100),
         evaluator_pb2.ArmRun(arm="composite", seed=0, evaluation=ev_b, predictions=pb, real_count=100, composite_count=200),
+        evaluator_pb2.ArmRun(arm="real", seed=0, evaluation=ev_ext, predictions=pa, training_record=rec_ref, real_count=100,
+                             test_set="ext"),
+        evaluator_pb2.ArmRun(arm="composite", seed=0, evaluation=ev_ext_b, real_count=100, composite_count=200, test_set="ext"),
     ]
-    report_request = evaluator_pb2.ReportRequest(runs=runs, truth=truth, split="test", title="E2E", prefix="reports/e2e",
-                                                 overlay_images=3, n_bootstrap=200)
+    provenance = {"format": "synthaug.provenance/1", "run_id": "r1", "synthesis": {"real": 100},
+                  "steps": [{"label": "compose", "kind": "compose", "key": "ab" * 32, "code_digest": "cd" * 32}],
+                  "datasets": [{"role": "real", "id": truth.id}, {"role": "test_set", "label": "ext", "id": ext.id}]}
+    report_request = evaluator_pb2.ReportRequest(
+        runs=runs, truth=truth, split="test", title="E2E", prefix="reports/e2e", overlay_images=3, n_bootstrap=200,
+        test_sets=[evaluator_pb2.TestSet(label="ext", truth=ext, split="test")],
+        contact_sources=[evaluator_pb2.ContactSource(label="real", dataset=truth, split="train")],
+        provenance_json=json.dumps(provenance), contact_images=2)
     report_job = stub.SubmitReport(report_request)
     assert report_job.kind == "evaluator.Report"
     report_events = []
@@ -137,10 +152,12 @@ def test_evaluate_compare_report_end_to_end(server):
     index = output(rep, "index")
     keys = [f.key for f in rep.objects]
     assert index.key == keys[0] == "reports/e2e/index.html"
-    for name in ("metrics_bar.png", "overlays.png", "training_00.png", "results.csv", "results.md"):
-        assert f"reports/e2e/{name}" in keys
-    # notes on what could not be drawn (one per line, possibly none) travel in the attributes
-    assert rep.attributes["prefix"] == "reports/e2e/" and "notes" in rep.attributes
+    for name in ("metrics_bar.png", "metrics_bar.pdf", "metrics_bar.svg", "overlays.png", "overlays_ext.png",
+                 "validation_curves.png", "contact_sheet.png", "results.csv", "results.md", "results.tex",
+                 "comparisons.csv", "domain_shift.csv", "per_image.csv", "provenance.json"):
+        assert f"reports/e2e/{name}" in keys, name
+    # notes and warnings (one per line, possibly none) travel in the attributes
+    assert rep.attributes["prefix"] == "reports/e2e/" and "notes" in rep.attributes and "warnings" in rep.attributes
     # the same request is the same job, answered from the stored result
     assert stub.SubmitReport(report_request).id == report_job.id
     assert [f.key for f in wait_job(stub, report_job, timeout=30).objects] == keys
@@ -151,8 +168,11 @@ def test_evaluate_compare_report_end_to_end(server):
             assert data.startswith(PNG_MAGIC)
     page = store.get_bytes(keys[0]).decode()
     assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page and "E2E" in page
+    assert 'id="test-set-ext"' in page and ext.id in page and "N = 100" in page
     csv_text = store.get_bytes("reports/e2e/results.csv").decode()
-    assert csv_text.splitlines()[1].startswith("real,1,4,")
+    assert csv_text.splitlines()[1].startswith("real,internal,1,4,")
+    assert len(store.get_bytes("reports/e2e/per_image.csv").decode().splitlines()) == 1 + 4 * 2 * 2
+    assert json.loads(store.get_bytes("reports/e2e/provenance.json")) == provenance
 
 
 def code_of(call) -> grpc.StatusCode:
@@ -193,6 +213,23 @@ def test_bad_requests_map_to_status_codes(server):
         (report(runs=[run], prefix="../up"), "..", grpc.StatusCode.INVALID_ARGUMENT),
         (report(runs=[evaluator_pb2.ArmRun(arm="real", evaluation=missing)]), "preds/missing.json", grpc.StatusCode.NOT_FOUND),
         (report(runs=[run], truth=common_pb2.DatasetRef(name="nope")), "nope", grpc.StatusCode.NOT_FOUND),
+        (report(runs=[run], contact_images=17), "ReportConfig.contact_images", grpc.StatusCode.INVALID_ARGUMENT),
+        (report(runs=[evaluator_pb2.ArmRun(arm="real", evaluation=pa, test_set="ext")]),
+         "runs[0].test_set 'ext' is not among ReportRequest.test_sets", grpc.StatusCode.INVALID_ARGUMENT),
+        (report(runs=[evaluator_pb2.ArmRun(arm="real", evaluation=pa, test_set="a b")]), "runs[0].test_set 'a b' must be",
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (report(runs=[run], test_sets=[evaluator_pb2.TestSet(label="ext")]), "test_sets[0]: no run names test set 'ext'",
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (report(runs=[run], truth=truth, split="test", test_sets=[evaluator_pb2.TestSet(label="internal", truth=truth)]),
+         "test_sets[0].label: the internal test set is", grpc.StatusCode.INVALID_ARGUMENT),
+        (report(runs=[evaluator_pb2.ArmRun(arm="real", evaluation=pa, test_set="ext")],
+                test_sets=[evaluator_pb2.TestSet(label="ext", truth=common_pb2.DatasetRef(name="nope"))]),
+         "nope", grpc.StatusCode.NOT_FOUND),
+        (report(runs=[run], contact_sources=[evaluator_pb2.ContactSource(label="real", dataset=truth, split="val")]),
+         "contact_sources[0]: dataset", grpc.StatusCode.INVALID_ARGUMENT),  # no images in that split
+        (report(runs=[run], contact_sources=[evaluator_pb2.ContactSource(dataset=truth)]), "contact_sources[0].label is empty",
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (report(runs=[run], provenance_json="{}"), "ReportRequest.provenance_json.format", grpc.StatusCode.INVALID_ARGUMENT),
     ]:
         code, msg = code_of(lambda: stub.SubmitReport(request))
         assert code == expected and needle in msg, (needle, code, msg)

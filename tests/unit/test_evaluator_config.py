@@ -15,14 +15,14 @@ from synthaug.v1 import common_pb2
 from synthaug.v1 import evaluator_pb2 as pb
 
 EVALUATE_INPUTS = ("truth", "split", "predictions")
-REPORT_INPUTS = ("runs", "truth", "split", "title", "prefix", "seed")
+REPORT_INPUTS = ("runs", "truth", "split", "title", "prefix", "seed", "test_sets", "contact_sources", "provenance_json")
 
 
 def test_unset_fields_take_the_defaults() -> None:
     config = config_from_proto(EvalConfig, pb.EvaluateRequest(split="test"), exclude=EVALUATE_INPUTS)
     assert config == EvalConfig(score_threshold=0.5, mask_threshold=None, n_bootstrap=2000, seed=0)
     report = config_from_proto(ReportConfig, pb.ReportRequest(runs=[pb.ArmRun(arm="a")], title="t"), exclude=REPORT_INPUTS)
-    assert report == ReportConfig(overlay_images=8, baseline_arm=None, n_bootstrap=2000)
+    assert report == ReportConfig(overlay_images=8, baseline_arm=None, n_bootstrap=2000, contact_images=8)
     assert config_from_proto(CompareConfig, pb.CompareRequest(), exclude=("a", "b", "seed")) == CompareConfig("iou", 2000)
 
 
@@ -57,6 +57,7 @@ def test_config_to_proto_builds_the_request_the_orchestrator_sends() -> None:
     (ReportConfig, {"overlay_images": -1}, "ReportConfig.overlay_images must be in [0, 24]"),
     (ReportConfig, {"baseline_arm": ""}, "ReportConfig.baseline_arm is empty"),
     (ReportConfig, {"n_bootstrap": 50}, "ReportConfig.n_bootstrap must be in [100, 100000], got 50"),
+    (ReportConfig, {"contact_images": 17}, "ReportConfig.contact_images must be in [0, 16] (0 = none), got 17"),
     (CompareConfig, {"metric": "accuracy"}, "CompareConfig.metric must be one of iou, f1, precision, recall, es"),
 ])
 def test_bad_settings_name_the_field(cls: type, values: dict, message: str) -> None:

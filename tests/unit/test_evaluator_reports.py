@@ -1,4 +1,5 @@
-"""Reports: table values, valid PNG/HTML/CSV files, logistic fit, training curves, comparisons."""
+"""Reports: table values, valid PNG/SVG/PDF/HTML/CSV files, logistic fit, training records,
+comparisons. (The helpers here build the runs tests/unit/test_report_*.py use too.)"""
 from __future__ import annotations
 
 import base64
@@ -13,20 +14,23 @@ from services.common.datasets import masks_to_rle
 from services.common.errors import InvalidArgument
 from services.evaluator.config import EvalConfig, ReportConfig
 from services.evaluator.core.coco import GroundTruth, predictions_from_results
-from services.evaluator.core.compare import arm_aggregates, compare_evaluations
+from services.evaluator.core.compare import compare_evaluations
 from services.evaluator.core.evaluate import evaluate
+from services.evaluator.core.report_rows import Stats, results_rows
 from services.evaluator.core.reports import (
     RunInput,
     build_report,
     fit_logistic,
     logistic,
     parse_training_record,
-    table_markdown,
-    table_rows,
 )
+from services.evaluator.core.stats import bootstrap_ci
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 S = 48
+#: (arm, real, composite, gan, prediction shift in px): bigger shifts, worse predictions.
+ARMS = [("real", 1000, 0, 0, 5), ("comp-2k", 1000, 2000, 0, 3), ("comp-14k", 1000, 14000, 0, 2),
+        ("gan-2k", 1000, 0, 2000, 4), ("gan-14k", 1000, 0, 14000, 3), ("comp-6k", 1000, 6000, 0, 2)]
 
 
 def make_truth(n: int, rng: np.random.Generator) -> tuple[GroundTruth, list[np.ndarray]]:
@@ -55,32 +59,47 @@ def training_record(seed: int) -> dict:
                         "val": {"iou": 0.5 + 0.04 * e, "f1": 0.6 + 0.03 * e}} for e in range(1, 6)]}
 
 
+def make_runs(truth: GroundTruth, masks, arms, seeds, rng: np.random.Generator, test_set: str = "internal",
+              records: dict | None = None, extra_shift: int = 0) -> list[RunInput]:
+    """One RunInput per arm × seed on `truth`; `records[(arm, seed)]` is the training record
+    (default: training_record(seed))."""
+    cfg = EvalConfig(n_bootstrap=200)
+    out = []
+    for arm, real, comp, gan, shift in arms:
+        for seed in seeds:
+            preds = noisy_predictions(truth, masks, shift + extra_shift, rng)
+            record = (records or {}).get((arm, seed), training_record(seed))
+            out.append(RunInput(arm, seed, evaluate(truth, preds, cfg), preds, record, real, comp, gan, test_set))
+    return out
+
+
 @pytest.fixture(scope="module")
 def runs():
     rng = np.random.default_rng(0)
     truth, masks = make_truth(12, rng)
-    cfg = EvalConfig(n_bootstrap=200)
-    arms = [("real", 1000, 0, 0, 5), ("comp-2k", 1000, 2000, 0, 3), ("comp-14k", 1000, 14000, 0, 2),
-            ("gan-2k", 1000, 0, 2000, 4), ("gan-14k", 1000, 0, 14000, 3), ("comp-6k", 1000, 6000, 0, 2)]
-    out = []
-    for arm, real, comp, gan, shift in arms:
-        for seed in (0, 1):
-            preds = noisy_predictions(truth, masks, shift, rng)
-            ev = evaluate(truth, preds, cfg)
-            out.append(RunInput(arm, seed, ev, preds, training_record(seed), real, comp, gan))
-    return truth, out
+    return truth, make_runs(truth, masks, ARMS, (0, 1), rng)
 
 
 def test_report_files_are_valid(runs, tmp_path):
     truth, rs = runs
     report = build_report(rs, truth, "test report", config=ReportConfig(overlay_images=4, n_bootstrap=200))
     names = list(report.files)
-    assert names[0] == "index.html"
-    for name in ("metrics_bar.png", "es_vs_ratio.png", "overlays.png", "training_00.png", "results.csv", "results.md"):
+    assert names[:2] == ["index.html", "results.md"]
+    for stem in ("metrics_bar", "es_vs_ratio", "overlays", "validation_curves", "training_losses"):
+        for ext in ("png", "svg", "pdf"):
+            assert f"{stem}.{ext}" in report.files, f"{stem}.{ext}"
+    for name in ("results.csv", "results.tex", "comparisons.csv", "comparisons.tex", "per_seed.csv", "per_image.csv",
+                 "budget.csv"):
         assert name in report.files, name
+    assert "domain_shift.csv" not in report.files  # one test set: nothing to set against
+    assert "provenance.json" not in report.files and "contact_sheet.png" not in report.files  # none given
     for name, data in report.files.items():
         if name.endswith(".png"):
             assert data.startswith(PNG_MAGIC) and len(data) > 5000
+        elif name.endswith(".pdf"):
+            assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+        elif name.endswith(".svg"):
+            assert b"<svg" in data[:2000] and data.rstrip().endswith(b"</svg>")
     page = report.files["index.html"].decode("utf-8")
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
@@ -88,25 +107,30 @@ def test_report_files_are_valid(runs, tmp_path):
     assert len(embedded) == len(pngs)
     assert all(base64.b64decode(e).startswith(PNG_MAGIC) for e in embedded)
     assert "src=\"http" not in page  # self-contained
+    assert "{{" not in page and "{%" not in page  # the template rendered completely
     rows = list(csv.DictReader(io.StringIO(report.files["results.csv"].decode())))
     assert [r["arm"] for r in rows] == ["real", "comp-2k", "comp-14k", "gan-2k", "gan-14k", "comp-6k"]
+    assert {r["test_set"] for r in rows} == {"internal"}
     real_evs = [r.evaluation for r in rs if r.arm == "real"]
     assert float(rows[0]["mean_iou"]) == pytest.approx(np.mean([e["mean_iou"] for e in real_evs]))
     assert float(rows[0]["iou_ci_low"]) <= float(rows[0]["mean_iou"]) <= float(rows[0]["iou_ci_high"])
     md = report.files["results.md"].decode()
-    assert "| Mean IoU | Std IoU | Mean F1 | Std F1 | ES |" in md and "Wilcoxon" in md
+    assert "| Mean IoU | IoU 95% CI (images) | IoU 95% CI (seeds) | IoU per seed |" in md and "Wilcoxon" in md
+    # The headline (results) table comes before everything else.
+    assert md.index("## Results") < md.index("### Paired comparisons") < md.index("## Per-seed results")
     for name in pngs:  # for looking at
         (tmp_path / name).write_bytes(report.files[name])
 
 
-def test_table_single_seed_uses_bootstrap_ci(runs):
+def test_single_seed_row_has_image_ci_and_no_seed_ci(runs):
     _, rs = runs
     one = [r for r in rs if r.seed == 0][:1]
-    rows = table_rows(arm_aggregates((r.arm, r.seed, r.evaluation) for r in one))
-    m = one[0].evaluation["metrics"]["iou"]
-    assert rows[0]["iou_ci"] == (m["ci_low"], m["ci_high"])
-    assert rows[0]["mask_ap_ci"] is None  # no per-image values to bootstrap AP over
-    assert "real" in table_markdown(rows)
+    (row,) = results_rows("internal", one, Stats(n_bootstrap=300, seed=4))
+    ious = [x["iou"] for x in one[0].evaluation["per_image"]]
+    assert row["mean_iou"] == pytest.approx(one[0].evaluation["mean_iou"])
+    assert row["iou_ci"] == bootstrap_ci(ious, 300, 4, method="bca")  # BCa over images
+    assert row["iou_seed_ci"] is None and row["mask_ap_seed_ci"] is None  # no interval from one seed
+    assert row["iou_per_seed"] == [one[0].evaluation["mean_iou"]]
 
 
 def test_logistic_fit_recovers_parameters():
@@ -134,11 +158,14 @@ def test_compare_evaluations_paired(runs):
 
 
 def test_training_record_validation():
-    assert len(parse_training_record(training_record(0))) == 5
+    epochs = parse_training_record(training_record(0))
+    assert len(epochs) == 5 and epochs[0]["epoch"] == 1 and epochs[0]["iteration"] is None
     with pytest.raises(InvalidArgument, match="epochs"):
         parse_training_record({"loss": [1, 2]})
     with pytest.raises(InvalidArgument, match="epoch entry 0"):
         parse_training_record({"epochs": [{"losses": {"a": "x"}}]})
+    with pytest.raises(InvalidArgument, match="epoch entry 1: iteration must be an integer"):
+        parse_training_record({"epochs": [{"iteration": 10}, {"iteration": "ten"}]})
 
 
 def test_report_rejects_duplicate_runs(runs):
@@ -156,7 +183,7 @@ def test_report_rejects_duplicate_runs(runs):
 def test_no_overlay_grid_with_zero_rows_and_a_chosen_baseline(runs):
     truth, rs = runs
     report = build_report(rs[:4], truth, config=ReportConfig(overlay_images=0, baseline_arm="comp-2k", n_bootstrap=200))
-    assert "overlays.png" not in report.files and "training_00.png" in report.files
+    assert "overlays.png" not in report.files and "validation_curves.png" in report.files
     md = report.files["results.md"].decode()
     assert md.startswith("# synthaug report\n")  # the default title
-    assert "| real | comp-2k |" in md  # real compared with the chosen baseline
+    assert "| real | internal | comp-2k | iou |" in md  # real compared with the chosen baseline

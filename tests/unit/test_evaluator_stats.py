@@ -6,7 +6,14 @@ import pytest
 from scipy import stats as sps
 
 from services.common.errors import InvalidArgument
-from services.evaluator.core.stats import across_seeds, paired_comparison, summarize, summarize_many
+from services.evaluator.core.stats import (
+    across_seeds,
+    bootstrap_ci,
+    holm_adjust,
+    paired_comparison,
+    summarize,
+    summarize_many,
+)
 
 
 def test_summary_values_by_hand():
@@ -98,3 +105,48 @@ def test_across_seeds_interval_is_clipped_to_the_score_range():
     assert (s.ci_low, s.ci_high) == (0.0, 1.0)
     unclipped = across_seeds([0.1, 0.9])
     assert unclipped.ci_low == pytest.approx(0.5 - 12.7062 * 0.5656854 / 2**0.5, abs=1e-3)
+
+
+def test_holm_adjustment_by_hand():
+    # Sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 → monotone: 0.06.
+    assert holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm_adjust([0.2, 0.5, 0.9]) == pytest.approx([0.6, 1.0, 1.0])  # capped at 1
+    assert holm_adjust([0.03]) == pytest.approx([0.03])  # one comparison: unchanged
+    assert holm_adjust([0.01, 0.01]) == pytest.approx([0.02, 0.02])  # ties
+    assert holm_adjust([]).size == 0
+    with pytest.raises(InvalidArgument, match="p-values"):
+        holm_adjust([0.5, 1.5])
+
+
+def test_bca_interval_is_scipys():
+    v = np.random.default_rng(7).beta(5, 1.5, size=40)  # skewed, like per-image IoU
+    low, high = bootstrap_ci(v, n_bootstrap=1000, seed=3)
+    ref = sps.bootstrap((v,), np.mean, n_resamples=1000, method="BCa", confidence_level=0.95,
+                        random_state=np.random.default_rng(3)).confidence_interval
+    assert (low, high) == pytest.approx((ref.low, ref.high), abs=1e-12)
+    assert low < v.mean() < high
+    percentile = bootstrap_ci(v, n_bootstrap=1000, seed=3, method="percentile")
+    assert percentile == pytest.approx((summarize(v, 1000, 3).ci_low, summarize(v, 1000, 3).ci_high))
+    assert percentile != (low, high)
+
+
+def test_bca_degenerate_values_give_the_point():
+    assert bootstrap_ci([0.4] * 10, n_bootstrap=200) == (0.4, 0.4)
+    assert bootstrap_ci([0.7], n_bootstrap=200) == (0.7, 0.7)
+    # One odd value among equal ones: BCa's acceleration is undefined; the percentile interval stands in.
+    low, high = bootstrap_ci([1.0] * 30 + [0.0], n_bootstrap=500, seed=1)
+    assert 0.0 <= low <= high <= 1.0 and np.isfinite([low, high]).all()
+    with pytest.raises(InvalidArgument, match="method"):
+        bootstrap_ci([0.1, 0.2], n_bootstrap=200, method="normal")
+
+
+def test_paired_comparison_with_bca():
+    rng = np.random.default_rng(12)
+    b = rng.random(60) * 0.8
+    a = np.clip(b + 0.03 + rng.normal(0, 0.05, 60), 0, 1)
+    c = paired_comparison(a, b, "iou", n_bootstrap=500, seed=2, method="bca")
+    assert (c.ci_low, c.ci_high) == bootstrap_ci(a - b, 500, 2, method="bca")
+    # The default stays the percentile interval (Compare's numbers do not move).
+    p = paired_comparison(a, b, "iou", n_bootstrap=500, seed=2)
+    assert (p.ci_low, p.ci_high) == pytest.approx(bootstrap_ci(a - b, 500, 2, method="percentile"))
+    assert p.p_value == c.p_value

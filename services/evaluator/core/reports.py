@@ -1,503 +1,254 @@
-"""Reports: results table (Markdown + CSV), charts (PNG) and one self-contained HTML page.
+"""Reports: everything a researcher needs to read, check and publish an experiment, built
+from the evaluations of every arm × seed × test set.
 
-Figures are drawn with matplotlib's object-oriented API on the Agg canvas (no pyplot, no
-global backend switch, safe in server threads).
+Files (names relative to the report's prefix; a test set other than "internal" adds
+``_<label>`` to its figures' names):
 
-**Training record** (written by the segmenter, read here for the training curves)::
+* ``index.html`` — one self-contained page (PNG figures embedded), rendered from the Jinja2
+  templates in services/evaluator/templates: headline table first, then per test set its
+  results, paired comparisons and figures, per-seed results, training budget, synthetic
+  data, training images, provenance, methods and the list of files.
+* ``results.md`` — the same report in Markdown (figures linked); ``results.csv`` /
+  ``results.tex`` — results per arm and test set; ``comparisons.csv`` / ``.tex`` — paired
+  comparisons with raw and Holm-adjusted p; ``domain_shift.csv`` / ``.tex`` — in-domain vs
+  out-of-domain (with more than one test set); ``per_seed.csv``; ``per_image.csv`` (every
+  image × arm × seed × test set); ``budget.csv``; ``provenance.json`` (when given).
+* Figures, each as ``.png`` (200 dpi), ``.svg`` and ``.pdf``: ``metrics_bar``,
+  ``es_vs_ratio``, ``overlays`` (per test set), ``validation_curves``, ``training_losses``,
+  ``contact_sheet``.
 
-    {"epochs": [{"epoch": 1,
-                 "losses": {"loss_classifier": 0.41, "loss_box_reg": 0.30, "loss_mask": 0.52, ...},
-                 "val": {"iou": 0.71, "f1": 0.80, ...}},
-                ...]}
-
-``losses`` are the epoch means of each training loss component; ``val`` holds validation
-metrics of that epoch (either may be empty). Other keys are ignored.
+The statistics are described in report_rows and on the page's Methods section; training
+records in training; the provenance document in provenance.
 """
 from __future__ import annotations
 
 import base64
-import csv
-import html
-import io
-import logging
-import math
-import warnings
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+import jinja2
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from scipy.optimize import OptimizeWarning, curve_fit
 
 from services.common.errors import InvalidArgument
-from services.evaluator.config import DEFAULT_BOOTSTRAP, ReportConfig, check_metric
-from services.evaluator.core.coco import GroundTruth, Predictions, decode_union
-from services.evaluator.core.compare import (
-    SEED_AGGREGATES,
-    ArmAggregate,
-    aligned,
-    arm_aggregates,
-    mean_over_seeds,
+from services.evaluator.config import ReportConfig
+from services.evaluator.core.coco import GroundTruth
+from services.evaluator.core.provenance import (
+    Provenance,
+    describe_overrides,
+    parse_provenance,
 )
-from services.evaluator.core.stats import paired_comparison
+from services.evaluator.core.report_figures import (
+    BAR_CI_LABEL,
+    PNG_DPI,
+    bar_chart,
+    contact_sheet,
+    es_vs_ratio_chart,
+    figure_files,
+    fit_logistic,
+    logistic,
+    loss_curves,
+    overlay_grid,
+    validation_curves,
+)
+from services.evaluator.core.report_inputs import (
+    INTERNAL,
+    ImageSet,
+    RunInput,
+    check_runs,
+    default_baseline,
+    test_set_order,
+)
+from services.evaluator.core.report_rows import (
+    COMPARISON_FIELDS,
+    DOMAIN_FIELDS,
+    PER_IMAGE_FIELDS,
+    PER_SEED_FIELDS,
+    RESULTS_CSV,
+    Stats,
+    comparison_rows,
+    domain_rows,
+    per_image_rows,
+    per_seed_rows,
+    results_rows,
+)
+from services.evaluator.core.report_tables import (
+    BUDGET,
+    COMPARISONS,
+    COMPARISONS_LATEX,
+    DATASETS,
+    FORMATS,
+    PER_SEED,
+    RESULTS,
+    RESULTS_LATEX,
+    STEPS,
+    SYNTHESIS,
+    Column,
+    Table,
+    domain_table,
+    make_table,
+    to_csv,
+    to_latex,
+    to_markdown,
+)
+from services.evaluator.core.stats import MIN_SEEDS_FOR_T
+from services.evaluator.core.training import (
+    BUDGET_TOLERANCE,
+    TrainingSummary,
+    arm_budgets,
+    budget_warnings,
+    parse_training_record,
+    summarize_training,
+)
 
-log = logging.getLogger(__name__)
-
-DEFAULT_TITLE = "synthaug report"
-GENERATOR_COLOURS = {"real": "#444444", "composite": "#1f77b4", "gan": "#d62728", "hybrid": "#2ca02c"}
-TABLE_COLUMNS = [
-    ("arm", "Arm"),
-    ("n_seeds", "Seeds"),
-    ("n_images", "Images"),
-    ("mean_iou", "Mean IoU"),
-    ("std_iou", "Std IoU"),
-    ("mean_f1", "Mean F1"),
-    ("std_f1", "Std F1"),
-    ("es", "ES"),
-    ("iou_ci", "IoU 95% CI"),
-    ("es_ci", "ES 95% CI"),
-    ("thresholded_jaccard", "Thr. Jaccard"),
-    ("mask_ap", "Mask AP"),
-    ("mask_ap_ci", "Mask AP 95% CI"),
-    ("lesion_recall", "Lesion recall"),
-    ("fp_per_image", "FP/image"),
+__all__ = [
+    "INTERNAL", "ImageSet", "Report", "RunInput", "build_report", "check_runs", "fit_logistic", "logistic",
+    "parse_training_record",
 ]
 
+DEFAULT_TITLE = "synthaug report"
+#: Keys and digests on the page are shortened to this many characters (provenance.json has them whole).
+SHORT_HASH = 16
+#: Per-seed tables longer than this are folded on the page.
+FOLD_ROWS = 24
 
-@dataclass
-class RunInput:
-    """One arm × seed to report on (what ReportRequest.ArmRun points at, loaded)."""
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("services.evaluator", "templates"),
+    autoescape=lambda name: (name or "").endswith(".html.j2"),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
 
-    arm: str
-    seed: int
-    evaluation: dict[str, Any]
-    predictions: Predictions | None = None
-    training_record: dict[str, Any] | None = None
-    real_count: int = 0
-    composite_count: int = 0
-    gan_count: int = 0
-
-    @property
-    def ratio(self) -> float | None:
-        """Synthetic ratio f = D_syn / D_orig (None without real images)."""
-        return (self.composite_count + self.gan_count) / self.real_count if self.real_count > 0 else None
-
-    @property
-    def generator(self) -> str:
-        if self.composite_count and self.gan_count:
-            return "hybrid"
-        if self.gan_count:
-            return "gan"
-        if self.composite_count:
-            return "composite"
-        return "real"
+CONTENT_TYPES = {"html": "text/html; charset=utf-8", "png": "image/png", "svg": "image/svg+xml",
+                 "pdf": "application/pdf", "csv": "text/csv; charset=utf-8", "md": "text/markdown; charset=utf-8",
+                 "tex": "text/x-tex; charset=utf-8", "json": "application/json"}
 
 
 @dataclass
 class Report:
-    """Report files by name: index.html first, then PNG / CSV / Markdown."""
+    """Report files by name (index.html first), notes on what could not be drawn, and
+    warnings a reader must see (also shown on the page and in the Markdown)."""
 
     files: dict[str, bytes] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def content_type(self, name: str) -> str:
-        return {"html": "text/html; charset=utf-8", "png": "image/png", "csv": "text/csv; charset=utf-8",
-                "md": "text/markdown; charset=utf-8", "json": "application/json"}[name.rsplit(".", 1)[-1]]
+        return CONTENT_TYPES[name.rsplit(".", 1)[-1]]
 
 
-# --- table ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FigureOut:
+    """A figure as the page shows it: its file stem, caption and embedded PNG."""
+
+    stem: str
+    caption: str
+    png: bytes
+
+    @property
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
 
 
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+@dataclass
+class TestSetSection:
+    label: str
+    n_images: int
+    results: Table
+    results_md: str
+    comparisons: Table | None
+    comparisons_md: str
+    figures: list[FigureOut]
 
 
-def table_rows(aggs: Sequence[ArmAggregate]) -> list[dict[str, Any]]:
-    """One row per arm: mean across seeds of each aggregate, and CIs (t across seeds, or
-    the bootstrap CI over images with a single seed)."""
+def _suffix(label: str) -> str:
+    return "" if label == INTERNAL else f"_{label}"
+
+
+def _without(columns: Sequence[Column], *keys: str) -> list[Column]:
+    return [c for c in columns if c.key not in keys]
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= SHORT_HASH else text[:SHORT_HASH] + "…"
+
+
+def _image_sets(runs: Sequence[RunInput], truth: GroundTruth | None, load_image: Callable[..., Any] | None,
+                test_sets: Sequence[ImageSet]) -> dict[str, ImageSet]:
+    out: dict[str, ImageSet] = {}
+    if truth is not None:
+        out[INTERNAL] = ImageSet(INTERNAL, truth, load_image)
+    for s in test_sets:
+        if s.label in out:
+            raise InvalidArgument(f"test set {s.label!r} is given twice")
+        out[s.label] = s
+    evaluated = {r.test_set for r in runs}
+    for label in out:
+        if label not in evaluated:
+            raise InvalidArgument(f"test set {label!r} has no runs (runs name: {', '.join(sorted(evaluated))})")
+    return out
+
+
+def _training(runs: Sequence[RunInput]) -> dict[tuple[str, int], TrainingSummary]:
+    """One summary per arm × seed (its runs on several test sets share one training)."""
+    out: dict[tuple[str, int], TrainingSummary] = {}
+    for r in runs:
+        if r.training_record is not None and (r.arm, r.seed) not in out:
+            out[(r.arm, r.seed)] = summarize_training(r.arm, r.seed, r.training_record)
+    return out
+
+
+def _budget_rows(summaries: Sequence[TrainingSummary]) -> list[dict[str, Any]]:
     rows = []
-    for a in aggs:
-        v = a.values
-        def mean(key: str) -> float | None:
-            return v[key].mean if key in v else None
-        def ci(key: str) -> tuple[float, float] | None:
-            # One seed of an aggregate without per-image values (AP): no interval to give.
-            if key not in v or (v[key].n_seeds == 1 and SEED_AGGREGATES.get(key) is None):
-                return None
-            return (v[key].ci_low, v[key].ci_high)
+    for b in arm_budgets(summaries):
+        items = b.per_seed
+        first = items[0]
+        by_source: dict[str, list[int]] = {}
+        for s in items:
+            for name, n in s.images_by_source.items():
+                by_source.setdefault(name, []).append(n)
+        evals = {s.eval_every for s in items}
         rows.append({
-            "arm": a.arm, "n_seeds": len(a.seeds), "n_images": a.n_images,
-            "mean_iou": mean("mean_iou"), "std_iou": a.std_iou, "mean_f1": mean("mean_f1"), "std_f1": a.std_f1,
-            "es": mean("es"), "iou_ci": ci("mean_iou"), "es_ci": ci("es"),
-            "thresholded_jaccard": mean("thresholded_jaccard"), "mask_ap": mean("mask_ap"), "mask_ap_ci": ci("mask_ap"),
-            "lesion_recall": mean("lesion_recall"), "fp_per_image": mean("fp_per_image"),
+            "arm": b.arm, "seeds": ", ".join(str(s) for s in b.seeds), "mode": "/".join(b.modes),
+            "steps": b.steps, "images_seen": b.images_seen,
+            "steps_per_seed": " / ".join(FORMATS["int"](s.steps) for s in items),
+            "by_source": " · ".join(f"{k} {FORMATS['int'](np.mean(v))}" for k, v in by_source.items()),
+            "batch": "–" if first.batch_size is None else f"{first.batch_size} × {first.world_size or 1}",
+            "eval_every": "epoch" if evals == {None} and first.mode == "epochs"
+                          else " / ".join(f"{e} iterations" for e in sorted(x for x in evals if x is not None)) or "–",
+            "real_fraction": first.real_fraction,
+            "selected": " / ".join(s.selected or "–" for s in items),
         })
     return rows
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, tuple):
-        return f"[{_fmt(value[0])}, {_fmt(value[1])}]"
-    if isinstance(value, float):
-        return _fmt(value)
-    if value is None:
-        return "–"
-    return str(value)
+def _budget_csv_rows(summaries: Sequence[TrainingSummary]) -> list[dict[str, Any]]:
+    """budget.csv: one row per arm × seed, numbers as numbers."""
+    return [{"arm": s.arm, "seed": s.seed, "mode": s.mode, "steps": s.steps, "images_seen": s.images_seen,
+             "batch_size": s.batch_size, "world_size": s.world_size, "eval_every": s.eval_every,
+             "real_fraction": s.real_fraction, "images_seen_by_source": json.dumps(s.images_by_source, sort_keys=True),
+             "selected": s.selected, "recorded_budget": s.recorded_budget} for s in summaries]
 
 
-def table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    header = "| " + " | ".join(title for _, title in TABLE_COLUMNS) + " |"
-    rule = "|" + "|".join("---" if key == "arm" else "---:" for key, _ in TABLE_COLUMNS) + "|"
-    lines = [header, rule]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row[key]).replace("|", "\\|") for key, _ in TABLE_COLUMNS) + " |")
-    return "\n".join(lines) + "\n"
+def _synthesis_rows(runs: Sequence[RunInput], provenance: Provenance | None) -> list[dict[str, Any]]:
+    rows = []
+    for arm in dict.fromkeys(r.arm for r in runs):
+        r = next(x for x in runs if x.arm == arm)
+        recorded = provenance.arm(arm) if provenance is not None else None
+        rows.append({"arm": arm, "real": r.real_count, "composite": r.composite_count, "gan": r.gan_count,
+                     "ratio": r.ratio, "overrides": describe_overrides(recorded.segmenter) if recorded else ""})
+    return rows
 
 
-def table_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    """CSV with plain numbers (full precision); CIs as two columns each."""
-    buf = io.StringIO()
-    fields: list[str] = []
-    for key, _ in TABLE_COLUMNS:
-        fields += [f"{key[:-3]}_ci_low", f"{key[:-3]}_ci_high"] if key.endswith("_ci") else [key]
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        out: dict[str, Any] = {}
-        for key, _ in TABLE_COLUMNS:
-            value = row[key]
-            if key.endswith("_ci"):
-                out[f"{key[:-3]}_ci_low"], out[f"{key[:-3]}_ci_high"] = value if value else ("", "")
-            else:
-                out[key] = "" if value is None else value
-        writer.writerow(out)
-    return buf.getvalue()
-
-
-def comparisons(runs: Sequence[RunInput], baseline: str, metric: str = "iou", n_bootstrap: int = DEFAULT_BOOTSTRAP,
-                seed: int = 0) -> list[dict[str, Any]]:
-    """Each arm vs the baseline arm: paired difference of the per-image metric (averaged over
-    each arm's seeds) with bootstrap CI and Wilcoxon p-value."""
-    metric = check_metric(metric)
-    by_arm: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:
-        by_arm.setdefault(r.arm, []).append(r.evaluation)
-    if baseline not in by_arm:
-        raise InvalidArgument(f"baseline arm {baseline!r} is not among the runs")
-    base = mean_over_seeds(by_arm[baseline], metric)
-    out = []
-    for arm, evs in by_arm.items():
-        if arm == baseline:
-            continue
-        _, va, vb = aligned(mean_over_seeds(evs, metric), base)
-        c = paired_comparison(va, vb, metric, n_bootstrap, seed)
-        out.append({"arm": arm, "baseline": baseline, **c.as_dict()})
-    return out
-
-
-def comparisons_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    if not rows:
+def _seed_note(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    few = list(dict.fromkeys(r["arm"] for rs in rows.values() for r in rs if r["n_seeds"] < MIN_SEEDS_FOR_T))
+    if not few:
         return ""
-    lines = ["| Arm | vs | Metric | Images | Mean diff | 95% CI | Wilcoxon p |", "|---|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['arm']} | {r['baseline']} | {r['metric']} | {r['n_images']} | {r['mean_difference']:+.4f} | "
-                     f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['p_value']:.3g} |")
-    return "\n".join(lines) + "\n"
-
-
-# --- figures -------------------------------------------------------------------------------
-
-
-def _png(fig: Figure) -> bytes:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
-    return buf.getvalue()
-
-
-def bar_chart(aggs: Sequence[ArmAggregate], title: str = "") -> bytes:
-    """Grouped bars per arm (mean IoU, mean F1, ES, thresholded Jaccard, mask AP) with CI error bars."""
-    keys = [("mean_iou", "IoU"), ("mean_f1", "F1"), ("es", "ES"), ("thresholded_jaccard", "Thr. Jaccard"), ("mask_ap", "Mask AP")]
-    keys = [(k, lab) for k, lab in keys if any(k in a.values for a in aggs)]
-    n_arms = len(aggs)
-    fig = Figure(figsize=(min(16.0, max(6.0, 1.1 * n_arms + 2)), 4.4))
-    ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / max(1, len(keys))
-    x = np.arange(n_arms)
-    cmap = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"]
-    for j, (key, label) in enumerate(keys):
-        means = np.array([a.values[key].mean if key in a.values else np.nan for a in aggs])
-        lows = np.array([a.values[key].ci_low if key in a.values else np.nan for a in aggs])
-        highs = np.array([a.values[key].ci_high if key in a.values else np.nan for a in aggs])
-        # Scores live in [0, 1]; a t interval over two seeds can reach past that, which says
-        # nothing beyond "unknown", so the drawn bars stop at the bounds (the table has the numbers).
-        lows, highs = np.clip(lows, 0.0, 1.0), np.clip(highs, 0.0, 1.0)
-        err = np.vstack([np.clip(means - lows, 0, None), np.clip(highs - means, 0, None)])
-        ax.bar(x + (j - (len(keys) - 1) / 2) * width, means, width, yerr=err, capsize=3, label=label, color=cmap[j % len(cmap)])
-    ax.set_xticks(x)
-    ax.set_xticklabels([a.arm for a in aggs], rotation=20 if n_arms > 4 else 0, ha="right" if n_arms > 4 else "center")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("score (95% CI)")
-    ax.set_title(title or "Test metrics per arm")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(ncols=min(5, len(keys)), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 if n_arms <= 4 else -0.22))
-    fig.tight_layout()
-    return _png(fig)
-
-
-def logistic(f: np.ndarray, top: float, k: float, f0: float) -> np.ndarray:
-    """Three-parameter logistic top / (1 + exp(−k (f − f0))), the curve the thesis fitted."""
-    return top / (1.0 + np.exp(-k * (np.asarray(f, dtype=np.float64) - f0)))
-
-
-def fit_logistic(f: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray | None, str]:
-    """Least-squares logistic fit (scipy curve_fit); (None, reason) when it cannot be fitted."""
-    f = np.asarray(f, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if len(np.unique(f)) < 3:
-        return None, f"needs ≥ 3 distinct ratios, has {len(np.unique(f))}"
-    p0 = [float(y.max()), 1.0, float(np.median(f))]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", OptimizeWarning)
-            params, _ = curve_fit(logistic, f, y, p0=p0, maxfev=20000,
-                                  bounds=([0.0, -50.0, -1e3], [1.5, 50.0, 1e3]))
-    except (RuntimeError, ValueError, OptimizeWarning) as exc:
-        return None, f"fit failed ({exc.__class__.__name__})"
-    if params[0] >= 1.5 - 1e-6 or abs(params[1]) >= 50 - 1e-6:
-        return None, "no plateau or step within the data (the fit ran into its bounds)"
-    return params, ""
-
-
-def es_vs_ratio_chart(runs: Sequence[RunInput], notes: list[str] | None = None) -> bytes | None:
-    """ES against the synthetic ratio f = D_syn / D_orig, one colour and one fitted logistic
-    per generator type (real-only runs, f = 0, belong to every type's curve)."""
-    points = [(r.generator, r.ratio, float(r.evaluation["es"])) for r in runs if r.ratio is not None]
-    if not any(g != "real" for g, _, _ in points):
-        return None
-    baseline = [(f, y) for g, f, y in points if g == "real"]
-    fig = Figure(figsize=(6.4, 4.4))
-    ax = fig.add_subplot(1, 1, 1)
-    if baseline:
-        ax.scatter([f for f, _ in baseline], [y for _, y in baseline], color=GENERATOR_COLOURS["real"], label="real only", zorder=3)
-    f_max = max(f for _, f, _ in points)
-    grid = np.linspace(0, f_max * 1.05 if f_max > 0 else 1.0, 200)
-    for gen in ("composite", "gan", "hybrid"):
-        pts = [(f, y) for g, f, y in points if g == gen]
-        if not pts:
-            continue
-        colour = GENERATOR_COLOURS[gen]
-        ax.scatter([f for f, _ in pts], [y for _, y in pts], color=colour, label=gen, zorder=3)
-        xs = [f for f, _ in pts + baseline]
-        ys = [y for _, y in pts + baseline]
-        params, reason = fit_logistic(xs, ys)
-        if params is None:
-            if notes is not None:
-                notes.append(f"ES vs ratio: no logistic curve for {gen}: {reason}")
-            continue
-        top, k, f0 = params
-        ax.plot(grid, logistic(grid, *params), color=colour, lw=1.5,
-                label=f"{gen} fit: {top:.3f} / (1 + e^(−{k:.2f}·(f {-f0:+.2f})))")
-    ax.set_xlabel("synthetic ratio f = D_syn / D_orig")
-    ax.set_ylabel("ES = (IoU + F1) / 2")
-    ax.set_title("ES against the synthetic ratio")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _overlay(ax, image: np.ndarray | None, truth: np.ndarray, pred: np.ndarray | None, text: str) -> None:
-    h, w = truth.shape
-    base = image if image is not None else np.full((h, w, 3), 128, np.uint8)
-    ax.imshow(base, interpolation="nearest")
-    if pred is not None and pred.any():
-        rgba = np.zeros((h, w, 4), dtype=np.float32)
-        rgba[pred] = (1.0, 0.15, 0.1, 0.35)
-        ax.imshow(rgba, interpolation="nearest")
-        ax.contour(pred.astype(np.float32), levels=[0.5], colors=["#ff3b1f"], linewidths=1.0)
-    if truth.any():
-        ax.contour(truth.astype(np.float32), levels=[0.5], colors=["#39ff14"], linewidths=1.2)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if text:
-        ax.set_xlabel(text, fontsize=7)
-
-
-def overlay_grid(
-    truth: GroundTruth,
-    runs: Sequence[RunInput],
-    count: int,
-    load_image: Callable[[dict[str, Any]], np.ndarray] | None = None,
-) -> bytes | None:
-    """Rows of test images: ground truth (green outline) and, per arm, the first seed's
-    predicted union (red) with its IoU. Rows span the first arm's per-image IoU from worst
-    to best, so the grid shows failures as well as successes."""
-    arms: dict[str, RunInput] = {}
-    for r in runs:
-        if r.predictions is not None and r.arm not in arms:
-            arms[r.arm] = r
-    if count <= 0 or not arms:
-        return None
-    first = next(iter(arms.values()))
-    iou_by_id = {int(row["image_id"]): float(row["iou"]) for row in first.evaluation["per_image"]}
-    ids = sorted((i for i in iou_by_id if i in truth.instances), key=lambda i: (iou_by_id[i], i))
-    if not ids:
-        return None
-    picks = [ids[int(round(j))] for j in np.linspace(0, len(ids) - 1, min(count, len(ids)))]
-    picks = list(dict.fromkeys(picks))
-    by_id = {r["id"]: r for r in truth.images}
-    cols = 1 + len(arms)
-    fig = Figure(figsize=(2.2 * cols, 2.3 * len(picks) + 0.4))
-    per_arm_iou = {arm: {int(row["image_id"]): float(row["iou"]) for row in r.evaluation["per_image"]} for arm, r in arms.items()}
-    for i, image_id in enumerate(picks):
-        rec = by_id[image_id]
-        h, w = rec["height"], rec["width"]
-        image = None
-        if load_image is not None:
-            try:
-                image = load_image(rec)
-            except (OSError, ValueError, KeyError) as exc:  # a missing image must not sink the report
-                log.warning("overlay: cannot load image %s: %s", rec["file_name"], exc)
-        t = decode_union([x.rle for x in truth.instances[image_id]], h, w)
-        ax = fig.add_subplot(len(picks), cols, i * cols + 1)
-        _overlay(ax, image, t, None, str(rec["file_name"])[:28])
-        if i == 0:
-            ax.set_title("ground truth", fontsize=9)
-        for j, (arm, run) in enumerate(arms.items(), start=2):
-            thr = float(run.evaluation.get("score_threshold", 0.5))
-            p_insts = [p for p in run.predictions.instances.get(image_id, []) if p.score >= thr]
-            p = decode_union([x.rle for x in p_insts], h, w)
-            ax = fig.add_subplot(len(picks), cols, i * cols + j)
-            iou = per_arm_iou[arm].get(image_id)
-            _overlay(ax, image, t, p, f"IoU {iou:.3f}" if iou is not None else "")
-            if i == 0:
-                ax.set_title(arm, fontsize=9)
-    fig.suptitle("green: ground truth · red: prediction (score ≥ threshold)", fontsize=9)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def parse_training_record(record: Any, what: str = "training record") -> list[dict[str, Any]]:
-    """Validated epochs of a training record (format in the module docstring)."""
-    if not isinstance(record, Mapping) or not isinstance(record.get("epochs"), list):
-        raise InvalidArgument(f"{what}: expected an object with an 'epochs' list")
-    epochs = []
-    for i, e in enumerate(record["epochs"]):
-        if not isinstance(e, Mapping):
-            raise InvalidArgument(f"{what}: epoch entry {i} must be an object")
-        try:
-            epoch = int(e.get("epoch", i + 1))
-            losses = {str(k): float(v) for k, v in (e.get("losses") or {}).items()}
-            val = {str(k): float(v) for k, v in (e.get("val") or {}).items() if isinstance(v, (int, float))}
-        except (TypeError, ValueError, AttributeError):
-            raise InvalidArgument(f"{what}: epoch entry {i}: losses and val must map names to numbers") from None
-        epochs.append({"epoch": epoch, "losses": losses, "val": val})
-    return epochs
-
-
-def training_curves(arm: str, runs: Sequence[RunInput]) -> bytes | None:
-    """Training losses (left) and validation metrics (right) per epoch for one arm's seeds."""
-    records = [(r.seed, parse_training_record(r.training_record, f"training record of {r.arm} seed {r.seed}"))
-               for r in runs if r.training_record is not None]
-    records = [(s, e) for s, e in records if e]
-    if not records:
-        return None
-    fig = Figure(figsize=(10, 3.8))
-    ax_l = fig.add_subplot(1, 2, 1)
-    ax_v = fig.add_subplot(1, 2, 2)
-    styles = ["-", "--", ":", "-."]
-    loss_names = sorted({k for _, ep in records for e in ep for k in e["losses"]})
-    val_names = sorted({k for _, ep in records for e in ep for k in e["val"]})
-    colours = {name: f"C{i % 10}" for i, name in enumerate(loss_names + val_names)}
-    for s_i, (seed, epochs) in enumerate(records):
-        ls = styles[s_i % len(styles)]
-        x = [e["epoch"] for e in epochs]
-        for name in loss_names:
-            ys = [e["losses"].get(name, np.nan) for e in epochs]
-            ax_l.plot(x, ys, ls, color=colours[name], label=f"{name} (seed {seed})" if len(records) > 1 else name)
-        for name in val_names:
-            ys = [e["val"].get(name, np.nan) for e in epochs]
-            ax_v.plot(x, ys, ls, marker="o", ms=3, color=colours[name], label=f"{name} (seed {seed})" if len(records) > 1 else name)
-    ax_l.set_title(f"{arm}: training losses")
-    ax_l.set_xlabel("epoch")
-    ax_l.set_ylabel("loss")
-    ax_l.grid(alpha=0.3)
-    if loss_names:
-        ax_l.legend(fontsize=7)
-    for ax in (ax_l, ax_v):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_v.set_title(f"{arm}: validation")
-    ax_v.set_xlabel("epoch")
-    ax_v.grid(alpha=0.3)
-    if val_names:
-        ax_v.legend(fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
-
-
-# --- the page ------------------------------------------------------------------------------
-
-
-def _html_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in TABLE_COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r[k]))}</td>" for k, _ in TABLE_COLUMNS) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _html_comparisons(rows: Sequence[Mapping[str, Any]]) -> str:
-    if not rows:
-        return ""
-    head = "".join(f"<th>{t}</th>" for t in ("Arm", "vs", "Metric", "Images", "Mean diff", "95% CI", "Wilcoxon p"))
-    body = "".join(
-        f"<tr><td>{html.escape(r['arm'])}</td><td>{html.escape(r['baseline'])}</td><td>{r['metric']}</td><td>{r['n_images']}</td>"
-        f"<td>{r['mean_difference']:+.4f}</td><td>[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]</td><td>{r['p_value']:.3g}</td></tr>"
-        for r in rows)
-    return f"<h2>Paired comparisons</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-PAGE_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-table{border-collapse:collapse;font-size:13px;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
-.note{color:#666;font-size:13px}"""
-
-
-def html_page(title: str, rows, comparison_rows, figures: Sequence[tuple[str, str, bytes]], notes: Sequence[str]) -> str:
-    """One self-contained page: tables and the PNGs embedded as base64 data URIs."""
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
-             f"<style>{PAGE_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
-             "<h2>Results</h2>", _html_table(rows),
-             "<p class=\"note\">Means over seeds; 95% CIs are Student-t intervals across seeds, or the percentile bootstrap "
-             "over test images for a single seed. ES = (IoU + F1) / 2 as in the thesis; thresholded Jaccard counts per-image "
-             "IoU below 0.65 as 0; mask AP is COCO AP@[.5:.95].</p>",
-             _html_comparisons(comparison_rows)]
-    for name, caption, png in figures:
-        data = base64.b64encode(png).decode("ascii")
-        parts.append(f"<h2>{html.escape(caption)}</h2><img alt=\"{html.escape(name)}\" src=\"data:image/png;base64,{data}\">")
-    if notes:
-        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-    parts.append("</body></html>\n")
-    return "".join(parts)
-
-
-def check_runs(runs: Sequence[tuple[str, int]], baseline: str | None = None, what: str = "runs") -> None:
-    """InvalidArgument unless the (arm, seed) pairs make a report: at least one, each with an
-    arm name, none twice, and `baseline` (when given) among the arms. Cheap: a service
-    checks a request with it before starting the work."""
-    if not runs:
-        raise InvalidArgument(f"{what}: a report needs at least one run")
-    seen: set[tuple[str, int]] = set()
-    for i, (arm, seed) in enumerate(runs):
-        if not arm:
-            raise InvalidArgument(f"{what}[{i}].arm is empty: every run needs an arm name")
-        if (arm, seed) in seen:
-            raise InvalidArgument(f"{what}[{i}]: arm {arm!r} seed {seed} appears twice")
-        seen.add((arm, seed))
-    arms = list(dict.fromkeys(arm for arm, _ in runs))
-    if baseline is not None and baseline not in arms:
-        raise InvalidArgument(f"baseline arm {baseline!r} is not among the runs' arms ({', '.join(arms)})")
+    return (f"{', '.join(few)}: fewer than {MIN_SEEDS_FOR_T} seeds, so no across-seed interval (with 2 seeds "
+            "Student's t(0.975, 1) = 12.7 stretches it over most of [0, 1], which says nothing); their per-seed "
+            "values are listed instead, and the CI over images is the uncertainty shown.")
 
 
 def build_report(
@@ -508,40 +259,127 @@ def build_report(
     config: ReportConfig | None = None,
     load_image: Callable[[dict[str, Any]], np.ndarray] | None = None,
     seed: int = 0,
+    test_sets: Sequence[ImageSet] = (),
+    contact: Sequence[ImageSet] = (),
+    provenance: Provenance | Mapping[str, Any] | str | None = None,
 ) -> Report:
-    """All report files, titled `title` (default DEFAULT_TITLE). `config.baseline_arm`
-    (default: the first real-only arm, else the first arm) is what the other arms are
-    compared with."""
+    """All report files, titled `title` (default DEFAULT_TITLE).
+
+    `truth` (with `load_image`) are the internal test set's images, `test_sets` those of the
+    others (by the label the runs name): both only for the overlays. `contact`: training
+    images for the contact sheet. `provenance`: the run's provenance document (checked with
+    provenance.parse_provenance). `config.baseline_arm` (default: the first real-only arm,
+    else the first arm) is what the other arms are compared with; `seed` seeds every
+    bootstrap of the report."""
     config = (config or ReportConfig()).validate()
     title = title or DEFAULT_TITLE
-    check_runs([(r.arm, r.seed) for r in runs], config.baseline_arm)
-    baseline = config.baseline_arm
+    check_runs([(r.arm, r.seed, r.test_set) for r in runs], config.baseline_arm)
+    if provenance is not None and not isinstance(provenance, Provenance):
+        provenance = parse_provenance(provenance)
+    images = _image_sets(runs, truth, load_image, test_sets)
+    baseline = config.baseline_arm or default_baseline(runs)
     report = Report()
-    aggs = arm_aggregates((r.arm, r.seed, r.evaluation) for r in runs)
-    rows = table_rows(aggs)
-    if baseline is None:
-        real = [r.arm for r in runs if r.generator == "real" and r.real_count > 0]
-        baseline = real[0] if real else runs[0].arm
-    comp_rows = comparisons(runs, baseline, "iou", config.n_bootstrap, seed) if len(aggs) > 1 else []
-    figures: list[tuple[str, str, bytes]] = [("metrics_bar.png", "Metrics per arm (95% CI)", bar_chart(aggs, title))]
-    es_png = es_vs_ratio_chart(runs, report.notes)
-    if es_png is not None:
-        figures.append(("es_vs_ratio.png", "ES against the synthetic ratio", es_png))
-    if truth is not None:
-        grid = overlay_grid(truth, runs, config.overlay_images, load_image)
-        if grid is not None:
-            figures.append(("overlays.png", "Test images: ground truth and predictions", grid))
+    stats = Stats(config.n_bootstrap, seed)
+    order = test_set_order(runs)
     arms = list(dict.fromkeys(r.arm for r in runs))
-    for i, arm in enumerate(arms):
-        png = training_curves(arm, [r for r in runs if r.arm == arm])
-        if png is not None:
-            figures.append((f"training_{i:02d}.png", f"Training curves: {arm}", png))
-    md = f"# {title}\n\n" + table_markdown(rows)
-    if comp_rows:
-        md += "\n## Paired comparisons (per-image IoU, mean over seeds)\n\n" + comparisons_markdown(comp_rows)
-    report.files["index.html"] = html_page(title, rows, comp_rows, figures, report.notes).encode("utf-8")
-    for name, _, png in figures:
-        report.files[name] = png
-    report.files["results.csv"] = table_csv(rows).encode("utf-8")
-    report.files["results.md"] = md.encode("utf-8")
+    # Report order: test set (internal first), arm (as given), seed.
+    runs = sorted(runs, key=lambda r: (order.index(r.test_set), arms.index(r.arm), r.seed))
+    groups = {label: [r for r in runs if r.test_set == label] for label in order}
+
+    results = {label: results_rows(label, groups[label], stats) for label in order}
+    comparisons = comparison_rows(groups, baseline, stats, "iou", report.notes) if len(arms) > 1 else []
+    domain = domain_rows(results, comparisons, baseline) if len(order) > 1 and comparisons else []
+    training = _training(runs)
+    summaries = list(training.values())
+    report.warnings += budget_warnings(arm_budgets(summaries))
+
+    figures: dict[str, FigureOut] = {}
+
+    def add_figure(fig: Any, stem: str, caption: str) -> FigureOut | None:
+        if fig is None:
+            return None
+        files = figure_files(fig, stem)
+        report.files.update(files)
+        figures[stem] = FigureOut(stem, caption, files[f"{stem}.png"])
+        return figures[stem]
+
+    sections = []
+    all_results = [row for label in order for row in results[label]]
+    for label in order:
+        rows = results[label]
+        comp = [c for c in comparisons if c["test_set"] == label]
+        figs = [add_figure(bar_chart(rows, label), f"metrics_bar{_suffix(label)}",
+                           f"Metrics per arm, test set {label} ({BAR_CI_LABEL}; mask AP has none)"),
+                add_figure(es_vs_ratio_chart(groups[label], label, report.notes), f"es_vs_ratio{_suffix(label)}",
+                           f"ES against the synthetic ratio, test set {label}")]
+        if label in images:
+            figs.append(add_figure(overlay_grid(images[label], groups[label], config.overlay_images),
+                                   f"overlays{_suffix(label)}", f"Test images of {label}: ground truth and predictions"))
+        sections.append(TestSetSection(
+            label, int(rows[0]["n_images"]), make_table(rows, _without(RESULTS, "test_set")), to_markdown(make_table(rows, RESULTS)),
+            make_table(comp, _without(COMPARISONS, "test_set")) if comp else None,
+            to_markdown(make_table(comp, COMPARISONS)) if comp else "", [f for f in figs if f is not None]))
+
+    curves = [add_figure(validation_curves(summaries), "validation_curves",
+                         "Validation curves (★: the evaluation whose weights were tested)"),
+              add_figure(loss_curves(summaries), "training_losses", "Training loss")]
+    sheet = add_figure(contact_sheet(contact, config.contact_images, seed), "contact_sheet",
+                       "Training images: " + ", ".join(s.label for s in contact)) if contact else None
+
+    per_seed = per_seed_rows(runs, training)
+    budget = _budget_rows(summaries)
+    synthesis = _synthesis_rows(runs, provenance)
+    steps = [{**vars(s), "key": _short(s.key), "code_digest": _short(s.code_digest)}
+             for s in provenance.steps] if provenance else []
+    datasets = [vars(d) for d in provenance.datasets] if provenance else []
+    seed_note = _seed_note(results)
+
+    # Data files: full precision, for redoing the statistics and for papers.
+    report.files["results.csv"] = to_csv(all_results, RESULTS_CSV).encode()
+    report.files["results.tex"] = to_latex(make_table(all_results, RESULTS_LATEX, "test_set"),
+                                           "Test results per arm (mean over seeds; 95% BCa bootstrap CI over test images).",
+                                           "tab:synthaug-results").encode()
+    if comparisons:
+        report.files["comparisons.csv"] = to_csv(comparisons, COMPARISON_FIELDS).encode()
+        report.files["comparisons.tex"] = to_latex(
+            make_table(comparisons, COMPARISONS_LATEX, "test_set"),
+            f"Paired comparisons against {baseline}: mean per-image IoU difference, 95% BCa CI, Wilcoxon signed-rank p "
+            f"and Holm-adjusted p over all {len(comparisons)} comparisons.", "tab:synthaug-comparisons").encode()
+    domain_tab = domain_table(domain, order, baseline) if domain else None
+    if domain_tab is not None:
+        report.files["domain_shift.csv"] = to_csv(domain, DOMAIN_FIELDS).encode()
+        report.files["domain_shift.tex"] = to_latex(domain_tab, f"In-domain vs out-of-domain: mean IoU and change against "
+                                                    f"{baseline} per test set (95% BCa CI, Holm-adjusted p).",
+                                                    "tab:synthaug-domain").encode()
+    report.files["per_seed.csv"] = to_csv(per_seed, PER_SEED_FIELDS).encode()
+    report.files["per_image.csv"] = to_csv(per_image_rows(runs), PER_IMAGE_FIELDS).encode()
+    if summaries:
+        budget_rows = _budget_csv_rows(summaries)
+        report.files["budget.csv"] = to_csv(budget_rows, list(budget_rows[0])).encode()
+    if provenance is not None:
+        report.files["provenance.json"] = provenance.json_bytes()
+
+    context = {
+        "title": title, "baseline": baseline, "arms": arms, "test_sets": order, "sections": sections,
+        "n_runs": len(runs), "seeds": sorted({r.seed for r in runs}),
+        "warnings": report.warnings, "notes": report.notes, "seed_note": seed_note,
+        "domain": domain_tab, "domain_md": to_markdown(domain_tab) if domain_tab else "",
+        "n_comparisons": len(comparisons), "min_seeds": MIN_SEEDS_FOR_T, "tolerance": BUDGET_TOLERANCE,
+        "per_seed": make_table(per_seed, PER_SEED), "per_seed_md": to_markdown(make_table(per_seed, PER_SEED)),
+        "fold_per_seed": len(per_seed) > FOLD_ROWS,
+        "budget": make_table(budget, BUDGET) if budget else None,
+        "budget_md": to_markdown(make_table(budget, BUDGET)) if budget else "",
+        "curves": [f for f in curves if f is not None], "sheet": sheet,
+        "synthesis": make_table(synthesis, SYNTHESIS), "synthesis_md": to_markdown(make_table(synthesis, SYNTHESIS)),
+        "provenance": provenance, "short_hash": SHORT_HASH,
+        "plan_budget": json.dumps(provenance.budget, sort_keys=True) if provenance and provenance.budget else "",
+        "steps": make_table(steps, STEPS) if steps else None, "steps_md": to_markdown(make_table(steps, STEPS)) if steps else "",
+        "datasets": make_table(datasets, DATASETS) if datasets else None,
+        "datasets_md": to_markdown(make_table(datasets, DATASETS)) if datasets else "",
+        "dpi": PNG_DPI, "figures": figures,
+    }
+    context["files"] = ["results.md", *report.files]  # index.html and results.md are added below
+    report.files = {"index.html": _ENV.get_template("report.html.j2").render(context).encode("utf-8"),
+                    "results.md": _ENV.get_template("report.md.j2").render(context).encode("utf-8"),
+                    **report.files}
     return report

@@ -38,8 +38,10 @@ def budget_record(seed: int, iterations: int, eval_every: int = 125, batch: int 
         "best_epoch": best, "select_metric": "iou",
         "budget": {"mode": "iterations", "iterations": iterations, "iterations_run": iterations,
                    "images_seen": iterations * batch, "batch_size": batch, "world_size": 1, "eval_every": eval_every,
-                   "real_fraction": None, "images_seen_by_source": {"real": iterations * batch // 3,
-                                                                    "composite": iterations * batch - iterations * batch // 3}},
+                   "real_fraction": None,
+                   # As the segmenter writes it: one count per training source, in source order.
+                   "images_seen_by_source": [iterations * batch // 3, iterations * batch - iterations * batch // 3]},
+        "training_set": {"sources": [{"name": "dataset r split train", "kind": "real"}, {"name": "dataset c split (all)", "kind": "composite"}]},
     }
 
 

@@ -3,7 +3,7 @@ and lesion-level (instance) matching.
 
 Predictions are a **COCO results list** — ``[{"image_id", "category_id", "segmentation":
 {"size": [h, w], "counts"}, "score", "bbox"?}]`` — or the segmenter's wrapper object
-``{"results": [...], "score_threshold": s, "mask_threshold": m, "images"?: [...]}``.
+``{"results": [...], "export_threshold" (or "score_threshold"): s, "mask_threshold": m, "images"?: [...]}``.
 Masks in results are already binary (the segmenter binarised them at ``mask_threshold``).
 """
 from __future__ import annotations
@@ -247,7 +247,12 @@ def predictions_from_results(
             raise InvalidArgument(f"{what}: needs a 'segmentation' (mask results)")
         rle = to_rle(res["segmentation"], rec["height"], rec["width"], f"prediction for image {rec['file_name']} (result {i})")
         out[image_id].append(Instance(rle, int(res.get("category_id", 1)), score, False, res.get("bbox")))
-    return Predictions(out, _threshold(meta, "score_threshold", source), _threshold(meta, "mask_threshold", source), sorted(unmatched))
+    # The segmenter records the score it exported from as "export_threshold"; other producers
+    # may say "score_threshold". Either is the lowest score present, which AP must know.
+    exported = _threshold(meta, "export_threshold", source)
+    if exported is None:
+        exported = _threshold(meta, "score_threshold", source)
+    return Predictions(out, exported, _threshold(meta, "mask_threshold", source), sorted(unmatched))
 
 
 # --- instance matching ---------------------------------------------------------------------

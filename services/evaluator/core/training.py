@@ -124,8 +124,14 @@ def summarize_training(arm: str, seed: int, record: Any, what: str = "") -> Trai
     if budget is not None:
         b = f"{what}: budget"
         by_source = budget.get("images_seen_by_source") or {}
+        if isinstance(by_source, list):
+            # The segmenter lists counts in the order of training_set.sources; label them by kind.
+            sources = (record.get("training_set") or {}).get("sources") or []
+            if len(sources) != len(by_source):
+                raise InvalidArgument(f"{b}.images_seen_by_source has {len(by_source)} counts for {len(sources)} training sources")
+            by_source = {str(src.get("kind") or src.get("name") or i): n for i, (src, n) in enumerate(zip(sources, by_source))}
         if not isinstance(by_source, Mapping):
-            raise InvalidArgument(f"{b}.images_seen_by_source must map source names to counts")
+            raise InvalidArgument(f"{b}.images_seen_by_source must list one count per training source")
         fraction = budget.get("real_fraction")
         if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))):
             raise InvalidArgument(f"{b}.real_fraction must be a number or null, got {fraction!r}")

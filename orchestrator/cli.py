@@ -2,15 +2,26 @@
 
 Each area contributes its subcommands through a `register(subparsers)` function in its own
 module, so the CLI is assembled here without this file knowing their flags. Exit codes:
-0 success, 2 bad input (InvalidArgument / NotFound: the message names the item), 1 failure.
+0 success, 2 the caller's to fix (bad input, a missing item, a request that cannot succeed as
+asked: the message says what to change), 1 failure, 130 interrupted (Ctrl-C), 143 terminated
+(SIGTERM).
+
+SIGTERM (what `kill`, CI time-outs and schedulers send) takes the Ctrl-C path: jobs are
+cancelled, embedded services drain and stop, then the CLI exits. A second signal while that
+happens is ignored, so the clean-up is not cut short; after SIGKILL the embedded services
+notice on their own that their parent is gone (orchestrator/launcher.py).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import signal
 import sys
-from typing import Sequence
+import threading
+from types import FrameType
+from typing import Iterator, Sequence
 
 from services.common.cli_support import guarded
 from services.common.logs import configure_logging
@@ -40,6 +51,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be so that the same clean-up runs."""
+
+
+def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    # Once: further SIGTERM/SIGINT must not interrupt the clean-up this one starts.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM → Terminated in the main thread (signals can only be handled there) while the
+    command runs; the previous handlers are restored afterwards (tests call main() in-process)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:  # None: installed outside Python; nothing to restore
+                signal.signal(sig, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -48,7 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return guarded(args.func)(args)
+        with sigterm_as_interrupt():
+            return guarded(args.func)(args)
+    except Terminated:
+        sys.stderr.write("synthaug: terminated; jobs cancelled and services stopped\n")
+        return 128 + int(signal.SIGTERM)
     except KeyboardInterrupt:
         sys.stderr.write("synthaug: interrupted\n")
         return 130

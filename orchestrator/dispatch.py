@@ -6,6 +6,10 @@ headless Service), and it is resolved again before each dispatch, so replicas ad
 flight from this orchestrator. When a replica dies mid-job, the same request goes to another
 replica (or the same one once it is back) with backoff: job ids derive from the request, so
 the new replica finds the job's checkpoints in the store and resumes instead of restarting.
+
+Channels are secured as the environment says (services/common/security.py: TLS, client
+certificate, bearer token) unless the caller passes a ClientSecurity. A replica is dialled
+by IP, so its certificate is checked against the name it was resolved from.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ import grpc
 from google.protobuf.message import Message
 
 from services.common.client import TERMINAL, JobFailed, open_channel
-from services.common.errors import InvalidArgument, SynthaugError
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, SynthaugError
+from services.common.security import ClientSecurity
 from synthaug.v1 import common_pb2, compositor_pb2_grpc, evaluator_pb2_grpc, gan_pb2_grpc, segmenter_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -54,12 +59,18 @@ class JobOutcome:
     attempts: int
 
 
-def resolve(address: str) -> list[str]:
-    """`host:port` → one `ip:port` per address the name resolves to (IPv4 and IPv6)."""
+def host_of(address: str) -> str:
+    """The host part of `host:port` (brackets of an IPv6 literal removed)."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise InvalidArgument(f"service address {address!r}: expected HOST:PORT")
-    host = host.strip("[]")
+    return host.strip("[]")
+
+
+def resolve(address: str) -> list[str]:
+    """`host:port` → one `ip:port` per address the name resolves to (IPv4 and IPv6)."""
+    host = host_of(address)
+    port = address.rpartition(":")[2]
     try:
         infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
     except socket.gaierror:
@@ -91,25 +102,31 @@ class ServicePool:
     attempts: int = 6
     backoff: float = 0.5
     max_backoff: float = 15.0
+    #: How channels are secured; None = from the environment.
+    security: ClientSecurity | None = None
     _replicas: dict[str, _Replica] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def replicas(self) -> list[str]:
-        found: list[str] = []
+        return list(self._resolved())
+
+    def _resolved(self) -> dict[str, str]:
+        """Every replica's `ip:port` → the host name it was resolved from."""
+        found: dict[str, str] = {}
         for address in self.addresses:
             for entry in resolve(address):
-                if entry not in found:
-                    found.append(entry)
+                found.setdefault(entry, host_of(address))
         return found
 
     def _pick(self) -> _Replica:
-        current = self.replicas()
+        resolved = self._resolved()
+        current = list(resolved)
         if not current:
             raise ServiceUnavailable(f"no replica of {self.service} resolves from {self.addresses}")
         with self._lock:
             for address in current:
                 if address not in self._replicas:
-                    channel = open_channel(address)
+                    channel = open_channel(address, security=self.security, server_name=resolved[address])
                     self._replicas[address] = _Replica(address, channel, STUBS[self.service](channel))
             now = time.monotonic()
             live = [self._replicas[a] for a in current if self._replicas[a].down_until <= now] or [self._replicas[a] for a in current]
@@ -223,11 +240,19 @@ class ServicePool:
             self._replicas.clear()
 
 
+#: Errors that cross gRPC as themselves: the message the service wrote, the class the CLI maps.
+_CARRIED: dict[grpc.StatusCode, type[SynthaugError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+}
+
+
 def _as_error(service: str, method: str, exc: grpc.RpcError) -> SynthaugError:
     code = exc.code()
     message = f"{service}.{method}: {exc.details()}"
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidArgument(message)
+    if code in _CARRIED:
+        return _CARRIED[code](message)
     if code in RETRYABLE:
         return ServiceUnavailable(f"{service}: no replica answered ({code.name}: {exc.details()})")
     err = SynthaugError(message)
@@ -238,11 +263,12 @@ def _as_error(service: str, method: str, exc: grpc.RpcError) -> SynthaugError:
 class Dispatcher:
     """One pool per service."""
 
-    def __init__(self, addresses: dict[str, list[str]]):
+    def __init__(self, addresses: dict[str, list[str]], security: ClientSecurity | None = None):
         missing = [s for s in STUBS if not addresses.get(s)]
         if missing:
             raise InvalidArgument(f"no address for service(s) {missing}")
-        self.pools = {s: ServicePool(s, list(addresses[s])) for s in STUBS}
+        security = ClientSecurity.from_env() if security is None else security
+        self.pools = {s: ServicePool(s, list(addresses[s]), security=security) for s in STUBS}
 
     def __getitem__(self, service: str) -> ServicePool:
         return self.pools[service]

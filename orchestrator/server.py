@@ -1,6 +1,10 @@
 """OrchestratorService: submit plans, watch and inspect runs, cancel them, over gRPC.
 
 So the CLI on a laptop can drive an orchestrator running in a cluster next to the services.
+Like every server it binds 127.0.0.1 unless SYNTHAUG_HOST says otherwise, and serves TLS and
+checks the bearer token as the runtime's settings say (services/common/security.py); as the
+services' client it presents the same token, and SYNTHAUG_TLS_CA / SYNTHAUG_TLS_CLIENT_CERT,
+to them (orchestrator/dispatch.py).
 """
 from __future__ import annotations
 

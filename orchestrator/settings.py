@@ -12,19 +12,22 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from services.common.errors import InvalidArgument
+from services.common.security import CLIENT_ENV_VARS
 
 SERVICES = ("compositor", "gan", "segmenter", "evaluator")
 
 #: Environment variable holding each service's address(es).
 ADDRESS_ENV = {name: f"SYNTHAUG_{name.upper()}_ADDR" for name in SERVICES}
 
-#: Every environment variable the orchestrator reads besides the runtime's (deploy tests use this).
+#: Every environment variable the orchestrator reads besides the runtime's (deploy tests use
+#: this): where the services are, and how to reach them securely (it is their client).
 ENV_VARS = (
     *ADDRESS_ENV.values(),
     "SYNTHAUG_STORE",
     "SYNTHAUG_MAX_PARALLEL_STEPS",
     "SYNTHAUG_KEEP_FINISHED_RUNS",
     "SYNTHAUG_KEEP_FINISHED_RUNS_SECONDS",
+    *CLIENT_ENV_VARS,
 )
 
 

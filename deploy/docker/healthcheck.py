@@ -6,6 +6,10 @@ every synthaug server sets NOT_SERVING until it is ready and again while it drai
 draining replica turns unhealthy before it closes its port. Only grpc and grpc_health,
 which every image installs, are imported: the check starts fast and downloads nothing.
 
+Health needs no bearer token (services/common/security.py). A TLS server is checked on
+its plaintext health-only port, $SYNTHAUG_HEALTH_PORT (deploy/ sets it wherever TLS is on),
+so the check needs no certificate.
+
 Usage: python healthcheck.py [PORT | HOST:PORT]   (default 127.0.0.1:$SYNTHAUG_PORT)
 """
 from __future__ import annotations
@@ -20,11 +24,16 @@ TIMEOUT_SECONDS = 3.0
 
 
 def target_from(argv: list[str], env: dict[str, str]) -> str:
-    """HOST:PORT to check: the argument (a bare port means 127.0.0.1), else $SYNTHAUG_PORT."""
+    """HOST:PORT to check: the argument (a bare port means 127.0.0.1), else $SYNTHAUG_PORT;
+    $SYNTHAUG_HEALTH_PORT, the plaintext health-only port, replaces the port when set."""
     value = argv[0] if argv else env.get("SYNTHAUG_PORT", "")
     if not value:
         raise SystemExit("healthcheck: give PORT or HOST:PORT, or set SYNTHAUG_PORT")
-    return value if ":" in value else f"127.0.0.1:{value}"
+    target = value if ":" in value else f"127.0.0.1:{value}"
+    health_port = env.get("SYNTHAUG_HEALTH_PORT", "")
+    if health_port.isdigit() and int(health_port) > 0:
+        target = f"{target.rpartition(':')[0]}:{health_port}"
+    return target
 
 
 def check(target: str, timeout: float = TIMEOUT_SECONDS) -> bool:

@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.errors import SynthaugError
 from services.common.jobs import TERMINAL
 from services.common.runtime import DEFAULT_MAX_MESSAGE_BYTES
+from services.common.security import ClientSecurity
 from synthaug.v1 import common_pb2
 
 
@@ -28,19 +29,33 @@ class JobFailed(SynthaugError):
 KEEPALIVE_MS = 30_000
 
 
-def open_channel(address: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.Channel:
-    return grpc.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.enable_retries", 1),
-            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
-        ],
-    )
+def open_channel(
+    address: str,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    security: ClientSecurity | None = None,
+    server_name: str | None = None,
+) -> grpc.Channel:
+    """A channel to `address` with synthaug's limits and keepalive, secured as `security`
+    says (default: from the environment, see security.py): TLS when a CA is configured, the
+    bearer token on every call. `server_name` is the name the server's certificate must
+    carry when `address` is not it (a replica dialled by IP); SYNTHAUG_TLS_SERVER_NAME wins."""
+    security = ClientSecurity.from_env() if security is None else security
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.enable_retries", 1),
+        ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    credentials = security.channel_credentials()
+    if credentials is None:
+        return security.secure(grpc.insecure_channel(address, options=options))
+    name = security.server_name or server_name
+    if name:
+        options.append(("grpc.ssl_target_name_override", name))
+    return security.secure(grpc.secure_channel(address, credentials, options=options))
 
 
 def health_status(channel: grpc.Channel, service: str = "", timeout: float = 5.0) -> str:

@@ -28,10 +28,30 @@ class NotFound(SynthaugError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class FailedPrecondition(SynthaugError):
+    """The request is well-formed but cannot succeed as asked, and retrying will not help
+    until the caller changes something (e.g. training diverged: lower the learning rate).
+    Maps to FAILED_PRECONDITION; the CLI treats it as the caller's to fix (exit 2)."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(SynthaugError):
+    """This replica's bounded queue is full: retry later or on another replica. Maps to
+    RESOURCE_EXHAUSTED (which the orchestrator's dispatcher retries with backoff)."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
 class Unavailable(SynthaugError):
     """This replica can't take the work now (draining, shutting down): try another. Maps to UNAVAILABLE."""
 
     code = "UNAVAILABLE"
+
+
+class StoreUnavailable(Unavailable):
+    """The object store did not answer within the retry budget. The message is one line that
+    names the endpoint and the setting to check; the CLI exits 1 without a traceback."""
 
 
 class IntegrityError(SynthaugError):

@@ -17,6 +17,7 @@ verifies, so a zero-byte, truncated or edited record is an error, never an empty
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -26,12 +27,13 @@ import re
 import time
 import uuid
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, TypeVar
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 from urllib.parse import parse_qs, urlparse
 
-from services.common.errors import IntegrityError, InvalidArgument, NotFound
+from services.common.errors import IntegrityError, InvalidArgument, NotFound, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,32 @@ class ObjectInfo:
     key: str
     sha256: str
     size: int
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Bytes to be stored under their content hash, hashed once, where they are made.
+
+    The digest is computed here, from the bytes, and nowhere else: a worker that encodes an
+    image builds its Blob right away (hashing while the bytes are hot in cache), and
+    `ObjectStore.put_blobs` writes it without hashing it again. A Blob cannot carry a
+    digest that is not its content's.
+    """
+
+    data: bytes
+    suffix: str = ""
+    content_type: str = "application/octet-stream"
+    sha256: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha256", sha256_bytes(self.data))
+
+    @property
+    def key(self) -> str:
+        return blob_key(self.sha256, self.suffix)
+
+    def info(self) -> "ObjectInfo":
+        return ObjectInfo(key=self.key, sha256=self.sha256, size=len(self.data))
 
 
 def validate_key(key: str) -> str:
@@ -279,6 +307,17 @@ class ObjectStore(ABC):
             self.put_bytes(key, data, content_type=content_type)
         return ObjectInfo(key=key, sha256=digest, size=len(data))
 
+    def put_blobs(self, blobs: Sequence[Blob]) -> list[ObjectInfo]:
+        """Store many blobs at once (what a worker made for a chunk of images), in the way
+        cheapest for the backend; returns their infos in order. Like `put_blob`, the blobs
+        are not durable before `flush()`."""
+        infos = []
+        for blob in blobs:
+            if not self.exists(blob.key):
+                self.put_bytes(blob.key, blob.data, content_type=blob.content_type)
+            infos.append(blob.info())
+        return infos
+
     def flush(self) -> None:
         """Make every object written so far durable (FileStore blobs are written without a
         per-file fsync). Called before a commit point such as a dataset manifest."""
@@ -297,6 +336,7 @@ class FileStore(ObjectStore):
         self.root.mkdir(parents=True, exist_ok=True)
         self.url = f"file://{self.root}"
         self.bucket = str(self.root)
+        self._blob_dirs: set[str] = set()  # blob folders known to exist (no mkdir per blob)
 
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
@@ -339,11 +379,33 @@ class FileStore(ObjectStore):
     def put_blob(self, data: bytes, suffix: str = "", content_type: str = "application/octet-stream") -> ObjectInfo:
         """Blobs skip the per-file fsync (it would cost more than composing the image): the
         writer of a manifest calls `flush()` once before the manifest that names them."""
-        digest = sha256_bytes(data)
-        key = blob_key(digest, suffix)
-        if not self.exists(key):
-            self._atomic_write(key, lambda f: f.write(data), durable=False)
-        return ObjectInfo(key=key, sha256=digest, size=len(data))
+        return self._write_blob(Blob(data, suffix, content_type))
+
+    def put_blobs(self, blobs: Sequence[Blob]) -> list[ObjectInfo]:
+        return [self._write_blob(blob) for blob in blobs]
+
+    def _write_blob(self, blob: Blob) -> ObjectInfo:
+        """Atomic (temporary file + rename) like every write, but with the least work per
+        file: the bytes were hashed when the Blob was made, the folder is created once per
+        store object, and no fsync (see `flush`). A blob already present is not rewritten."""
+        key = validate_key(blob.key)
+        folder = os.path.join(self.root, key.rsplit("/", 1)[0])
+        path = os.path.join(self.root, key)
+        if os.path.isfile(path):
+            return blob.info()
+        if folder not in self._blob_dirs:
+            os.makedirs(folder, exist_ok=True)
+            self._blob_dirs.add(folder)
+        tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(blob.data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return blob.info()
 
     def flush(self) -> None:
         """syncfs(2) of the store's file system (once per dataset; it also covers blobs that
@@ -464,8 +526,9 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _syncfs = _load_syncfs()
 
 
-def _read_secret(env: dict[str, str], name: str) -> str | None:
-    """A credential from NAME, or from the file named by NAME_FILE (a mounted secret)."""
+def read_secret(env: Mapping[str, str], name: str) -> str | None:
+    """A secret from NAME, or from the file named by NAME_FILE (a mounted secret). The S3
+    credentials here and the API token (services/common/security.py) are read this way."""
     if env.get(name):
         return env[name]
     file_name = env.get(f"{name}_FILE")
@@ -477,17 +540,44 @@ def _read_secret(env: dict[str, str], name: str) -> str | None:
     return None
 
 
+#: Seconds an S3 store keeps retrying a call that gets no answer (connection refused or
+#: reset, time-outs, 5xx) before it gives up: long enough to ride out a MinIO restart.
+DEFAULT_RETRY_SECONDS = 90.0
+RETRY_ENV = "SYNTHAUG_STORE_RETRY_SECONDS"
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 5
+    """Retry with exponential backoff until `total_seconds` have passed since the first try."""
+
+    total_seconds: float = DEFAULT_RETRY_SECONDS
     base_delay: float = 0.2
     max_delay: float = 5.0
+
+
+def _server_side(exc: Exception) -> bool:
+    """Whether an error answer is the server's trouble (5xx: starting up, overloaded, a proxy
+    with no backend), worth retrying, rather than a verdict on the request."""
+    status = getattr(getattr(exc, "response", None), "status", None)  # S3Error
+    if status is None:
+        status = getattr(exc, "_code", None)  # InvalidResponseError: a non-XML answer
+    return isinstance(status, int) and status >= 500
+
+
+def _reason(exc: BaseException) -> str:
+    """The cause of a failed call in a few words (urllib3 wraps it: MaxRetryError → reason →
+    "HTTPConnection(host=…): Failed to establish a new connection: [Errno 111] …")."""
+    cause = getattr(exc, "reason", None) or exc
+    text = (str(cause).strip().splitlines() or [""])[0]
+    return text.rsplit("): ", 1)[-1][:200] or type(cause).__name__
 
 
 class S3Store(ObjectStore):
     """S3/MinIO through the `minio` client, with timeouts and retries with backoff."""
 
     PART_SIZE = 16 * 1024 * 1024
+    #: PUTs in flight at once in `put_blobs` (the HTTP pool holds 32 connections).
+    CONCURRENT_PUTS = 16
 
     def __init__(
         self,
@@ -511,29 +601,46 @@ class S3Store(ObjectStore):
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
             maxsize=32,
-            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+            retries=False,  # one retry loop, _with_retry's: its budget, its backoff, its one-line error
         )
         self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http)
         self._ensure_bucket()
 
     def _with_retry(self, what: str, op: Callable[[], T]) -> T:
-        """Retry transient failures (connection errors, 5xx) with exponential backoff."""
+        """Retry calls that got no answer (connection refused or reset, time-outs, 5xx) with
+        exponential backoff for `retry.total_seconds`, then StoreUnavailable: one line naming
+        the endpoint and the setting to check. Retries are logged at INFO, so a service log
+        shows them and the CLI stays quiet until it either succeeds or gives up."""
         import urllib3
-        from minio.error import S3Error, ServerError
+        from minio.error import InvalidResponseError, S3Error, ServerError
 
         delay = self.retry.base_delay
-        for attempt in range(1, self.retry.attempts + 1):
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                return op()
-            except S3Error:
-                raise  # a definite answer from the server (NoSuchKey, AccessDenied, ...)
+                result = op()
+            except (S3Error, InvalidResponseError) as exc:
+                if not _server_side(exc):
+                    raise  # a definite answer from the server (NoSuchKey, AccessDenied, ...)
+                failure: Exception = exc
             except (ServerError, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
-                if attempt == self.retry.attempts:
-                    raise
-                log.warning("store %s failed (attempt %d/%d): %s; retrying in %.1fs", what, attempt, self.retry.attempts, exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, self.retry.max_delay)
-        raise AssertionError("unreachable")
+                failure = exc
+            else:
+                if attempt > 1:
+                    log.info("store %s: %s answered after %d attempts", what, self.endpoint, attempt)
+                return result
+            waited = time.monotonic() - start
+            if waited + delay > self.retry.total_seconds:
+                raise StoreUnavailable(
+                    f"object store {self.endpoint} unreachable ({_reason(failure)}) after {attempt} attempt{'s' * (attempt > 1)} "
+                    f"in {waited:.0f} s: check the endpoint in SYNTHAUG_STORE / --store ({self.url}) and that the server is running "
+                    f"(retry time: {RETRY_ENV}={self.retry.total_seconds:g})"
+                ) from None
+            log.info("store %s: %s unreachable (%s); retry %d in %.1f s", what, self.endpoint, _reason(failure), attempt, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, self.retry.max_delay)
 
     def _ensure_bucket(self) -> None:
         from minio.error import S3Error
@@ -555,7 +662,10 @@ class S3Store(ObjectStore):
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectInfo:
         validate_key(key)
-        digest = sha256_bytes(data)
+        return self._put(key, data, content_type, sha256_bytes(data))
+
+    def _put(self, key: str, data: bytes, content_type: str, digest: str) -> ObjectInfo:
+        """One PUT (single part) of `data` with its sha256 as metadata."""
         self._with_retry(
             f"put {key}",
             lambda: self.client.put_object(
@@ -563,6 +673,17 @@ class S3Store(ObjectStore):
             ),
         )
         return ObjectInfo(key=key, sha256=digest, size=len(data))
+
+    def put_blobs(self, blobs: Sequence[Blob]) -> list[ObjectInfo]:
+        """Concurrent single-part PUTs (up to CONCURRENT_PUTS at a time): a round trip per
+        blob, overlapped, and no HEAD first: re-putting bytes under their own hash leaves
+        the object as it was, and costs less than asking whether it is there."""
+        for blob in blobs:
+            validate_key(blob.key)
+        if len(blobs) <= 1:
+            return [self._put(b.key, b.data, b.content_type, b.sha256) for b in blobs]
+        with ThreadPoolExecutor(min(self.CONCURRENT_PUTS, len(blobs)), thread_name_prefix="s3-put") as pool:
+            return list(pool.map(lambda b: self._put(b.key, b.data, b.content_type, b.sha256), blobs))
 
     def put_file(self, key: str, path: str | os.PathLike[str], content_type: str = "application/octet-stream") -> ObjectInfo:
         validate_key(key)
@@ -661,7 +782,9 @@ def open_store(url: str | None = None, env: dict[str, str] | None = None) -> Obj
     `file://ROOT` (absolute `file:///data` or relative `file://.synthaug/store`), a plain path,
     or `s3://BUCKET?endpoint=HOST:PORT&secure=0|1[&region=R]` with credentials from
     SYNTHAUG_S3_ACCESS_KEY / SYNTHAUG_S3_SECRET_KEY (or AWS_ACCESS_KEY_ID /
-    AWS_SECRET_ACCESS_KEY), each also readable from a mounted file named by `…_FILE`.
+    AWS_SECRET_ACCESS_KEY), each also readable from a mounted file named by `…_FILE`. S3 calls
+    that get no answer are retried for SYNTHAUG_STORE_RETRY_SECONDS (default 90), then fail
+    with StoreUnavailable.
     """
     env = dict(os.environ if env is None else env)
     url = url or env.get(STORE_ENV) or DEFAULT_STORE_URL
@@ -682,8 +805,13 @@ def open_store(url: str | None = None, env: dict[str, str] | None = None) -> Obj
         secure_text = query.get("secure", env.get("SYNTHAUG_S3_SECURE", "0")).lower()
         if secure_text not in ("0", "1", "true", "false"):
             raise InvalidArgument(f"store URL {url!r}: secure must be 0 or 1")
-        access = _read_secret(env, "SYNTHAUG_S3_ACCESS_KEY") or _read_secret(env, "AWS_ACCESS_KEY_ID")
-        secret = _read_secret(env, "SYNTHAUG_S3_SECRET_KEY") or _read_secret(env, "AWS_SECRET_ACCESS_KEY")
+        access = read_secret(env, "SYNTHAUG_S3_ACCESS_KEY") or read_secret(env, "AWS_ACCESS_KEY_ID")
+        secret = read_secret(env, "SYNTHAUG_S3_SECRET_KEY") or read_secret(env, "AWS_SECRET_ACCESS_KEY")
+        retry_text = env.get("SYNTHAUG_STORE_RETRY_SECONDS") or str(DEFAULT_RETRY_SECONDS)
+        try:
+            retry_seconds = float(retry_text)
+        except ValueError:
+            raise InvalidArgument(f"{RETRY_ENV}={retry_text!r} is not a number of seconds") from None
         if not access or not secret:
             raise InvalidArgument("S3 store needs credentials: set SYNTHAUG_S3_ACCESS_KEY and SYNTHAUG_S3_SECRET_KEY (or their _FILE variants)")
         return S3Store(
@@ -693,5 +821,6 @@ def open_store(url: str | None = None, env: dict[str, str] | None = None) -> Obj
             secret,
             secure=secure_text in ("1", "true"),
             region=query.get("region") or env.get("SYNTHAUG_S3_REGION") or None,
+            retry=RetryPolicy(total_seconds=max(0.0, retry_seconds)),
         )
     raise InvalidArgument(f"unsupported store URL {url!r}: use file://ROOT or s3://BUCKET?endpoint=HOST:PORT")

@@ -81,3 +81,41 @@ def test_resolve() -> None:
     assert resolve("no-such-host.invalid:1") == []
     with pytest.raises(InvalidArgument, match="HOST:PORT"):
         resolve("just-a-host")
+
+
+def test_user_errors_cross_grpc_with_their_message_and_code(file_store: ObjectStore) -> None:
+    """FAILED_PRECONDITION / INVALID_ARGUMENT / NOT_FOUND keep the service's message, at submit
+    and in a failed job, and the CLI exits 2 for them (the caller's to fix); INTERNAL stays 1."""
+    import argparse
+
+    from services.common.cli_support import guarded
+    from services.common.client import JobFailed
+    from services.common.errors import FailedPrecondition, NotFound
+
+    runtime = start(file_store)
+    pool = ServicePool("compositor", [f"127.0.0.1:{runtime.port}"], backoff=0.05)
+    try:
+        diverged = compositor_pb2.ExtractForegroundsRequest(min_area=3)
+        with pytest.raises(JobFailed) as failed:
+            pool.run_job("SubmitExtractForegrounds", diverged)
+        assert failed.value.code == "FAILED_PRECONDITION"
+        assert failed.value.status.error.message == "training diverged at epoch 2 (loss nan): lower the learning rate or enable grad_clip"
+        cases = [
+            (compositor_pb2.ExtractForegroundsRequest(split="precondition"), FailedPrecondition, "dataset 'x' has no masks yet: import them first"),
+            (compositor_pb2.ExtractForegroundsRequest(split="missing"), NotFound, "dataset 'nope' not found"),
+        ]
+        for request, error, message in cases:
+            with pytest.raises(error) as info:
+                pool.run_job("SubmitExtractForegrounds", request)
+            assert str(info.value) == f"compositor.SubmitExtractForegrounds: {message}"
+
+        def exit_code(request: compositor_pb2.ExtractForegroundsRequest) -> int:
+            return guarded(lambda _args: pool.run_job("SubmitExtractForegrounds", request) and 0)(argparse.Namespace())
+
+        assert exit_code(diverged) == 2
+        assert exit_code(compositor_pb2.ExtractForegroundsRequest(split="precondition")) == 2
+        assert exit_code(compositor_pb2.ExtractForegroundsRequest(min_area=1)) == 2  # INVALID_ARGUMENT in the job
+        assert exit_code(compositor_pb2.ExtractForegroundsRequest(min_area=2)) == 1  # a crash: INTERNAL
+        pool.close()
+    finally:
+        runtime.stop(grace=1.0)

@@ -16,7 +16,7 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.client import JobFailed, health_status, open_channel, wait_job
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.events import Retention
 from services.common.jobs import JobContext, JobManager, JobServicerMixin, job_id_for, result_key
 from services.common.runtime import ServerConfig, ServiceRuntime, parse_config
@@ -57,8 +57,12 @@ class ProbeServicer(JobServicerMixin, compositor_pb2_grpc.CompositorServiceServi
             raise RuntimeError("secret internal detail")
         if request.split == "abort":
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "denied")
+        if request.split == "precondition":
+            raise FailedPrecondition("dataset 'x' has no masks yet: import them first")
 
         def run(ctx: JobContext) -> common_pb2.JobResult:
+            if request.min_area == 3:
+                raise FailedPrecondition("training diverged at epoch 2 (loss nan): lower the learning rate or enable grad_clip")
             raise InvalidArgument("foreground 3 is empty") if request.min_area == 1 else ZeroDivisionError("boom")
 
         return self.jobs.submit("probe.Extract", request, run)
@@ -301,3 +305,123 @@ def test_sigterm_stops_a_server_process(tmp_path) -> None:  # type: ignore[no-un
         channel.close()
         if proc.poll() is None:
             proc.kill()
+
+
+def test_bind_loopback_by_default() -> None:
+    """Nothing is exposed by accident: every service binds 127.0.0.1 unless told otherwise."""
+    for service in ("orchestrator", "compositor", "gan", "segmenter", "evaluator"):
+        assert parse_config(service, [], {}).host == "127.0.0.1"
+    assert ServerConfig(service="x").host == "127.0.0.1"
+    assert parse_config("gan", [], {"SYNTHAUG_HOST": "0.0.0.0"}).host == "0.0.0.0"
+
+
+def test_request_limits_refuse_oversized_requests(file_store: ObjectStore) -> None:
+    from services.common.limits import RequestLimits
+
+    limits = RequestLimits(max_images=5)
+    with running_server(build_probe, "compositor", file_store, limits=limits) as (runtime, channel):
+        stub = compositor_pb2_grpc.CompositorServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.SubmitCompose(compositor_pb2.ComposeRequest(count=6, seed=1))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == ("SubmitCompose request.count = 6 is over this deployment's limit of 5 "
+                                        "(SYNTHAUG_MAX_IMAGES; raise it there if this is intended)")
+        with pytest.raises(grpc.RpcError) as info:
+            stub.SubmitCompose(compositor_pb2.ComposeRequest(count=1, params=compositor_pb2.ComposeParams(output_size=100_000)))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "request.params.output_size = 100000" in info.value.details()
+        assert "SYNTHAUG_MAX_IMAGE_SIZE" in info.value.details()
+        assert runtime.probe.runs == 0  # type: ignore[attr-defined]
+        assert wait_job(stub, stub.SubmitCompose(compositor_pb2.ComposeRequest(count=5, seed=1)), timeout=30).metrics["count"] == 5
+    config = parse_config("segmenter", [], {"SYNTHAUG_MAX_EPOCHS": "40", "SYNTHAUG_MAX_BATCH_SIZE": "8"})
+    assert (config.limits.max_epochs, config.limits.max_batch_size) == (40, 8)
+    with pytest.raises(SystemExit, match="SYNTHAUG_MAX_EPOCHS"):
+        parse_config("segmenter", [], {"SYNTHAUG_MAX_EPOCHS": "lots"})
+
+
+def test_queue_is_bounded(file_store: ObjectStore) -> None:
+    """Beyond max_queued_jobs waiting jobs a replica answers RESOURCE_EXHAUSTED (the
+    dispatcher retries that elsewhere or later); a resubmission once it drained is accepted."""
+    with running_server(build_probe, "compositor", file_store, max_concurrent_jobs=1, max_queued_jobs=1) as (runtime, channel):
+        stub = compositor_pb2_grpc.CompositorServiceStub(channel)
+        runtime.probe.release.clear()  # type: ignore[attr-defined]
+        running = stub.SubmitCompose(compositor_pb2.ComposeRequest(count=1, seed=1))
+        deadline = time.monotonic() + 10
+        while stub.GetJob(common_pb2.GetJobRequest(job_id=running.id)).state != common_pb2.JOB_STATE_RUNNING:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        queued = stub.SubmitCompose(compositor_pb2.ComposeRequest(count=1, seed=2))
+        assert stub.GetJob(common_pb2.GetJobRequest(job_id=queued.id)).state == common_pb2.JOB_STATE_QUEUED
+        with pytest.raises(grpc.RpcError) as info:
+            stub.SubmitCompose(compositor_pb2.ComposeRequest(count=1, seed=3))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "SYNTHAUG_MAX_QUEUED_JOBS=1" in info.value.details()
+        runtime.probe.release.set()  # type: ignore[attr-defined]
+        for ref in (running, queued):
+            wait_job(stub, ref, timeout=30)
+        third = stub.SubmitCompose(compositor_pb2.ComposeRequest(count=1, seed=3))
+        assert wait_job(stub, third, timeout=30).metrics["count"] == 1
+        assert runtime.probe.runs == 3  # type: ignore[attr-defined]
+
+
+def test_server_exits_when_its_parent_dies(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A server started with --parent-pid stops by itself when that process is SIGKILLed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, free_port
+
+    port = free_port()
+    pid_file = tmp_path / "server.pid"
+    server = (
+        "import os, sys; from tests.grpc.test_runtime import build_probe;"
+        "from services.common.runtime import serve;"
+        "from services.common.store import open_store;"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()));"
+        "sys.exit(serve(lambda cfg: build_probe(cfg, open_store(cfg.store_url)), 'compositor', sys.argv[1:]))"
+    )
+    # The parent starts the server, tells it its pid, and waits forever (until killed).
+    parent = (
+        "import os, subprocess, sys, time;"
+        f"subprocess.Popen([sys.executable, '-c', {server!r}, '--port', '{port}', '--metrics-port', '-1',"
+        f" '--store', {'file://' + str(tmp_path / 'store')!r}, '--parent-pid', str(os.getpid())]);"
+        "time.sleep(600)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=REPO)
+    channel = open_channel(f"127.0.0.1:{port}")
+    server_pid = 0
+    try:
+        from services.common.client import wait_until_serving
+
+        wait_until_serving(channel, timeout=60)
+        server_pid = int(pid_file.read_text())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while _alive(server_pid):
+            assert time.monotonic() < deadline, "the server outlived its parent"
+            time.sleep(0.1)
+    finally:
+        channel.close()
+        if proc.poll() is None:
+            proc.kill()
+        if server_pid and _alive(server_pid):
+            os.kill(server_pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped by init, counts as gone)."""
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True

@@ -5,11 +5,14 @@ No Docker engine or cluster is needed. The kustomizations are rendered with `kub
 the code, never copied: services and ports (services.common.runtime), environment variables
 the code reads (runtime.ENV_VARS, orchestrator.settings, the S3 credentials of
 services.common.store), entrypoint modules (the files that `python -m` runs). The scripts that
-ship in the images (the gRPC health check, the MinIO init) are run for real.
+ship in the images (the gRPC health check, the MinIO init, the secret generator) are run for
+real. No credentials are committed, so rendering happens in a copy of deploy/ whose secrets
+deploy/make-secrets.sh generated, as a user would.
 """
 from __future__ import annotations
 
 import ast
+import atexit
 import base64
 import functools
 import json
@@ -19,6 +22,8 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -41,12 +46,18 @@ GPU_SERVICES = frozenset({"gan", "segmenter"})
 #: Containers of the deployment that are not synthaug code.
 THIRD_PARTY = frozenset({"minio", "minio-init", "prometheus", "grafana"})
 
+#: Where each rendered target lives, relative to deploy/ ("tls": a test overlay, the GPU setup
+#: plus the TLS component, as a user would write it).
 RENDER_TARGETS = {
-    "deploy": DEPLOY,
-    "gpu": DEPLOY / "kustomize" / "overlays" / "gpu",
-    "cpu": DEPLOY / "kustomize" / "overlays" / "cpu",
+    "deploy": ".",
+    "gpu": "kustomize/overlays/gpu",
+    "cpu": "kustomize/overlays/cpu",
 }
 WITH_GPUS = {"deploy": True, "gpu": True, "cpu": False}
+TLS_OVERLAY = "kustomize/overlays/tls-test"
+SECRETS = "kustomize/base/secrets"
+#: What make-secrets.sh writes (and the kustomization and compose read).
+SECRET_FILES = ("minio-root-user", "minio-root-password", "s3-access-key", "s3-secret-key", "auth-token", "grafana-admin-password")
 
 
 def module_of(service: str) -> str:
@@ -77,9 +88,9 @@ def _string_args(tree: ast.AST, func_names: set[str], position: int) -> set[str]
 
 @functools.lru_cache(maxsize=None)
 def store_env_names() -> frozenset[str]:
-    """What open_store reads: env.get("…") names and credentials read by _read_secret (+ _FILE)."""
+    """What open_store reads: env.get("…") names and credentials read by read_secret (+ _FILE)."""
     tree = ast.parse(Path(store_mod.__file__).read_text())
-    secrets = _string_args(tree, {"_read_secret"}, 1)
+    secrets = _string_args(tree, {"read_secret"}, 1)
     gets = {n for n in _string_args(tree, {"get"}, 0) if n.isupper()}
     return frozenset(gets | secrets | {f"{n}_FILE" for n in secrets} | {store_mod.STORE_ENV})
 
@@ -100,12 +111,43 @@ def test_store_env_names_are_what_open_store_reads() -> None:
 # ---------------------------------------------------------------------------------------------
 # rendering
 
+def copy_deploy(into: Path) -> Path:
+    """deploy/ copied into `into`, without whatever secrets this checkout holds."""
+    def skip(folder: str, names: list[str]) -> list[str]:
+        if Path(folder).resolve() == (DEPLOY / SECRETS).resolve():
+            return [n for n in names if n not in (".gitignore", "README.md")]
+        return []
+
+    shutil.copytree(DEPLOY, into / "deploy", ignore=skip)
+    return into / "deploy"
+
+
 @functools.lru_cache(maxsize=None)
-def _render(target: str) -> tuple[dict[str, Any], ...]:
+def rendered_tree() -> Path:
+    """A copy of deploy/ with secrets from make-secrets.sh and the TLS test overlay."""
+    root = Path(tempfile.mkdtemp(prefix="synthaug-deploy-"))
+    atexit.register(shutil.rmtree, root, True)
+    tree = copy_deploy(root)
+    subprocess.run(["/bin/sh", str(tree / "make-secrets.sh")], check=True, capture_output=True, timeout=30)
+    overlay = tree / TLS_OVERLAY
+    overlay.mkdir(parents=True)
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["../gpu"], "components": ["../../components/tls"],
+    }))
+    return tree
+
+
+def kustomize(path: Path) -> subprocess.CompletedProcess[str]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed: cannot render the kustomizations")
-    proc = subprocess.run([kubectl, "kustomize", str(RENDER_TARGETS[target])], capture_output=True, text=True, timeout=60)
+    return subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+
+
+@functools.lru_cache(maxsize=None)
+def _render(target: str) -> tuple[dict[str, Any], ...]:
+    proc = kustomize(rendered_tree() / (TLS_OVERLAY if target == "tls" else RENDER_TARGETS[target]))
     assert proc.returncode == 0, f"kubectl kustomize {target} failed:\n{proc.stderr}"
     return tuple(d for d in yaml.safe_load_all(proc.stdout) if d)
 
@@ -241,7 +283,7 @@ def captured_s3(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """open_store's S3 backend replaced by a recorder: what it would connect with."""
     calls: list[dict[str, Any]] = []
 
-    def fake(bucket: str, endpoint: str, access: str, secret: str, secure: bool = False, region: str | None = None) -> str:
+    def fake(bucket: str, endpoint: str, access: str, secret: str, secure: bool = False, region: str | None = None, **_: Any) -> str:
         calls.append({"bucket": bucket, "endpoint": endpoint, "access": access, "secret": secret, "secure": secure})
         return "fake-store"
 
@@ -377,56 +419,105 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return True
 
 
-def _port_matches(rule_ports: list[dict[str, Any]] | None, container: dict[str, Any], port_name: str) -> bool:
-    if not rule_ports:
-        return True
-    number = named_port(container, port_name)
-    return any(p.get("port") in (port_name, number) for p in rule_ports)
+@dataclass(frozen=True)
+class Peer:
+    """One end of a connection: a pod, by its namespace's labels and its own; or, with
+    `namespace` None, something outside the cluster."""
+
+    namespace: dict[str, str] | None
+    pod: dict[str, str] = field(default_factory=dict)
+    #: The workload, when it is one of the deployment's (its policies and ports apply).
+    workload: dict[str, Any] | None = None
 
 
-def allowed(target: str, source: dict[str, str] | None, dest: dict[str, Any], port_name: str) -> bool:
-    """Whether a pod with labels `source` (None: a pod in another namespace) may reach `port_name` of `dest`."""
-    dest_labels = dest["spec"]["template"]["metadata"]["labels"]
-    container = only_container(dest)
-    policies = [p for p in objects(target, "NetworkPolicy") if _selects(p["spec"]["podSelector"], dest_labels) and "Ingress" in p["spec"]["policyTypes"]]
+HOME = {"kubernetes.io/metadata.name": "synthaug"}
+KUBE_DNS = Peer({"kubernetes.io/metadata.name": "kube-system"}, {"k8s-app": "kube-dns"})
+INTERNET = Peer(None)
+
+
+def pod(workload: dict[str, Any]) -> Peer:
+    return Peer(HOME, workload["spec"]["template"]["metadata"]["labels"], workload)
+
+
+def _peer_matches(rule_peer: dict[str, Any], peer: Peer) -> bool:
+    if peer.namespace is None:
+        return "ipBlock" in rule_peer
+    if "ipBlock" in rule_peer:
+        return False
+    namespace_ok = _selects(rule_peer["namespaceSelector"], peer.namespace) if "namespaceSelector" in rule_peer else peer.namespace == HOME
+    return namespace_ok and ("podSelector" not in rule_peer or _selects(rule_peer["podSelector"], peer.pod))
+
+
+def _port_matches(rule_ports: list[dict[str, Any]] | None, port: tuple[str, int, str]) -> bool:
+    """`port` = (protocol, number, name) of the destination."""
+    protocol, number, name = port
+    return not rule_ports or any(p.get("protocol", "TCP") == protocol and p.get("port") in (name, number) for p in rule_ports)
+
+
+def _admits(target: str, direction: str, subject: Peer, other: Peer, port: tuple[str, int, str]) -> bool:
+    """Whether the policies of `subject` (a pod of the deployment) let `direction` traffic
+    to/from `other` on `port` pass. Pods no policy isolates in that direction pass all."""
+    if subject.workload is None:
+        return True  # not ours: no policy of this deployment applies to it
+    policies = [p for p in objects(target, "NetworkPolicy")
+                if _selects(p["spec"]["podSelector"], subject.pod) and direction.capitalize() in p["spec"]["policyTypes"]]
     if not policies:
         return True
     for policy in policies:
-        for rule in policy["spec"].get("ingress", []):
-            if not _port_matches(rule.get("ports"), container, port_name):
-                continue
-            peers = rule.get("from")
-            if not peers:
+        for rule in policy["spec"].get(direction, []):
+            peers = rule.get("from" if direction == "ingress" else "to")
+            if _port_matches(rule.get("ports"), port) and (not peers or any(_peer_matches(r, other) for r in peers)):
                 return True
-            for peer in peers:
-                if "namespaceSelector" in peer:
-                    if peer["namespaceSelector"] == {} and ("podSelector" not in peer or source is not None and _selects(peer["podSelector"], source)):
-                        return True
-                elif source is not None and _selects(peer["podSelector"], source):
-                    return True
     return False
+
+
+def connects(target: str, source: Peer, dest: Peer, port: str | tuple[str, int, str]) -> bool:
+    """Whether `source` may open a connection to `dest` on `port` (a port name of `dest`'s
+    container, or (protocol, number, name)): its egress and dest's ingress must both allow it."""
+    if isinstance(port, str):
+        assert dest.workload is not None
+        port = ("TCP", named_port(only_container(dest.workload), port), port)
+    return _admits(target, "egress", source, dest, port) and _admits(target, "ingress", dest, source, port)
 
 
 @targets
 def test_network_policies(target: str) -> None:
-    pods = {w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"] for w in workloads(target)}
-    stranger = {"app.kubernetes.io/name": "debug-shell"}
-    minio = one(target, "StatefulSet", "minio")
-    for name in settings.SERVICES:
-        dest = one(target, "Deployment", name)
-        assert allowed(target, pods["orchestrator"], dest, "grpc"), f"orchestrator must reach {name}"
+    pods = {w["metadata"]["name"]: pod(w) for w in workloads(target)}
+    services = [pods[name] for name in settings.SERVICES]
+    ci = Peer({"kubernetes.io/metadata.name": "ci", "synthaug.io/orchestrator-client": "true"}, {"app": "synthaug-cli"})
+    monitoring = Peer({"kubernetes.io/metadata.name": "monitoring", "synthaug.io/metrics-scraper": "true"}, {"app": "prometheus"})
+    unlabelled = Peer({"kubernetes.io/metadata.name": "default"}, {"app": "debug-shell"})
+    orchestrator, minio = pods["orchestrator"], pods["minio"]
+    # Ingress: only the orchestrator calls the services; the API from labelled namespaces only.
+    for name, service in zip(settings.SERVICES, services):
+        assert connects(target, orchestrator, service, "grpc"), f"orchestrator must reach {name}"
         for caller in [*settings.SERVICES, "minio", "minio-init"]:
-            assert not allowed(target, pods[caller], dest, "grpc"), f"{caller} must not call {name}"
-        assert not allowed(target, stranger, dest, "grpc")
-        assert not allowed(target, None, dest, "grpc"), f"{name} gRPC must be closed to other namespaces"
-        assert allowed(target, None, dest, "metrics"), f"Prometheus must scrape {name}"
-    orchestrator = one(target, "Deployment", "orchestrator")
-    assert allowed(target, stranger, orchestrator, "grpc") and allowed(target, None, orchestrator, "metrics")
+            assert not connects(target, pods[caller], service, "grpc"), f"{caller} must not call {name}"
+        for outsider in (ci, monitoring, unlabelled):
+            assert not connects(target, outsider, service, "grpc"), f"{name} gRPC must be closed to other namespaces"
+        assert connects(target, monitoring, service, "metrics"), f"Prometheus must scrape {name}"
+        assert not connects(target, unlabelled, service, "metrics") and not connects(target, ci, service, "metrics")
+    assert connects(target, ci, orchestrator, "grpc"), "the CLI's namespace must reach the orchestrator"
+    assert not connects(target, unlabelled, orchestrator, "grpc") and not connects(target, monitoring, orchestrator, "grpc")
+    assert connects(target, monitoring, orchestrator, "metrics") and not connects(target, ci, orchestrator, "metrics")
+    for service in services:
+        assert not connects(target, service, orchestrator, "grpc"), "a service has no business with the orchestrator"
+    # The store: its clients only, and only its API.
     for client in [*SYNTHAUG, "minio-init"]:
-        assert allowed(target, pods[client], minio, "api"), f"{client} must reach MinIO"
-    assert not allowed(target, stranger, minio, "api")
-    assert not allowed(target, None, minio, "api")
-    assert not allowed(target, pods["orchestrator"], minio, "console")
+        assert connects(target, pods[client], minio, "api"), f"{client} must reach MinIO"
+    for outsider in (ci, monitoring, unlabelled):
+        assert not connects(target, outsider, minio, "api")
+    assert not connects(target, orchestrator, minio, "console")
+    # Egress: DNS for everyone; services → store only; nothing out of the cluster.
+    for name, source in pods.items():
+        assert connects(target, source, KUBE_DNS, ("UDP", 53, "dns")) and connects(target, source, KUBE_DNS, ("TCP", 53, "dns-tcp")), name
+        assert not connects(target, source, INTERNET, ("TCP", 443, "https")), f"{name} must not call out of the cluster"
+        assert not connects(target, source, KUBE_DNS, ("TCP", 443, "https")), f"{name}: only DNS in kube-system"
+    for service in services:
+        for other in services:
+            assert not connects(target, service, other, "metrics")
+    assert not connects(target, minio, orchestrator, "grpc") and not connects(target, minio, services[0], "grpc")
+    assert not connects(target, orchestrator, services[0], "metrics"), "the orchestrator calls the services' gRPC port only"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -687,11 +778,11 @@ def test_compose_init_uses_the_kustomize_script_and_env_example_covers_every_var
     host_path = init["volumes"][0].split(":")[0]
     assert (DEPLOY / host_path).resolve() == (DEPLOY / "kustomize" / "base" / "minio-init.sh").resolve()
     text = (DEPLOY / "compose.yaml").read_text()
-    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", text))
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", text))
     example = {line.split("=", 1)[0] for line in (DEPLOY / ".env.example").read_text().splitlines() if "=" in line and not line.startswith("#")}
-    assert required and required <= example, f"missing from .env.example: {sorted(required - example)}"
-    for name in example:
-        assert re.search(rf"\$\{{{name}\b", text), f".env.example sets {name}, which compose never uses"
+    assert used, "compose interpolates nothing?"
+    assert used == example, f"compose uses {sorted(used - example)} that .env.example does not document; .env.example sets {sorted(example - used)} that compose never uses"
+    assert not re.search(r"(?i)(password|secret|token|key)", " ".join(example)), ".env holds no secrets: they are files"
 
 
 def test_real_env_file_is_ignored_by_git() -> None:
@@ -805,3 +896,158 @@ def test_dashboard_configmap_in_default_kustomization() -> None:
     cm = one("deploy", "ConfigMap", "synthaug-grafana-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["synthaug.json"]) == _dashboard()
+
+
+# ---------------------------------------------------------------------------------------------
+# no credentials committed; the ones a user generates reach every container as files
+
+_SECRET_NAME = re.compile(r"(?i)(PASSWORD|SECRET|TOKEN|ACCESS_KEY)")
+
+
+def test_no_credentials_in_the_tree_and_rendering_refuses_without_them(tmp_path: Path) -> None:
+    committed = [p.relative_to(DEPLOY) for p in DEPLOY.rglob("*") if p.is_file() and SECRETS not in p.relative_to(DEPLOY).as_posix()]
+    assert not [p for p in committed if p.suffix == ".env" or p.name.endswith(".env")], "credential env files are not shipped"
+    assert sorted(p.name for p in (DEPLOY / SECRETS).iterdir() if p.name in (".gitignore", "README.md")) == [".gitignore", "README.md"]
+    if shutil.which("git") and (ROOT / ".git").exists():
+        for name in SECRET_FILES:
+            assert subprocess.run(["git", "check-ignore", "-q", f"deploy/{SECRETS}/{name}"], cwd=ROOT).returncode == 0, f"{name} must be ignored by git"
+        assert subprocess.run(["git", "check-ignore", "-q", f"deploy/{SECRETS}/README.md"], cwd=ROOT).returncode == 1
+    bare = copy_deploy(tmp_path)
+    for target in RENDER_TARGETS.values():
+        proc = kustomize(bare / target)
+        assert proc.returncode != 0, f"{target} rendered without user-supplied secrets"
+        assert "secrets/" in proc.stderr, proc.stderr
+
+
+def test_make_secrets_writes_random_secrets_once(tmp_path: Path) -> None:
+    script = DEPLOY / "make-secrets.sh"
+    for run in ("a", "b"):
+        subprocess.run(["/bin/sh", str(script), str(tmp_path / run)], check=True, capture_output=True, timeout=30)
+    a = {n: (tmp_path / "a" / n).read_text() for n in SECRET_FILES}
+    b = {n: (tmp_path / "b" / n).read_text() for n in SECRET_FILES}
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(SECRET_FILES)
+    for name in ("minio-root-password", "s3-secret-key", "auth-token", "grafana-admin-password"):
+        assert a[name] != b[name] and len(a[name]) >= 20, f"{name} must be random and long"
+    from services.common.security import ServerSecurity
+
+    assert ServerSecurity(token=a["auth-token"]).token  # long enough for the runtime's check
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o700
+    (tmp_path / "a" / "auth-token").write_text("chosen-by-the-operator-123456")
+    subprocess.run(["/bin/sh", str(script), str(tmp_path / "a")], check=True, capture_output=True, timeout=30)
+    assert (tmp_path / "a" / "auth-token").read_text() == "chosen-by-the-operator-123456"  # kept
+
+
+@targets
+def test_every_synthaug_container_binds_all_interfaces_and_checks_the_same_token(target: str, captured_s3: list[dict[str, Any]], tmp_path: Path) -> None:
+    from services.common.security import ClientSecurity, ServerSecurity
+
+    expected = (rendered_tree() / SECRETS / "auth-token").read_text()
+    tokens = set()
+    for name in SYNTHAUG:
+        workload = one(target, "Deployment", name)
+        env = container_env(target, only_container(workload))
+        assert env["SYNTHAUG_HOST"] == "0.0.0.0", f"{name} must be reachable through its Service"
+        assert "SYNTHAUG_AUTH_TOKEN" not in env, "the token comes from a mounted file"
+        env = _materialise_secret_files(target, workload, env, tmp_path)
+        config = runtime.parse_config(name, [], env)
+        assert config.host == "0.0.0.0" and config.security.token == expected
+        tokens.add(config.security.token)
+        if name == "orchestrator":  # it sends what the services check
+            tokens.add(ClientSecurity.from_env(env).token)
+        assert ServerSecurity.from_env(env).token == expected
+    assert tokens == {expected}
+
+
+@pytest.mark.parametrize("service", SYNTHAUG)
+def test_images_bind_all_interfaces(service: str) -> None:
+    chain = stage_chain(dockerfile_stages(dockerfile_for(service)), service)
+    env = " ".join(a for i, a in chain if i == "ENV")
+    assert re.search(r"\bSYNTHAUG_HOST=0\.0\.0\.0\b", env)
+
+
+def test_compose_credentials_come_from_secret_files(captured_s3: list[dict[str, Any]], tmp_path: Path) -> None:
+    from services.common.security import ServerSecurity
+
+    spec = compose()
+    secrets_dir = tmp_path / "secrets"
+    subprocess.run(["/bin/sh", str(DEPLOY / "make-secrets.sh"), str(secrets_dir)], check=True, capture_output=True, timeout=30)
+    declared = spec["secrets"]
+    assert sorted(Path(s["file"]).name for s in declared.values()) == sorted(SECRET_FILES)
+    for secret in declared.values():
+        assert (DEPLOY / secret["file"]).parent.resolve() == (DEPLOY / SECRETS).resolve()
+    for name, svc in spec["services"].items():
+        env = {k: str(v) for k, v in svc.get("environment", {}).items()}
+        for var, value in env.items():
+            if _SECRET_NAME.search(var):
+                assert var.endswith("_FILE"), f"{name}: {var} must come from a secret file, not an environment value"
+                secret = value.removeprefix("/run/secrets/")
+                assert value.startswith("/run/secrets/") and secret in svc.get("secrets", []), f"{name}: {var}={value} is not a mounted secret"
+                assert secret in declared
+        if name in SYNTHAUG:
+            assert env["SYNTHAUG_HOST"] == "0.0.0.0"
+            # What the code makes of it, with the secrets make-secrets.sh wrote.
+            local = {k: str(secrets_dir / Path(declared[v.removeprefix("/run/secrets/")]["file"]).name) if k.endswith("_FILE") else v
+                     for k, v in env.items()}
+            assert store_mod.open_store(None, local) == "fake-store"
+            assert (captured_s3[-1]["access"], captured_s3[-1]["secret"]) == ((secrets_dir / "s3-access-key").read_text(), (secrets_dir / "s3-secret-key").read_text())
+            assert ServerSecurity.from_env(local).token == (secrets_dir / "auth-token").read_text()
+
+
+def test_tls_component_serves_mutual_tls_and_probes_the_health_port() -> None:
+    from services.common.security import ClientSecurity
+
+    for name in SYNTHAUG:
+        workload = one("tls", "Deployment", name)
+        container = only_container(workload)
+        env = {k: v for k, v in container_env("tls", container).items() if not k.endswith("_FILE")}
+        config = runtime.parse_config(name, [], env)
+        assert config.security.tls and config.security.client_ca_file, f"{name}: mutual TLS"
+        assert config.health_port > 0 and config.health_port != DEFAULT_PORTS[name]
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            assert container[probe]["grpc"]["port"] == config.health_port, f"{name} {probe} must use the plaintext health port"
+        assert named_port(container, "grpc") == DEFAULT_PORTS[name]
+        volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
+        for path in (config.security.cert_file, config.security.key_file, config.security.client_ca_file):
+            mounts = [m for m in container["volumeMounts"] if str(path).startswith(m["mountPath"] + "/")]
+            assert len(mounts) == 1 and volumes[mounts[0]["name"]]["secret"]["secretName"] == "synthaug-tls", f"{name}: {path}"
+        if name == "orchestrator":
+            client = ClientSecurity.from_env(env)
+            assert client.tls and client.client_cert_file, "the orchestrator dials the services with TLS and its certificate"
+    assert not [s for s in objects("tls", "Secret") if s["metadata"]["name"].startswith("synthaug-tls")], "the certificate is the user's, never rendered"
+
+
+def test_healthcheck_uses_the_plaintext_health_port_and_needs_no_token(tmp_path: Path) -> None:
+    from services.common.security import ServerSecurity
+    from services.common.store import FileStore
+
+    config = runtime.ServerConfig(service="gan", host="127.0.0.1", port=0, metrics_port=-1, grace_seconds=0.0, health_port=0,
+                                  security=ServerSecurity(token="a-token-the-check-does-not-know"))
+    server = runtime.ServiceRuntime(config, store=FileStore(str(tmp_path / "store")))
+    server.start()
+    try:
+        env = {**os.environ, "SYNTHAUG_HEALTH_PORT": str(server.health_port)}
+        env.pop("SYNTHAUG_AUTH_TOKEN", None)
+        env.pop("SYNTHAUG_AUTH_TOKEN_FILE", None)
+        for port in (str(server.port), "1"):  # the health port wins over whatever port is named
+            proc = subprocess.run([sys.executable, str(DOCKER / "healthcheck.py"), port], env=env, capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, proc.stderr
+        healthcheck = _load_healthcheck()
+        assert healthcheck.main([str(server.port)]) == 0  # the main port: health needs no token
+    finally:
+        server.stop(grace=0)
+
+
+@pytest.mark.skipif(not Path("/bin/sh").exists(), reason="needs a POSIX shell")
+def test_minio_init_reads_every_credential_from_files_as_compose_mounts_them(tmp_path: Path) -> None:
+    init_env = {k: str(v) for k, v in compose()["services"]["minio-init"]["environment"].items()}
+    secrets_dir = tmp_path / "secrets"
+    subprocess.run(["/bin/sh", str(DEPLOY / "make-secrets.sh"), str(secrets_dir)], check=True, capture_output=True, timeout=30)
+    declared = compose()["secrets"]
+    env = {k: str(secrets_dir / Path(declared[v.removeprefix("/run/secrets/")]["file"]).name) if k.endswith("_FILE") else v for k, v in init_env.items()}
+    proc = _run_init(tmp_path, env)
+    assert proc.returncode == 0, proc.stderr
+    calls = [line.split(" ", 2)[2] for line in (tmp_path / "mc.log").read_text().splitlines()]
+    root_user, root_password = (secrets_dir / "minio-root-user").read_text(), (secrets_dir / "minio-root-password").read_text()
+    assert calls[0].endswith(f"{root_user} {root_password}")
+    access, secret = (secrets_dir / "s3-access-key").read_text(), (secrets_dir / "s3-secret-key").read_text()
+    assert f"admin user add store {access} {secret}" in calls

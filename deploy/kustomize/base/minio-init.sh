@@ -4,8 +4,9 @@
 # (read/write on that bucket only) whose keys the services use. MinIO's root credentials
 # stay with MinIO and this script.
 #
-# Environment: SYNTHAUG_STORE, MINIO_ROOT_USER, MINIO_ROOT_PASSWORD, and the service user's
-# keys as SYNTHAUG_S3_ACCESS_KEY / SYNTHAUG_S3_SECRET_KEY or their *_FILE variants.
+# Environment: SYNTHAUG_STORE; MINIO_ROOT_USER, MINIO_ROOT_PASSWORD and the service user's
+# keys SYNTHAUG_S3_ACCESS_KEY / SYNTHAUG_S3_SECRET_KEY, each also as a *_FILE variant naming a
+# mounted secret file.
 # Plain POSIX sh and mc only: the minio/mc image has no sed, grep or mktemp to rely on.
 set -eu
 set -f
@@ -47,6 +48,8 @@ scheme=http
 case "$secure" in 1|true) scheme=https ;; esac
 access_key=$(secret SYNTHAUG_S3_ACCESS_KEY)
 secret_key=$(secret SYNTHAUG_S3_SECRET_KEY)
+root_user=$(secret MINIO_ROOT_USER)
+root_password=$(secret MINIO_ROOT_PASSWORD)
 
 work="${TMPDIR:-/tmp}/minio-init.$$"
 mkdir -p "$work"
@@ -54,7 +57,7 @@ export HOME="$work"
 mc() { command mc --config-dir "$work/mc" "$@"; }
 
 tries=0
-until mc alias set store "$scheme://$endpoint" "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" >/dev/null 2>&1; do
+until mc alias set store "$scheme://$endpoint" "$root_user" "$root_password" >/dev/null 2>&1; do
     tries=$((tries + 1))
     if [ "$tries" -ge 90 ]; then echo "minio-init: MinIO at $endpoint not reachable" >&2; exit 1; fi
     sleep 2

@@ -9,6 +9,7 @@ loading a plan imports this module.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument
@@ -19,6 +20,14 @@ MAX_BOOTSTRAP = 100_000
 DEFAULT_CONFIDENCE = 0.95
 MAX_OVERLAY_IMAGES = 24
 MAX_CONTACT_IMAGES = 16
+#: Labels of test sets and synthetic sources name files, table rows and feature sets: the
+#: characters a plan's arm names may use.
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+#: Feature spaces a quality assessment can be computed in (services/evaluator/core/features.py).
+FEATURE_SPACES = ("segmenter_fpn", "inception")
+MAX_QUALITY_SAMPLES = 50_000
+MAX_KID_SUBSETS = 10_000
+MAX_NEAREST_K = 100
 #: Metrics the evaluation JSON has for every image (and that comparisons can pair).
 PER_IMAGE_METRICS = ("iou", "f1", "precision", "recall", "es", "thresholded_jaccard")
 
@@ -115,4 +124,44 @@ class CompareConfig:
         p = "CompareConfig"
         check_metric(self.metric, f"{p}.")
         check_bootstrap(self.n_bootstrap, DEFAULT_CONFIDENCE, f"{p}.")
+        return self
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """How synthetic images are compared with real ones in a feature space (QualityRequest's
+    settings; services/evaluator/core/quality.py says what each figure means)."""
+
+    # Images per set for FD, KID and precision/recall/density/coverage: every set (each
+    # source, half the real training images, the real test images) is subsampled to the same
+    # size, the smallest of this and what each set has (FD and KID depend on the size).
+    max_samples: int = 2000
+    # Images per KID subset (at most half the sample size, so that subsets differ).
+    kid_subset_size: int = 100
+    # KID subsets: KID is the mean of the unbiased MMD² over them, with their std.
+    kid_subsets: int = 100
+    # k of the k-nearest-neighbour manifolds (precision, recall, density, coverage, realism).
+    nearest_k: int = 5
+    # Near-copy threshold: this quantile of the real test images' distances to their nearest
+    # real training image (a held-out real image falls under it this often).
+    near_copy_quantile: float = 0.01
+    # Closest (synthetic, real training) pairs kept per source for the contact sheet.
+    closest_pairs: int = 8
+
+    def validate(self) -> "QualityConfig":
+        """Return self, or raise InvalidArgument naming the first bad setting."""
+        p = "QualityConfig"
+        if not 4 <= self.max_samples <= MAX_QUALITY_SAMPLES:
+            raise InvalidArgument(f"{p}.max_samples must be in [4, {MAX_QUALITY_SAMPLES}], got {self.max_samples}")
+        if not 2 <= self.kid_subset_size <= MAX_QUALITY_SAMPLES:
+            raise InvalidArgument(f"{p}.kid_subset_size must be in [2, {MAX_QUALITY_SAMPLES}], got {self.kid_subset_size}")
+        if not 1 <= self.kid_subsets <= MAX_KID_SUBSETS:
+            raise InvalidArgument(f"{p}.kid_subsets must be in [1, {MAX_KID_SUBSETS}], got {self.kid_subsets}")
+        if not 1 <= self.nearest_k <= MAX_NEAREST_K:
+            raise InvalidArgument(f"{p}.nearest_k must be in [1, {MAX_NEAREST_K}], got {self.nearest_k}")
+        if not 0.0 < self.near_copy_quantile <= 0.5:
+            raise InvalidArgument(f"{p}.near_copy_quantile must be in (0, 0.5], got {self.near_copy_quantile}")
+        if not 0 <= self.closest_pairs <= MAX_CONTACT_IMAGES:
+            raise InvalidArgument(
+                f"{p}.closest_pairs must be in [0, {MAX_CONTACT_IMAGES}] (0 = none), got {self.closest_pairs}")
         return self

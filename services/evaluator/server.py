@@ -1,6 +1,6 @@
 """EvaluatorService: a thin gRPC adapter over services.evaluator.core.
 
-SubmitEvaluate and SubmitReport are jobs (idempotent: the same request names the same job
+SubmitEvaluate, SubmitQuality and SubmitReport are jobs (idempotent: the same request names the same job
 and a stored result is returned without recomputing); Compare is a plain RPC (it is fast).
 Requests are validated before anything runs, so bad input is INVALID_ARGUMENT (a missing
 object NOT_FOUND) on the call itself.
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from services.common.config import config_from_proto
 from services.common.datasets import Dataset, validate_split
@@ -18,11 +20,15 @@ from services.common.jobs import JobContext, JobServicerMixin, job_id_for
 from services.common.refs import add_output, object_ref, resolve_object
 from services.common.runtime import ServerConfig, ServiceRuntime, serve
 from services.common.store import ObjectStore, canonical_json, validate_key
-from services.evaluator.config import CompareConfig, EvalConfig, ReportConfig
+from services.evaluator.config import CompareConfig, EvalConfig, QualityConfig, ReportConfig
 from services.evaluator.core.coco import GroundTruth, predictions_from_results
 from services.evaluator.core.compare import compare_evaluations
 from services.evaluator.core.evaluate import evaluate, headline_metrics
+from services.evaluator.core.features import check_feature_space, decode_features
 from services.evaluator.core.provenance import parse_provenance
+from services.evaluator.core.quality import SourceInput, assess_quality, check_source_label
+from services.evaluator.core.quality import headline_metrics as quality_metrics
+from services.evaluator.core.report_quality import parse_quality
 from services.evaluator.core.report_inputs import INTERNAL, check_label
 from services.evaluator.core.reports import (
     ImageSet,
@@ -40,11 +46,15 @@ SERVICE = "evaluator"
 SERVICE_NAME = evaluator_pb2.DESCRIPTOR.services_by_name["EvaluatorService"].full_name
 EVALUATE_KIND = "evaluator.Evaluate"
 REPORT_KIND = "evaluator.Report"
+QUALITY_KIND = "evaluator.Quality"
 MAX_RUNS = 500
+MAX_QUALITY_SOURCES = 100
 #: Request fields that are inputs, not settings (the rest fill the config dataclasses).
 EVALUATE_INPUTS = ("truth", "split", "predictions")
 COMPARE_INPUTS = ("a", "b", "seed")
-REPORT_INPUTS = ("runs", "truth", "split", "title", "prefix", "seed", "test_sets", "contact_sources", "provenance_json")
+REPORT_INPUTS = ("runs", "truth", "split", "title", "prefix", "seed", "test_sets", "contact_sources", "provenance_json",
+                 "quality")
+QUALITY_INPUTS = ("features", "feature_space", "sources", "seed")
 
 
 @dataclass(frozen=True)
@@ -58,8 +68,8 @@ class _RunSource:
     training_record: str | None
 
 
-def _has_ref(run: evaluator_pb2.ArmRun, name: str) -> bool:
-    return run.HasField(name) and bool(getattr(run, name).key)
+def _has_ref(message: Any, name: str) -> bool:
+    return message.HasField(name) and bool(getattr(message, name).key)
 
 
 class EvaluatorServicer(JobServicerMixin, evaluator_pb2_grpc.EvaluatorServiceServicer):
@@ -118,6 +128,50 @@ class EvaluatorServicer(JobServicerMixin, evaluator_pb2_grpc.EvaluatorServiceSer
             p_value=c.p_value, metric=c.metric, mean_a=c.mean_a, mean_b=c.mean_b, statistic=c.statistic,
         )
 
+    # -- Quality (job) ----------------------------------------------------------------------
+
+    def SubmitQuality(self, request: evaluator_pb2.QualityRequest, context: Any) -> common_pb2.JobRef:
+        what = "QualityRequest"
+        config = config_from_proto(QualityConfig, request, exclude=QUALITY_INPUTS)
+        space = check_feature_space(request.feature_space, f"{what}.feature_space")
+        if not request.HasField("features"):
+            raise InvalidArgument(f"{what}.features: an object reference is required")
+        features_key = resolve_object(self.store, request.features, f"{what}.features", verify=True)
+        if not request.sources:
+            raise InvalidArgument(f"{what}.sources: at least one synthetic source is required")
+        if len(request.sources) > MAX_QUALITY_SOURCES:
+            raise InvalidArgument(f"{what}.sources: at most {MAX_QUALITY_SOURCES}, got {len(request.sources)}")
+        fidelity: list[str | None] = []
+        seen: set[str] = set()
+        for i, src in enumerate(request.sources):
+            where = f"{what}.sources[{i}]"
+            label = check_source_label(src.label, f"{where}.label")
+            if label in seen:
+                raise InvalidArgument(f"{where}.label {label!r} appears twice")
+            seen.add(label)
+            fidelity.append(resolve_object(self.store, src.mask_fidelity, f"{where}.mask_fidelity", verify=True)
+                            if _has_ref(src, "mask_fidelity") else None)
+
+        def run(ctx: JobContext) -> common_pb2.JobResult:
+            ctx.progress(0.01, "loading features")
+            features = decode_features(self.store.get_bytes(features_key, request.features.sha256), f"{what}.features")
+            if features.extractor != space:
+                raise InvalidArgument(f"{what}.feature_space is {space!r}, the features were extracted with {features.extractor!r}")
+            sources = [SourceInput(src.label, self._load_evaluation(key, f"{what}.sources[{i}].mask_fidelity") if key else None,
+                                   key or "") for i, (src, key) in enumerate(zip(request.sources, fidelity))]
+            ctx.check_cancelled()
+            quality = assess_quality(features, sources, config, int(request.seed),
+                                     lambda f, m: ctx.progress(0.02 + 0.95 * f, m))
+            quality["features"] = {"key": features_key, "sha256": request.features.sha256, "model": features.model}
+            info = self.store.put_blob(canonical_json(quality), ".json", "application/json")
+            log.info("quality of %s in %s: %d sources at %d images each", features_key, space, len(sources),
+                     quality["sample_size"])
+            result = common_pb2.JobResult(metrics=quality_metrics(quality),
+                                          attributes={"feature_space": space, "features": features_key})
+            return add_output(result, "quality", object_ref(self.store, info))
+
+        return self.jobs.submit(QUALITY_KIND, request, run)
+
     # -- Report (job) -----------------------------------------------------------------------
 
     def SubmitReport(self, request: evaluator_pb2.ReportRequest, context: Any) -> common_pb2.JobRef:
@@ -137,6 +191,13 @@ class EvaluatorServicer(JobServicerMixin, evaluator_pb2_grpc.EvaluatorServiceSer
         with_truth = {label for label, (dataset, _) in test_sets.items() if dataset is not None}
         sources = [self._run_source(run, f"{what}.runs[{i}]", check_label(run.test_set, "test set") in with_truth)
                    for i, run in enumerate(request.runs)]
+        quality_keys = [resolve_object(self.store, ref, f"{what}.quality[{i}]", verify=True)
+                        for i, ref in enumerate(request.quality)]
+        if not quality_keys:
+            for i, arm_run in enumerate(request.runs):
+                if arm_run.quality_source:
+                    raise InvalidArgument(
+                        f"{what}.runs[{i}].quality_source {arm_run.quality_source!r}: the request has no quality results")
 
         def run(ctx: JobContext) -> common_pb2.JobResult:
             truths = {label: truth_from_dataset(dataset, split) for label, (dataset, split) in test_sets.items() if dataset}
@@ -150,13 +211,29 @@ class EvaluatorServicer(JobServicerMixin, evaluator_pb2_grpc.EvaluatorServiceSer
                           for label, (dataset, _) in test_sets.items() if dataset is not None]
             contact_sets = [ImageSet(src.label, truth_from_dataset(dataset, split), dataset.load_image)
                             for src, (dataset, split) in zip(request.contact_sources, contact)]
+            quality = [parse_quality(self.store.get_json(key), f"{what}.quality[{i}] ({key})")
+                       for i, key in enumerate(quality_keys)]
             ctx.progress(0.4, "tables, statistics and figures")
             report = build_report(runs, None, request.title, config=config, seed=int(request.seed),
-                                  test_sets=image_sets, contact=contact_sets, provenance=provenance)
+                                  test_sets=image_sets, contact=contact_sets, provenance=provenance,
+                                  quality=quality, quality_images=self._image_loader())
             ctx.progress(0.95, f"writing {len(report.files)} files under {prefix}")
             return self._store_report(report, prefix)
 
         return self.jobs.submit(REPORT_KIND, request, run)
+
+    def _image_loader(self) -> Callable[[str, int], np.ndarray]:
+        """(dataset id, image id) → RGB image, datasets loaded once: the quality section's
+        closest pairs name their images this way."""
+        datasets: dict[str, Dataset] = {}
+
+        def load(dataset_id: str, image_id: int) -> np.ndarray:
+            if dataset_id not in datasets:
+                datasets[dataset_id] = Dataset.load(self.store, dataset_id)
+            dataset = datasets[dataset_id]
+            return dataset.load_image(dataset.record(image_id))
+
+        return load
 
     def _images(self, ref: common_pb2.DatasetRef, split: str, where: str) -> tuple[Dataset, str]:
         """A dataset and split the report draws images from, checked: it exists and the split has images."""
@@ -235,7 +312,7 @@ class EvaluatorServicer(JobServicerMixin, evaluator_pb2_grpc.EvaluatorServiceSer
                 records[source.training_record] = self.store.get_json(source.training_record)
             record = records[source.training_record]
         return RunInput(run.arm, int(run.seed), evaluation, preds, record, int(run.real_count), int(run.composite_count),
-                        int(run.gan_count), check_label(run.test_set, "test set"))
+                        int(run.gan_count), check_label(run.test_set, "test set"), run.quality_source)
 
     def _store_report(self, report: Report, prefix: str) -> common_pb2.JobResult:
         """Write the files under `prefix`, index.html last: it is what a reader opens, and it

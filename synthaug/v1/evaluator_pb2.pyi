@@ -62,7 +62,7 @@ class CompareResponse(_message.Message):
     def __init__(self, n_images: _Optional[int] = ..., mean_difference: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., p_value: _Optional[float] = ..., metric: _Optional[str] = ..., mean_a: _Optional[float] = ..., mean_b: _Optional[float] = ..., statistic: _Optional[float] = ...) -> None: ...
 
 class ArmRun(_message.Message):
-    __slots__ = ("arm", "seed", "evaluation", "predictions", "training_record", "real_count", "composite_count", "gan_count", "test_set")
+    __slots__ = ("arm", "seed", "evaluation", "predictions", "training_record", "real_count", "composite_count", "gan_count", "test_set", "quality_source")
     ARM_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class ArmRun(_message.Message):
     COMPOSITE_COUNT_FIELD_NUMBER: _ClassVar[int]
     GAN_COUNT_FIELD_NUMBER: _ClassVar[int]
     TEST_SET_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_SOURCE_FIELD_NUMBER: _ClassVar[int]
     arm: str
     seed: int
     evaluation: _common_pb2.ObjectRef
@@ -81,7 +82,8 @@ class ArmRun(_message.Message):
     composite_count: int
     gan_count: int
     test_set: str
-    def __init__(self, arm: _Optional[str] = ..., seed: _Optional[int] = ..., evaluation: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., predictions: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., training_record: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., real_count: _Optional[int] = ..., composite_count: _Optional[int] = ..., gan_count: _Optional[int] = ..., test_set: _Optional[str] = ...) -> None: ...
+    quality_source: str
+    def __init__(self, arm: _Optional[str] = ..., seed: _Optional[int] = ..., evaluation: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., predictions: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., training_record: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., real_count: _Optional[int] = ..., composite_count: _Optional[int] = ..., gan_count: _Optional[int] = ..., test_set: _Optional[str] = ..., quality_source: _Optional[str] = ...) -> None: ...
 
 class TestSet(_message.Message):
     __slots__ = ("label", "truth", "split")
@@ -104,7 +106,7 @@ class ContactSource(_message.Message):
     def __init__(self, label: _Optional[str] = ..., dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
-    __slots__ = ("runs", "truth", "split", "title", "prefix", "overlay_images", "baseline_arm", "n_bootstrap", "seed", "test_sets", "contact_sources", "provenance_json", "contact_images")
+    __slots__ = ("runs", "truth", "split", "title", "prefix", "overlay_images", "baseline_arm", "n_bootstrap", "seed", "test_sets", "contact_sources", "provenance_json", "contact_images", "quality")
     RUNS_FIELD_NUMBER: _ClassVar[int]
     TRUTH_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +120,7 @@ class ReportRequest(_message.Message):
     CONTACT_SOURCES_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_JSON_FIELD_NUMBER: _ClassVar[int]
     CONTACT_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
     runs: _containers.RepeatedCompositeFieldContainer[ArmRun]
     truth: _common_pb2.DatasetRef
     split: str
@@ -131,4 +134,37 @@ class ReportRequest(_message.Message):
     contact_sources: _containers.RepeatedCompositeFieldContainer[ContactSource]
     provenance_json: str
     contact_images: int
-    def __init__(self, runs: _Optional[_Iterable[_Union[ArmRun, _Mapping]]] = ..., truth: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., title: _Optional[str] = ..., prefix: _Optional[str] = ..., overlay_images: _Optional[int] = ..., baseline_arm: _Optional[str] = ..., n_bootstrap: _Optional[int] = ..., seed: _Optional[int] = ..., test_sets: _Optional[_Iterable[_Union[TestSet, _Mapping]]] = ..., contact_sources: _Optional[_Iterable[_Union[ContactSource, _Mapping]]] = ..., provenance_json: _Optional[str] = ..., contact_images: _Optional[int] = ...) -> None: ...
+    quality: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectRef]
+    def __init__(self, runs: _Optional[_Iterable[_Union[ArmRun, _Mapping]]] = ..., truth: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., title: _Optional[str] = ..., prefix: _Optional[str] = ..., overlay_images: _Optional[int] = ..., baseline_arm: _Optional[str] = ..., n_bootstrap: _Optional[int] = ..., seed: _Optional[int] = ..., test_sets: _Optional[_Iterable[_Union[TestSet, _Mapping]]] = ..., contact_sources: _Optional[_Iterable[_Union[ContactSource, _Mapping]]] = ..., provenance_json: _Optional[str] = ..., contact_images: _Optional[int] = ..., quality: _Optional[_Iterable[_Union[_common_pb2.ObjectRef, _Mapping]]] = ...) -> None: ...
+
+class QualitySource(_message.Message):
+    __slots__ = ("label", "mask_fidelity")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIDELITY_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    mask_fidelity: _common_pb2.ObjectRef
+    def __init__(self, label: _Optional[str] = ..., mask_fidelity: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ...) -> None: ...
+
+class QualityRequest(_message.Message):
+    __slots__ = ("features", "feature_space", "sources", "seed", "max_samples", "kid_subset_size", "kid_subsets", "nearest_k", "near_copy_quantile", "closest_pairs")
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_SPACE_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    KID_SUBSET_SIZE_FIELD_NUMBER: _ClassVar[int]
+    KID_SUBSETS_FIELD_NUMBER: _ClassVar[int]
+    NEAREST_K_FIELD_NUMBER: _ClassVar[int]
+    NEAR_COPY_QUANTILE_FIELD_NUMBER: _ClassVar[int]
+    CLOSEST_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    features: _common_pb2.ObjectRef
+    feature_space: str
+    sources: _containers.RepeatedCompositeFieldContainer[QualitySource]
+    seed: int
+    max_samples: int
+    kid_subset_size: int
+    kid_subsets: int
+    nearest_k: int
+    near_copy_quantile: float
+    closest_pairs: int
+    def __init__(self, features: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., feature_space: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[QualitySource, _Mapping]]] = ..., seed: _Optional[int] = ..., max_samples: _Optional[int] = ..., kid_subset_size: _Optional[int] = ..., kid_subsets: _Optional[int] = ..., nearest_k: _Optional[int] = ..., near_copy_quantile: _Optional[float] = ..., closest_pairs: _Optional[int] = ...) -> None: ...

@@ -50,6 +50,11 @@ class EvaluatorServiceStub:
                 request_serializer=synthaug_dot_v1_dot_evaluator__pb2.ReportRequest.SerializeToString,
                 response_deserializer=synthaug_dot_v1_dot_common__pb2.JobRef.FromString,
                 _registered_method=True)
+        self.SubmitQuality = channel.unary_unary(
+                '/synthaug.v1.EvaluatorService/SubmitQuality',
+                request_serializer=synthaug_dot_v1_dot_evaluator__pb2.QualityRequest.SerializeToString,
+                response_deserializer=synthaug_dot_v1_dot_common__pb2.JobRef.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/synthaug.v1.EvaluatorService/GetJob',
                 request_serializer=synthaug_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
@@ -99,6 +104,23 @@ class EvaluatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitQuality(self, request, context):
+        """Synthetic-data quality in one feature space (services/evaluator/core/quality.py): per
+        source FD, KID (mean ± std over subsets) and precision / recall / density / coverage,
+        each against the real test images and against real training images, at one sample size;
+        memorisation (nearest-neighbour distance ratios, near-copy share, closest pairs); mask
+        fidelity; and a real-vs-real floor row. Result: outputs["quality"] is the quality JSON
+        (format "synthaug.quality/1": rows [floor, sources…] and per_image values per source:
+        image_id, nn_train, nn_train_id, nn_test, ratio, realism); metrics: per row
+        "<label>.fd_test", ".kid_test", ".precision_test", ".recall_test", ".density_test",
+        ".coverage_test", ".near_copy_share", ".mask_fidelity" (when measured), and
+        "sample_size". Bad features (format, names, shapes) fail the job with INVALID_ARGUMENT
+        naming the set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -133,6 +155,11 @@ def add_EvaluatorServiceServicer_to_server(servicer, server):
             'SubmitReport': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitReport,
                     request_deserializer=synthaug_dot_v1_dot_evaluator__pb2.ReportRequest.FromString,
+                    response_serializer=synthaug_dot_v1_dot_common__pb2.JobRef.SerializeToString,
+            ),
+            'SubmitQuality': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitQuality,
+                    request_deserializer=synthaug_dot_v1_dot_evaluator__pb2.QualityRequest.FromString,
                     response_serializer=synthaug_dot_v1_dot_common__pb2.JobRef.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
@@ -231,6 +258,33 @@ class EvaluatorService:
             target,
             '/synthaug.v1.EvaluatorService/SubmitReport',
             synthaug_dot_v1_dot_evaluator__pb2.ReportRequest.SerializeToString,
+            synthaug_dot_v1_dot_common__pb2.JobRef.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitQuality(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/synthaug.v1.EvaluatorService/SubmitQuality',
+            synthaug_dot_v1_dot_evaluator__pb2.QualityRequest.SerializeToString,
             synthaug_dot_v1_dot_common__pb2.JobRef.FromString,
             options,
             channel_credentials,

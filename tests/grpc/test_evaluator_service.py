@@ -244,3 +244,114 @@ def test_bad_requests_map_to_status_codes(server):
     with pytest.raises(JobFailed) as info:
         wait_job(stub, ref, timeout=60)
     assert info.value.status.error.code == "INVALID_ARGUMENT" and "img2.png" in info.value.status.error.message
+
+
+def image_dataset(store: ObjectStore, name: str, kind: str, splits: list[str], seed: int) -> common_pb2.DatasetRef:
+    """Tiny images with one square lesion each, in the given splits (ids 1..N in order)."""
+    rng = np.random.default_rng(seed)
+    writer = DatasetWriter(store, kind, [{"id": 1, "name": "lesion"}], name=name)
+    for i, split in enumerate(splits):
+        y, x = rng.integers(0, 16, 2)
+        writer.add(rng.integers(0, 255, (S, S, 3), dtype=np.uint8), box(y, y + 12, x, x + 12)[None], [1], f"{name}{i}.png",
+                   split=split)
+    return writer.finish()
+
+
+def test_quality_job_and_report_section(server, caplog):
+    from services.evaluator.core.features import FeatureSet, encode_features
+
+    store, stub = server
+    real = image_dataset(store, "q-real", "real", ["train"] * 12 + ["test"] * 8, 0)
+    gan = image_dataset(store, "q-gan", "gan", [""] * 10, 1)
+    rng = np.random.default_rng(2)
+    train = rng.normal(size=(12, 8))
+    sets = {
+        "real_train": FeatureSet("real_train", train.astype(np.float32), np.arange(1, 13), real.id, "train"),
+        "real_test": FeatureSet("real_test", rng.normal(size=(8, 8)).astype(np.float32), np.arange(13, 21), real.id, "test"),
+        # Images 1-3 copy training images 5, 6, 7 exactly.
+        "gan-s0": FeatureSet("gan-s0", np.vstack([train[4:7], rng.normal(size=(7, 8)) + 0.5]).astype(np.float32),
+                             np.arange(1, 11), gan.id),
+    }
+    info = store.put_blob(encode_features("segmenter_fpn", sets, {"checkpoint": "models/real.pt"}), ".npz")
+    features = common_pb2.ObjectRef(bucket=store.bucket, key=info.key, sha256=info.sha256, size=info.size)
+    # Mask fidelity: "the real-only segmenter" predicts the GAN images; here: their own masks, shifted on image 1.
+    gan_ds = store.get_json(f"datasets/{gan.id}/dataset.json")
+    preds = [result(a["image_id"], masks_rle_shift(a["segmentation"], 4 if a["image_id"] == 1 else 0)) for a in gan_ds["annotations"]]
+    fidelity = output(wait_job(stub, stub.SubmitEvaluate(evaluator_pb2.EvaluateRequest(
+        truth=gan, predictions=put_predictions(store, preds, "preds/gan.json"), n_bootstrap=200)), timeout=120), "evaluation")
+    request = evaluator_pb2.QualityRequest(
+        features=features, feature_space="segmenter_fpn", seed=1, nearest_k=2, kid_subsets=10,
+        sources=[evaluator_pb2.QualitySource(label="gan-s0", mask_fidelity=fidelity)])
+    ref = stub.SubmitQuality(request)
+    assert ref.kind == "evaluator.Quality"
+    res = wait_job(stub, ref, timeout=120)
+    q_ref = output(res, "quality")
+    quality = store.get_json(q_ref.key)
+    assert quality["format"] == "synthaug.quality/1" and quality["sample_size"] == 6  # min(2000, 12 // 2, 8, 10)
+    assert [r["label"] for r in quality["rows"]] == ["real-vs-real", "gan-s0"]
+    gan_row = quality["rows"][1]
+    assert gan_row["dataset"] == gan.id and quality["real"]["train"]["dataset"] == real.id
+    assert [(p["synthetic_id"], p["train_id"]) for p in gan_row["closest_pairs"][:3]] == [(1, 5), (2, 6), (3, 7)]
+    assert gan_row["memorisation"]["near_copies"] == 3
+    assert gan_row["mask_fidelity"]["evaluation"] == fidelity.key and gan_row["mask_fidelity"]["n_images"] == 10
+    assert gan_row["mask_fidelity"]["mean_iou"] == pytest.approx(store.get_json(fidelity.key)["mean_iou"])
+    assert quality["features"]["key"] == info.key and quality["features"]["model"] == {"checkpoint": "models/real.pt"}
+    assert res.metrics["gan-s0.near_copy_share"] == pytest.approx(0.3) and "real-vs-real.fd_test" in res.metrics
+    assert res.attributes["feature_space"] == "segmenter_fpn"
+    assert stub.SubmitQuality(request).id == ref.id  # the same request is the same job
+
+    # The report: the GAN arm trained on source gan-s0; its section, files and figures.
+    truth = make_truth(store)
+    ev_a = output(evaluate(store, stub, truth, put_predictions(store, PREDS_A, "preds/a.json"))[1], "evaluation")
+    ev_b = output(evaluate(store, stub, truth, put_predictions(store, PREDS_B, "preds/b.json"))[1], "evaluation")
+    runs = [evaluator_pb2.ArmRun(arm="real", seed=0, evaluation=ev_a, real_count=12),
+            evaluator_pb2.ArmRun(arm="gan", seed=0, evaluation=ev_b, real_count=12, gan_count=10, quality_source="gan-s0")]
+    report = evaluator_pb2.ReportRequest(runs=runs, prefix="reports/q", overlay_images=0, n_bootstrap=200, quality=[q_ref])
+    rep = wait_job(stub, stub.SubmitReport(report), timeout=300)
+    keys = [f.key for f in rep.objects]
+    for name in ("quality.csv", "quality.tex", "quality_gain_segmenter_fpn.png", "closest_pairs_segmenter_fpn.pdf"):
+        assert f"reports/q/{name}" in keys, name
+    page = store.get_bytes("reports/q/index.html").decode()
+    assert '<h2 id="quality">' in page and "no Inception weights supplied" in page
+    assert not [r for r in caplog.records if "cannot load image" in r.getMessage()]  # the pairs came from the datasets
+
+    # Errors on the call name the field; errors in the features fail the job naming the set.
+    q = evaluator_pb2.QualityRequest
+    src = evaluator_pb2.QualitySource
+    for bad, needle, expected in [
+        (q(features=features, feature_space="clip", sources=[src(label="gan-s0")]), "QualityRequest.feature_space must be one of",
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (q(features=features, feature_space="segmenter_fpn"), "QualityRequest.sources: at least one", grpc.StatusCode.INVALID_ARGUMENT),
+        (q(features=features, feature_space="segmenter_fpn", sources=[src(label="a"), src(label="a")]),
+         "sources[1].label 'a' appears twice", grpc.StatusCode.INVALID_ARGUMENT),
+        (q(features=features, feature_space="segmenter_fpn", sources=[src(label="real_train")]), "is reserved",
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (q(features=features, feature_space="segmenter_fpn", sources=[src(label="g")], nearest_k=0), "QualityConfig.nearest_k",
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (q(feature_space="segmenter_fpn", sources=[src(label="g")]), "QualityRequest.features", grpc.StatusCode.INVALID_ARGUMENT),
+        (q(features=common_pb2.ObjectRef(bucket=store.bucket, key="features/missing.npz"), feature_space="segmenter_fpn",
+           sources=[src(label="g")]), "features/missing.npz", grpc.StatusCode.NOT_FOUND),
+        (q(features=features, feature_space="segmenter_fpn", sources=[src(label="g", mask_fidelity=common_pb2.ObjectRef(
+            bucket=store.bucket, key="evals/missing.json"))]), "evals/missing.json", grpc.StatusCode.NOT_FOUND),
+        (evaluator_pb2.ReportRequest(runs=runs), "runs[1].quality_source 'gan-s0': the request has no quality results",
+         grpc.StatusCode.INVALID_ARGUMENT),
+    ]:
+        call = stub.SubmitReport if isinstance(bad, evaluator_pb2.ReportRequest) else stub.SubmitQuality
+        code, msg = code_of(lambda call=call, bad=bad: call(bad))
+        assert code == expected and needle in msg, (needle, code, msg)
+    for bad, needle in [
+        (q(features=features, feature_space="inception", sources=[src(label="gan-s0")]),
+         "feature_space is 'inception', the features were extracted with 'segmenter_fpn'"),
+        (q(features=features, feature_space="segmenter_fpn", sources=[src(label="gan-s1")]), "the features have no set 'gan-s1'"),
+        (q(features=fidelity, feature_space="segmenter_fpn", sources=[src(label="gan-s0")]), "not a synthaug.features/1 .npz"),
+    ]:
+        with pytest.raises(JobFailed) as info:
+            wait_job(stub, stub.SubmitQuality(bad), timeout=60)
+        assert info.value.status.error.code == "INVALID_ARGUMENT" and needle in info.value.status.error.message, needle
+
+
+def masks_rle_shift(rle, dx: int):
+    """The mask of a COCO RLE shifted right by dx pixels, as a boolean S × S array."""
+    from services.common.datasets import rle_to_masks
+
+    return np.roll(rle_to_masks([rle], S, S)[0], dx, axis=1)

@@ -26,7 +26,8 @@ CONFIG_MESSAGES = [
     ("segmenter.proto", "SegmenterConfig", "services.segmenter.config:SegmenterConfig", ()),
     ("segmenter.proto", "PredictRequest", "services.segmenter.config:PredictConfig", ("checkpoint", "dataset", "split")),
     ("evaluator.proto", "EvaluateRequest", "services.evaluator.config:EvalConfig", ("truth", "split", "predictions", "seed")),
-    ("evaluator.proto", "ReportRequest", "services.evaluator.config:ReportConfig", ("runs", "truth", "split", "title", "prefix", "seed", "test_sets", "contact_sources", "provenance_json")),
+    ("evaluator.proto", "ReportRequest", "services.evaluator.config:ReportConfig", ("runs", "truth", "split", "title", "prefix", "seed", "test_sets", "contact_sources", "provenance_json", "quality")),
+    ("evaluator.proto", "QualityRequest", "services.evaluator.config:QualityConfig", ("features", "feature_space", "sources", "seed")),
 ]
 
 _FIELD = re.compile(r"^\s*(optional\s+|repeated\s+)?([\w.<>, ]+?)\s+(\w+)\s*=\s*\d+\s*;")

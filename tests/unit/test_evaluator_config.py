@@ -10,12 +10,14 @@ from services.common.config import (
     config_to_proto,
 )
 from services.common.errors import InvalidArgument
-from services.evaluator.config import CompareConfig, EvalConfig, ReportConfig
+from services.evaluator.config import CompareConfig, EvalConfig, QualityConfig, ReportConfig
 from synthaug.v1 import common_pb2
 from synthaug.v1 import evaluator_pb2 as pb
 
 EVALUATE_INPUTS = ("truth", "split", "predictions")
-REPORT_INPUTS = ("runs", "truth", "split", "title", "prefix", "seed", "test_sets", "contact_sources", "provenance_json")
+REPORT_INPUTS = ("runs", "truth", "split", "title", "prefix", "seed", "test_sets", "contact_sources", "provenance_json",
+                 "quality")
+QUALITY_INPUTS = ("features", "feature_space", "sources", "seed")
 
 
 def test_unset_fields_take_the_defaults() -> None:
@@ -59,8 +61,24 @@ def test_config_to_proto_builds_the_request_the_orchestrator_sends() -> None:
     (ReportConfig, {"n_bootstrap": 50}, "ReportConfig.n_bootstrap must be in [100, 100000], got 50"),
     (ReportConfig, {"contact_images": 17}, "ReportConfig.contact_images must be in [0, 16] (0 = none), got 17"),
     (CompareConfig, {"metric": "accuracy"}, "CompareConfig.metric must be one of iou, f1, precision, recall, es"),
+    (QualityConfig, {"max_samples": 3}, "QualityConfig.max_samples must be in [4, 50000], got 3"),
+    (QualityConfig, {"kid_subset_size": 1}, "QualityConfig.kid_subset_size must be in [2, 50000], got 1"),
+    (QualityConfig, {"kid_subsets": 0}, "QualityConfig.kid_subsets must be in [1, 10000], got 0"),
+    (QualityConfig, {"nearest_k": 101}, "QualityConfig.nearest_k must be in [1, 100], got 101"),
+    (QualityConfig, {"near_copy_quantile": 0.0}, "QualityConfig.near_copy_quantile must be in (0, 0.5], got 0.0"),
+    (QualityConfig, {"closest_pairs": 17}, "QualityConfig.closest_pairs must be in [0, 16] (0 = none), got 17"),
 ])
 def test_bad_settings_name_the_field(cls: type, values: dict, message: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         config_from_mapping(cls, values)
     assert message in str(info.value)
+
+
+def test_quality_settings_from_the_request() -> None:
+    """Unset → the defaults; 0 closest pairs is a value (no contact sheet), not "unset"."""
+    request = pb.QualityRequest(feature_space="segmenter_fpn", seed=2)
+    assert config_from_proto(QualityConfig, request, exclude=QUALITY_INPUTS) == QualityConfig(
+        max_samples=2000, kid_subset_size=100, kid_subsets=100, nearest_k=5, near_copy_quantile=0.01, closest_pairs=8)
+    request = config_to_proto(QualityConfig(closest_pairs=0, nearest_k=3), pb.QualityRequest, feature_space="inception")
+    assert request.HasField("closest_pairs") and request.closest_pairs == 0 and request.feature_space == "inception"
+    assert config_from_proto(QualityConfig, request, exclude=QUALITY_INPUTS) == QualityConfig(closest_pairs=0, nearest_k=3)

@@ -379,3 +379,90 @@ def contact_sheet(sources: Sequence[ImageSet], per_source: int, seed: int = 0) -
         axes[row_i, 0].set_ylabel(f"{_wrap(source.label, 16)}\n({len(recs):,} images)", fontsize=8)
     fig.suptitle("Training images of the run (green: instance masks)", fontsize=10)
     return fig
+
+
+# --- synthetic data quality -------------------------------------------------------------------
+
+
+def gain_vs_distance_chart(points: Sequence[Any], floor_fd: Mapping[str, float], feature_space: str) -> Figure | None:
+    """One panel per test set: each arm's paired IoU change against the baseline (95% BCa
+    CI) at the Fréchet distance to the real test images of the source it trained on
+    (horizontal bar: the range over its seeds' sources). The dashed line is the
+    real-vs-real floor: the FD real images themselves score. `points`:
+    report_quality.GainPoint; `floor_fd`: test set → floor FD (the same for every panel)."""
+    if not points:
+        return None
+    test_sets = list(dict.fromkeys(p.test_set for p in points))
+    fig, axes = _panels(len(test_sets), 4.2, 3.2, sharex=True)
+    for ax, label in zip(axes.flat, test_sets):
+        pts = [p for p in points if p.test_set == label]
+        for gen in dict.fromkeys(p.generator for p in pts):
+            sel = [p for p in pts if p.generator == gen]
+            x = np.array([p.fd for p in sel])
+            y = np.array([p.gain for p in sel])
+            yerr = np.vstack([np.clip(y - [p.ci_low for p in sel], 0, None), np.clip([p.ci_high for p in sel] - y, 0, None)])
+            xerr = np.vstack([x - [p.fd_low for p in sel], [p.fd_high for p in sel] - x])
+            ax.errorbar(x, y, yerr=yerr, xerr=xerr, fmt="o", ms=4, capsize=2.5, elinewidth=0.9,
+                        color=GENERATOR_COLOURS.get(gen, "#444444"), label=gen)
+            for p in sel:
+                ax.annotate(_wrap(p.arm, 16), (p.fd, p.gain), textcoords="offset points", xytext=(4, 4), fontsize=6)
+        ax.axhline(0.0, color="black", lw=0.8)
+        if label in floor_fd:
+            ax.axvline(floor_fd[label], color="#444444", lw=1.0, ls="--", label="real-vs-real floor")
+        ax.set_title(f"test set: {label}", fontsize=9)
+        ax.set_xlabel(f"FD to real test images ({feature_space})", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Δ IoU vs baseline (95% CI)", fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize=7, frameon=False)
+    width = fig.get_figwidth()
+    fig.suptitle(_wrap("Does better-looking synthetic data help more? IoU gain against distance to real data",
+                       int(width * 11)), fontsize=10)
+    return fig
+
+
+def closest_pairs_sheet(rows: Sequence[tuple[str, Sequence[Mapping[str, Any]], str, str]],
+                        load: Callable[[str, int], np.ndarray] | None, feature_space: str) -> Figure | None:
+    """Per source two rows: its synthetic images closest to a real training image (top) and
+    that training image (below), closest first, with the feature distance. `rows`: (source
+    label, closest_pairs of the quality JSON, synthetic dataset id, real training dataset
+    id). Images that cannot be loaded are drawn grey."""
+    rows = [r for r in rows if r[1]]
+    if not rows:
+        return None
+    cols = max(len(pairs) for _, pairs, _, _ in rows)
+    cell = 1.3
+    fig = _figure(cell * cols + 0.8, cell * 2 * len(rows) + 0.7)
+    axes = fig.subplots(2 * len(rows), cols, squeeze=False)
+
+    def image(dataset: str, image_id: int) -> np.ndarray:
+        if load is not None:
+            try:
+                return load(dataset, image_id)
+            except (OSError, ValueError, KeyError) as exc:  # a missing image must not sink the report
+                log.warning("report: cannot load image %s of dataset %s: %s", image_id, dataset, exc)
+        return np.full((8, 8, 3), 128, np.uint8)
+
+    for r, (label, pairs, synthetic, real) in enumerate(rows):
+        for col in range(cols):
+            top, bottom = axes[2 * r, col], axes[2 * r + 1, col]
+            for ax in (top, bottom):
+                ax.set_xticks([])
+                ax.set_yticks([])
+            if col >= len(pairs):
+                top.set_axis_off()
+                bottom.set_axis_off()
+                continue
+            p = pairs[col]
+            top.imshow(image(synthetic, int(p["synthetic_id"])), interpolation="nearest")
+            bottom.imshow(image(real, int(p["train_id"])), interpolation="nearest")
+            top.set_title(f"d = {p['distance']:.3g}", fontsize=7)
+            top.set_xlabel(f"#{p['synthetic_id']}", fontsize=6, labelpad=1)
+            bottom.set_xlabel(f"train #{p['train_id']}", fontsize=6, labelpad=1)
+        axes[2 * r, 0].set_ylabel(f"{_wrap(label, 14)}", fontsize=8)
+        axes[2 * r + 1, 0].set_ylabel("nearest real\ntraining image", fontsize=7)
+    fig.suptitle(f"Synthetic images closest to a real training image ({feature_space} features), closest first",
+                 fontsize=10)
+    return fig

@@ -3,19 +3,17 @@ draw (test sets for overlays, training sets for the contact sheet), and the chec
 service runs on them before starting the work."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from services.common.errors import InvalidArgument
+from services.evaluator.config import LABEL_RE
 from services.evaluator.core.coco import GroundTruth, Predictions
 
 #: The test set a run without one was evaluated on: the plan's own test split.
 INTERNAL = "internal"
-#: Test-set labels name files and table columns: the characters a plan's arm names may use.
-LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 
 def check_label(label: str, what: str) -> str:
@@ -39,6 +37,8 @@ class RunInput:
     composite_count: int = 0
     gan_count: int = 0
     test_set: str = INTERNAL
+    #: Label of the synthetic source (in the report's quality results) this run trained on; "" = none.
+    quality_source: str = ""
 
     @property
     def ratio(self) -> float | None:

@@ -54,6 +54,15 @@ def _count(x: Any) -> str:
     return MISSING if x is None else f"{round(x):,}".replace(",", " ")
 
 
+def _percent(x: Any) -> str:
+    return MISSING if x is None else f"{100 * x:.1f}%"
+
+
+def _fd(x: Any) -> str:
+    """Fréchet distances span orders of magnitude (tiny features vs Inception's 2048): 4 significant digits."""
+    return MISSING if x is None else f"{x:.4g}"
+
+
 FORMATS: dict[str, Callable[[Any], str]] = {
     "text": lambda x: MISSING if x is None or x == "" else str(x),
     "int": _count,
@@ -64,6 +73,10 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "signed_ci": lambda v: _ci(v, 4, signed=True),
     "p": _p,
     "seeds": _seeds,
+    "percent": _percent,
+    # A value formatted by the row's producer (e.g. "12.30 ± 1.20"), aligned as a number.
+    "pre": lambda x: MISSING if x is None or x == "" else str(x),
+    "fd": _fd,
 }
 
 
@@ -159,6 +172,27 @@ DATASETS = [
     Column("id", "Dataset id", "text"), Column("step", "Step", "text"),
 ]
 
+#: Synthetic data quality, one table per feature space: against the real test images …
+QUALITY_TEST = [
+    Column("row", "Source", "text"), Column("n_images", "Images", "int"), Column("fd_test", "FD", "fd"),
+    Column("kid_test_text", "KID ×10³ (± std)", "pre"), Column("precision_test", "Precision"),
+    Column("recall_test", "Recall"), Column("density_test", "Density"), Column("coverage_test", "Coverage"),
+    Column("near_copy_share", "Near-copies", "percent"), Column("ratio_q50", "NN ratio train/test (median)"),
+    Column("fidelity_text", "Mask fidelity IoU (mean [q25, q75])", "pre"),
+]
+#: … and against real training images (for comparison: a copying generator looks better here).
+QUALITY_TRAIN = [
+    Column("row", "Source", "text"), Column("fd_train", "FD", "fd"), Column("kid_train_text", "KID ×10³ (± std)", "pre"),
+    Column("precision_train", "Precision"), Column("recall_train", "Recall"), Column("density_train", "Density"),
+    Column("coverage_train", "Coverage"),
+]
+QUALITY_LATEX = [
+    Column("feature_space", "Features", "text"), Column("row", "Source", "text"), Column("fd_test", "FD", "fd"),
+    Column("kid_test_text", "KID$\\times 10^3$", "pre"), Column("precision_test", "P"), Column("recall_test", "R"),
+    Column("density_test", "D"), Column("coverage_test", "C"), Column("near_copy_share", "Near-copies", "percent"),
+    Column("fidelity_mean_iou", "Mask fid."),
+]
+
 
 def domain_table(rows: Sequence[Mapping[str, Any]], test_sets: Sequence[str], baseline: str) -> Table:
     """Wide form of report_rows.domain_rows: one row per arm; per test set its mean IoU, its
@@ -200,7 +234,7 @@ def to_markdown(table: Table) -> str:
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _LATEX_SYMBOLS = {"–": "--", "−": "$-$", "×": r"$\times$", "Δ": r"$\Delta$", "≥": r"$\geq$", "≤": r"$\leq$",
-                  "·": r"$\cdot$", "<": r"$<$", ">": r"$>$"}
+                  "·": r"$\cdot$", "±": r"$\pm$", "<": r"$<$", ">": r"$>$"}
 _MATH = re.compile(r"\$[^$]*\$")
 
 

@@ -15,7 +15,11 @@ Files (names relative to the report's prefix; a test set other than "internal" a
   image × arm × seed × test set); ``budget.csv``; ``provenance.json`` (when given).
 * Figures, each as ``.png`` (200 dpi), ``.svg`` and ``.pdf``: ``metrics_bar``,
   ``es_vs_ratio``, ``overlays`` (per test set), ``validation_curves``, ``training_losses``,
-  ``contact_sheet``.
+  ``contact_sheet``; with quality results, per feature space ``quality_gain_<space>`` (IoU
+  gain against FD) and ``closest_pairs_<space>``.
+* With quality results (report_quality): ``quality.csv`` / ``quality.tex`` — every feature
+  space × source (and the real-vs-real floor) with FD, KID, P/R/D/C against test and
+  train, memorisation and mask fidelity.
 
 The statistics are described in report_rows and on the page's Methods section; training
 records in training; the provenance document in provenance.
@@ -42,10 +46,12 @@ from services.evaluator.core.report_figures import (
     BAR_CI_LABEL,
     PNG_DPI,
     bar_chart,
+    closest_pairs_sheet,
     contact_sheet,
     es_vs_ratio_chart,
     figure_files,
     fit_logistic,
+    gain_vs_distance_chart,
     logistic,
     loss_curves,
     overlay_grid,
@@ -58,6 +64,14 @@ from services.evaluator.core.report_inputs import (
     check_runs,
     default_baseline,
     test_set_order,
+)
+from services.evaluator.core.report_quality import (
+    NO_INCEPTION,
+    QUALITY_FIELDS,
+    check_quality,
+    gain_points,
+    parse_quality,
+    quality_rows,
 )
 from services.evaluator.core.report_rows import (
     COMPARISON_FIELDS,
@@ -79,6 +93,9 @@ from services.evaluator.core.report_tables import (
     DATASETS,
     FORMATS,
     PER_SEED,
+    QUALITY_LATEX,
+    QUALITY_TEST,
+    QUALITY_TRAIN,
     RESULTS,
     RESULTS_LATEX,
     STEPS,
@@ -150,6 +167,22 @@ class FigureOut:
     @property
     def data_uri(self) -> str:
         return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+
+@dataclass
+class QualitySection:
+    """One feature space's quality results as the page shows them."""
+
+    feature_space: str
+    sample_size: int
+    kid_subset_size: int
+    near_copy_threshold: float
+    settings: dict[str, Any]
+    test: Table
+    test_md: str
+    train: Table
+    train_md: str
+    figures: list[FigureOut]
 
 
 @dataclass
@@ -262,13 +295,17 @@ def build_report(
     test_sets: Sequence[ImageSet] = (),
     contact: Sequence[ImageSet] = (),
     provenance: Provenance | Mapping[str, Any] | str | None = None,
+    quality: Sequence[Mapping[str, Any]] = (),
+    quality_images: Callable[[str, int], np.ndarray] | None = None,
 ) -> Report:
     """All report files, titled `title` (default DEFAULT_TITLE).
 
     `truth` (with `load_image`) are the internal test set's images, `test_sets` those of the
     others (by the label the runs name): both only for the overlays. `contact`: training
     images for the contact sheet. `provenance`: the run's provenance document (checked with
-    provenance.parse_provenance). `config.baseline_arm` (default: the first real-only arm,
+    provenance.parse_provenance). `quality`: quality JSONs (quality.py; at most one per
+    feature space) for the "Synthetic data quality" section, whose closest pairs
+    `quality_images(dataset id, image id)` draws. `config.baseline_arm` (default: the first real-only arm,
     else the first arm) is what the other arms are compared with; `seed` seeds every
     bootstrap of the report."""
     config = (config or ReportConfig()).validate()
@@ -277,6 +314,8 @@ def build_report(
     if provenance is not None and not isinstance(provenance, Provenance):
         provenance = parse_provenance(provenance)
     images = _image_sets(runs, truth, load_image, test_sets)
+    quality = [parse_quality(doc, f"quality[{i}]") for i, doc in enumerate(quality)]
+    check_quality(quality, runs)
     baseline = config.baseline_arm or default_baseline(runs)
     report = Report()
     stats = Stats(config.n_bootstrap, seed)
@@ -326,6 +365,28 @@ def build_report(
     sheet = add_figure(contact_sheet(contact, config.contact_images, seed), "contact_sheet",
                        "Training images: " + ", ".join(s.label for s in contact)) if contact else None
 
+    quality_sections, quality_flat = [], []
+    for doc in quality:
+        space = doc["feature_space"]
+        flat = quality_rows(doc)
+        quality_flat += flat
+        points = gain_points(doc, runs, comparisons)
+        if comparisons and not points:
+            report.notes.append(f"quality ({space}): no gain-against-distance figure: no compared arm names one of its "
+                                "sources (ArmRun.quality_source)")
+        floor_fd = {label: float(doc["rows"][0]["vs_test"]["fd"]) for label in order}
+        pairs = [(r["label"], r.get("closest_pairs", []), str(r.get("dataset", "")), str(doc["real"]["train"]["dataset"]))
+                 for r in doc["rows"][1:]]
+        figs = [add_figure(gain_vs_distance_chart(points, floor_fd, space), f"quality_gain_{space}",
+                           f"IoU gain against the baseline ({baseline}) vs the source's FD to the real test images, "
+                           f"{space} features (dashed: real-vs-real floor)"),
+                add_figure(closest_pairs_sheet(pairs, quality_images, space), f"closest_pairs_{space}",
+                           f"Closest (synthetic, real training) pairs, {space} features: near-copies show here first")]
+        quality_sections.append(QualitySection(
+            space, int(doc["sample_size"]), int(doc.get("kid_subset_size", 0)), float(doc["near_copy_threshold"]),
+            dict(doc.get("settings") or {}), make_table(flat, QUALITY_TEST), to_markdown(make_table(flat, QUALITY_TEST)),
+            make_table(flat, QUALITY_TRAIN), to_markdown(make_table(flat, QUALITY_TRAIN)), [f for f in figs if f is not None]))
+
     per_seed = per_seed_rows(runs, training)
     budget = _budget_rows(summaries)
     synthesis = _synthesis_rows(runs, provenance)
@@ -356,6 +417,13 @@ def build_report(
     if summaries:
         budget_rows = _budget_csv_rows(summaries)
         report.files["budget.csv"] = to_csv(budget_rows, list(budget_rows[0])).encode()
+    if quality_flat:
+        report.files["quality.csv"] = to_csv(quality_flat, QUALITY_FIELDS).encode()
+        report.files["quality.tex"] = to_latex(
+            make_table(quality_flat, QUALITY_LATEX, "feature_space"),
+            "Synthetic data quality against the real test images: Fréchet distance, KID (×10³, ± std over subsets), "
+            "k-NN precision, recall, density and coverage, share of near-copies of training images, mask fidelity "
+            "(mean IoU); the real-vs-real floor first.", "tab:synthaug-quality").encode()
     if provenance is not None:
         report.files["provenance.json"] = provenance.json_bytes()
 
@@ -377,6 +445,8 @@ def build_report(
         "datasets": make_table(datasets, DATASETS) if datasets else None,
         "datasets_md": to_markdown(make_table(datasets, DATASETS)) if datasets else "",
         "dpi": PNG_DPI, "figures": figures,
+        "quality": quality_sections,
+        "quality_note": NO_INCEPTION if quality and not any(d["feature_space"] == "inception" for d in quality) else "",
     }
     context["files"] = ["results.md", *report.files]  # index.html and results.md are added below
     report.files = {"index.html": _ENV.get_template("report.html.j2").render(context).encode("utf-8"),

@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from orchestrator.graph import Graph
 from orchestrator.plan import Plan, load_plan
 from orchestrator.runner import RunSummary, RunTracker
-from orchestrator.runs import RunManager, list_runs, load_status, validate_run_id
+from orchestrator.runs import PreparedRun, RunManager, list_runs, load_report_status, load_status, load_succeeded, validate_run_id
+from orchestrator.steps import code_digests
 from orchestrator.settings import parse_addresses
 from services.common.client import open_channel
 from services.common.errors import InvalidArgument, NotFound
@@ -36,15 +36,33 @@ def _state(value: int) -> str:
     return STATE.Name(value).removeprefix("JOB_STATE_").lower()
 
 
-def print_graph(console: Console, graph: Graph, cached: set[str]) -> None:
-    table = Table(title=f"plan {graph.plan.name}: {len(graph.steps)} steps ({len(cached)} cached)")
-    for col in ("step", "kind", "service", "key", "depends on", "cached"):
+def print_graph(console: Console, prepared: PreparedRun, code_files: bool = False) -> None:
+    """The steps, each with its key, the digest of its kind's code and why it will or will
+    not run (cached / new key / forced); then which files each kind's digest covers."""
+    graph = prepared.graph
+    title = f"plan {graph.plan.name}: {len(graph.steps)} steps ({len(prepared.cached)} cached"
+    title += f", {len(prepared.forced)} forced)" if prepared.forced else ")"
+    table = Table(title=title)
+    for col in ("step", "kind", "service", "key", "code", "depends on", "status"):
         table.add_column(col)
     labels = {s.key: s.label for s in graph.steps}
     for s in graph.steps:
         deps = ", ".join(labels[d.key] for d in s.deps.values()) if s.kind != "report" else f"{len(s.deps) - 1} evaluations"
-        table.add_row(s.label, s.kind, s.service, s.key[:12], deps, "yes" if s.key in cached else "")
+        table.add_row(s.label, s.kind, s.service, s.key[:12], s.code_digest[:12], deps, prepared.why(s.key))
     console.print(table)
+    digests = code_digests()
+    files = Table(title="code digests: what each step kind's key hashes (besides its settings and inputs)")
+    for col in ("kind", "code", "files", "of which"):
+        files.add_column(col)
+    for kind in graph.kinds:
+        d = digests[kind]
+        own = sorted({f.split("/")[1] for f in d.files if f.startswith("services/") and f.count("/") >= 2})
+        functions = [f.split(":", 1)[1] for f in d.files if ":" in f]
+        summary = f"services/{{{','.join(own)}}}, synthaug/; orchestrator/steps.py: {', '.join(functions)}"
+        files.add_row(kind, d.short, str(len(d.files)), summary if not code_files else "\n".join(d.files))
+    console.print(files)
+    budget = graph.plan.budget.describe()
+    console.print(f"training budget: {', '.join(f'{k}={v}' for k, v in budget.items())}; synthesis from the first {graph.plan.synthesis_real} real images" if graph.plan.synthesis_real else f"training budget: {', '.join(f'{k}={v}' for k, v in budget.items())}")
 
 
 class LiveProgress:
@@ -90,10 +108,11 @@ class LiveProgress:
 
 
 def print_summary(console: Console, summary: RunSummary, store: ObjectStore) -> None:
+    forced = f" ({summary.forced} forced)" if summary.forced else ""
     console.print(
-        f"run {summary.run_id}: {_state(summary.state)} in {summary.wall_seconds:.1f} s — "
-        f"{summary.executed} steps executed, {summary.cached} cached; "
-        f"time outside service compute {100 * summary.overhead_fraction:.1f}%"
+        f"run {summary.run_id} attempt {summary.attempt}: {_state(summary.state)} in {summary.wall_seconds:.1f} s — "
+        f"{summary.executed} steps executed{forced}, {summary.cached} cached; "
+        f"orchestration overhead {summary.overhead_seconds:.2f} s ({100 * summary.overhead_fraction:.1f}% of step time)"
     )
     for failure in summary.failed:
         console.print(f"[red]failed:[/red] {failure}")
@@ -115,29 +134,44 @@ def print_results_table(console: Console, store: ObjectStore, index_key: str) ->
     console.print(f"report: {location}")
 
 
+def recompute_kinds(value: str | None) -> list[str]:
+    """`--recompute KIND[,KIND…]` as a list (checked against the plan's kinds later)."""
+    return [k.strip() for k in (value or "").split(",") if k.strip()]
+
+
+def exit_code(summary: RunSummary) -> int:
+    """0 succeeded; 2 failed because of the plan or its data (a step's input error); 1 otherwise."""
+    if summary.state == STATE.Value("JOB_STATE_SUCCEEDED"):
+        return 0
+    return 2 if summary.input_error else 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     console = _console()
     plan = load_plan(args.plan)
+    recompute = recompute_kinds(args.recompute)
     if args.orchestrator:
+        if recompute:
+            raise InvalidArgument("--recompute works with runs on this machine (not with --orchestrator)")
         return _run_remote(args, console, Path(args.plan).read_text(), plan)
     store = open_store(args.store)
     manager = RunManager(store, parse_addresses(args.services), max_parallel=args.max_parallel)
     try:
         if args.dry_run:
-            prepared = manager.prepare(plan)
-            print_graph(console, prepared.graph, prepared.cached)
+            prepared = manager.prepare(plan, recompute)
+            print_graph(console, prepared, code_files=args.code_files)
             console.print(f"run id {prepared.run_id}; store {store.url}")
             return 0
         live = LiveProgress(console)
         cancel = threading.Event()
         with live.progress:
             try:
-                summary = manager.run(plan, on_start=None if args.no_progress else live.attach, cancel=cancel)
+                summary = manager.run(plan, on_start=None if args.no_progress else live.attach, cancel=cancel, recompute=recompute)
             except KeyboardInterrupt:
                 cancel.set()
                 raise
         print_summary(console, summary, store)
-        return 0 if summary.state == STATE.Value("JOB_STATE_SUCCEEDED") else 1
+        return exit_code(summary)
     finally:
         manager.close()
 
@@ -192,23 +226,32 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     store = open_store(args.store)
     if args.run:
-        _print_status(console, load_status(store, args.run))
+        status = load_status(store, args.run)
+        _print_status(console, status)
+        success = load_succeeded(store, args.run)
+        if status.state != STATE.Value("JOB_STATE_SUCCEEDED") and success is not None:
+            console.print(f"latest successful attempt: {success['attempt']}; its report: {success['report'] or '(none)'} (synthaug report {args.run})")
         return 0
     runs = list_runs(store)
     if not runs:
         console.print(f"no runs in {store.url}")
         return 0
-    table = Table(title=f"runs in {store.url}")
-    for col in ("run", "plan", "state", "wall s", "executed", "cached", "overhead"):
+    table = Table(title=f"runs in {store.url} (each run's latest attempt)")
+    for col in ("run", "plan", "attempt", "state", "wall s", "executed", "cached", "overhead", "last success"):
         table.add_column(col)
     for r in runs:
-        table.add_row(r["run_id"], r["plan"], r["state"].removeprefix("JOB_STATE_").lower(), f"{r['wall_seconds']:.1f}", str(r["executed_steps"]), str(r["cached_steps"]), f"{100 * r['overhead_fraction']:.1f}%")
+        last = r.get("last_succeeded_attempt") or 0
+        table.add_row(
+            r["run_id"], r["plan"], str(r.get("attempt", 1)), r["state"].removeprefix("JOB_STATE_").lower(), f"{r['wall_seconds']:.1f}",
+            str(r["executed_steps"]), str(r["cached_steps"]), f"{r.get('overhead_seconds', 0.0):.2f} s ({100 * r['overhead_fraction']:.1f}%)",
+            f"attempt {last}" if last else "none",
+        )
     console.print(table)
     return 0
 
 
 def export_report(store: ObjectStore, run_id: str, out: Path) -> Path:
-    status = load_status(store, validate_run_id(run_id))
+    status = load_report_status(store, validate_run_id(run_id))
     if not status.report.key:
         raise NotFound(f"run {run_id} has no report yet (state {_state(status.state)})")
     out.mkdir(parents=True, exist_ok=True)
@@ -250,7 +293,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         index = export_report(store, summary.run_id, Path(args.out))
         console.print(f"report exported to {index}")
     console.print(f"demo finished in {time.monotonic() - start:.1f} s")
-    return 0 if summary.state == STATE.Value("JOB_STATE_SUCCEEDED") else 1
+    return exit_code(summary)
 
 
 def register(subparsers: Any) -> None:
@@ -261,7 +304,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("plan", help="plan YAML file")
     p.add_argument("--services", default=None, help="compositor=H:P[,H:P];gan=...;segmenter=...;evaluator=... (default: $SYNTHAUG_<NAME>_ADDR; none: embedded)")
     p.add_argument("--orchestrator", default=None, help="submit to a remote orchestrator at HOST:PORT instead of running here")
-    p.add_argument("--dry-run", action="store_true", help="show the step graph and what is cached; run nothing")
+    p.add_argument("--dry-run", action="store_true", help="show the step graph, each step's code digest and why it is or is not cached; run nothing")
+    p.add_argument("--recompute", default=None, metavar="KIND[,KIND…]",
+                   help="compute these step kinds (e.g. evaluate,report) and every step that depends on them again, ignoring stored results")
+    p.add_argument("--code-files", action="store_true", help="with --dry-run: list every file each step kind's code digest covers")
     p.add_argument("--max-parallel", type=int, default=8, help="steps running at once (default 8)")
     p.add_argument("--no-progress", action="store_true", help="no live progress bars")
     p.set_defaults(func=cmd_run)
@@ -271,7 +317,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--orchestrator", default=None, help="ask a remote orchestrator at HOST:PORT")
     p.set_defaults(func=cmd_status)
 
-    p = subparsers.add_parser("report", parents=[common], help="export a run's report (HTML, PNG, CSV, Markdown)")
+    p = subparsers.add_parser("report", parents=[common], help="export a run's report (HTML, PNG, CSV, Markdown; the latest successful attempt's)")
     p.add_argument("run", help="run id")
     p.add_argument("--out", default=None, help="folder (default ./synthaug-report-RUN)")
     p.set_defaults(func=cmd_report)

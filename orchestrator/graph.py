@@ -2,9 +2,29 @@
 
 Every step's key hashes its kind, its parameters (service settings fully resolved, every
 default spelled out: the key names what actually runs), the keys of the steps it depends on
-and the code version. Keys are known before anything runs, so a re-run finds every finished
-step in the store (`steps/<key>.pb`) and computes nothing, and `--dry-run` can show which
-steps are cached. Changing one setting changes the keys of exactly the steps downstream of it.
+and the digest of the code that computes its kind (orchestrator/steps.py `code_digests`: the
+service's source files, or for local steps the modules the executor imports, plus the
+orchestrator function that builds the step's request). Keys are known before anything runs,
+so a re-run finds every finished step in the store (`steps/<key>.pb`) and computes nothing,
+and `--dry-run` can show which steps are cached. Changing one setting, or the code of one
+step kind, changes the keys of exactly the steps downstream of it.
+
+Seeds (services/common/seeding.py derive_seed, the one derivation):
+
+===============================================  ==========================================
+parts                                            stream
+===============================================  ==========================================
+(data_seed, "training-order")                    order seed of every arm's training sources
+                                                 (the nested order: one per plan, so every
+                                                 seed of every arm has the same real prefix,
+                                                 and the synthesis prefix is part of it)
+(data_seed, "backgrounds")                       background harvesting
+(data_seed, "composite") / (data_seed,           the composites / the GAN's input masks
+ "gan-masks")
+(data_seed or training seed, "gan")              GAN training (shared, or per seed)
+(GAN seed, "generate")                           GAN generation
+(training seed, "bootstrap")                     the evaluation's bootstrap
+===============================================  ==========================================
 """
 from __future__ import annotations
 
@@ -12,17 +32,19 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from orchestrator.plan import Plan
 from services.common.config import config_to_mapping, replace_config
+from services.common.errors import InvalidArgument
+from services.common.seeding import derive_seed
 from services.common.store import canonical_json
-from synthaug import CODE_VERSION
 
 #: Which service runs each step kind ("local": the orchestrator itself).
 STEP_SERVICE = {
     "dataset": "local",
     "split": "local",
+    "subset": "local",
     "foregrounds": "compositor",
     "backgrounds": "compositor",
     "compose": "compositor",
@@ -46,17 +68,20 @@ class Step:
     arm: str = ""
     seed: int | None = None
     key: str = ""
+    #: Digest of the code that computes this kind (part of the key).
+    code_digest: str = ""
 
     @property
     def service(self) -> str:
         return STEP_SERVICE[self.kind]
 
-    def compute_key(self) -> str:
+    def compute_key(self, code_digest: str) -> str:
+        self.code_digest = code_digest
         payload = {
             "kind": self.kind,
             "params": config_to_mapping(self.params),
             "deps": {role: dep.key for role, dep in sorted(self.deps.items())},
-            "code_version": CODE_VERSION,
+            "code": code_digest,
         }
         self.key = hashlib.sha256(canonical_json(payload)).hexdigest()[:32]
         return self.key
@@ -70,11 +95,29 @@ class Graph:
     def of_kind(self, kind: str) -> list[Step]:
         return [s for s in self.steps if s.kind == kind]
 
+    @property
+    def kinds(self) -> list[str]:
+        """The step kinds of this graph, in order of first appearance."""
+        return list(dict.fromkeys(s.kind for s in self.steps))
 
-def derive_seed(base: int, *parts: str | int) -> int:
-    """A 63-bit seed from a base seed and a purpose: independent streams per step."""
-    h = hashlib.sha256(canonical_json([base, *parts])).digest()
-    return int.from_bytes(h[:8], "big") >> 1
+    def downstream(self, kinds: Iterable[str]) -> set[str]:
+        """Keys of the steps of `kinds` and of every step that depends on them (InvalidArgument
+        for a kind this graph does not have)."""
+        wanted = set(kinds)
+        missing = sorted(wanted - set(self.kinds))
+        if missing:
+            known = ", ".join(self.kinds)
+            raise InvalidArgument(f"--recompute {','.join(missing)}: this plan has no such step kind (its kinds: {known})")
+        out: set[str] = set()
+        for step in self.steps:  # topological: dependencies come first
+            if step.kind in wanted or any(d.key in out for d in step.deps.values()):
+                out.add(step.key)
+        return out
+
+
+def training_order_seed(plan: Plan) -> int:
+    """The order seed of every training source of the plan, and of the synthesis prefix."""
+    return derive_seed(plan.data_seed, "training-order")
 
 
 def _folder_fingerprint(path: str | None) -> dict[str, Any] | None:
@@ -109,7 +152,6 @@ def dataset_params(plan: Plan) -> dict[str, Any]:
     assert imp is not None
     return {
         "import": imp.model_dump(),
-        "image_size": plan.image_size,
         "fingerprint": {
             "images": _folder_fingerprint(imp.images),
             "masks": _folder_fingerprint(imp.masks),
@@ -118,11 +160,30 @@ def dataset_params(plan: Plan) -> dict[str, Any]:
     }
 
 
-def build_graph(plan: Plan) -> Graph:
+def check_counts(plan: Plan, train_size: int, where: str) -> None:
+    """InvalidArgument naming the first arm (or the synthesis) that asks for more real
+    training images than the train split of `where` has."""
+    for i, arm in enumerate(plan.arms):
+        if arm.real > train_size:
+            raise InvalidArgument(f"arms[{i}] ({arm.name}) asks for {arm.real} real images; the train split of {where} has {train_size}")
+    n = plan.synthesis_real
+    if n is not None and n > train_size:
+        raise InvalidArgument(f"synthesis.real ({n}) is more than the {train_size} images of the train split of {where}")
+
+
+def build_graph(plan: Plan, code_digests: Mapping[str, str] | None = None) -> Graph:
+    """The steps of `plan`, keyed with `code_digests` (kind → digest; default: the code this
+    process runs, orchestrator.steps.code_digests)."""
+    if code_digests is None:
+        # steps.py imports this module (Step), so its digests are looked up at call time.
+        from orchestrator.steps import code_digests as current
+
+        code_digests = {kind: d.digest for kind, d in current().items()}
+    digests = code_digests
     steps: list[Step] = []
 
     def add(step: Step) -> Step:
-        step.compute_key()
+        step.compute_key(digests[step.kind])
         steps.append(step)
         return step
 
@@ -131,14 +192,19 @@ def build_graph(plan: Plan) -> Graph:
     if plan.split.group_csv:
         split_params["group_csv_fingerprint"] = _folder_fingerprint(plan.split.group_csv)
     split = add(Step("split", "split", split_params, {"dataset": dataset}))
+    order_seed = training_order_seed(plan)
 
-    compose = gan_masks = None
+    compose = gan_masks = synthesis = None
     if plan.max_composite > 0 or plan.max_gan > 0:
+        n = plan.synthesis_real
+        assert n is not None
+        # The only real images synthesis may read: the first N of the arms' training order.
+        synthesis = add(Step("subset", f"real prefix {n} for synthesis", {"split": "train", "count": n, "order_seed": order_seed}, {"dataset": split}))
         c = plan.compositor
-        fg = add(Step("foregrounds", "foregrounds", {"settings": c.foregrounds}, {"dataset": split}))
-        # Backgrounds come from the split dataset: an unset method means the dataset's default.
+        fg = add(Step("foregrounds", "foregrounds", {"settings": c.foregrounds}, {"dataset": synthesis}))
+        # Backgrounds come from a dataset: an unset method means the dataset's default.
         backgrounds = replace_config(c.backgrounds, method=c.backgrounds.method_for(from_dataset=True))
-        bg = add(Step("backgrounds", "backgrounds", {"settings": backgrounds, "seed": derive_seed(plan.data_seed, "backgrounds")}, {"dataset": split}))
+        bg = add(Step("backgrounds", "backgrounds", {"settings": backgrounds, "seed": derive_seed(plan.data_seed, "backgrounds")}, {"dataset": synthesis}))
         layers = {"foregrounds": fg, "backgrounds": bg}
         if plan.max_composite > 0:
             compose = add(
@@ -152,21 +218,23 @@ def build_graph(plan: Plan) -> Graph:
 
     gan_by_seed: dict[int | None, Step] = {}
     if plan.max_gan > 0:
-        assert gan_masks is not None
+        assert gan_masks is not None and synthesis is not None
         train_seeds: list[int | None] = list(plan.seeds) if plan.gan.per_seed else [None]
         generate = replace_config(plan.gan.generate, count=plan.max_gan)
         for seed in train_seeds:
             gseed = derive_seed(plan.data_seed if seed is None else seed, "gan")
             tag = "" if seed is None else f" seed={seed}"
-            gt = add(Step("gan_train", "train GAN" + tag, {"config": plan.gan.config, "seed": gseed}, {"dataset": split}, seed=seed))
+            gt = add(Step("gan_train", "train GAN" + tag, {"config": plan.gan.config, "seed": gseed}, {"dataset": synthesis}, seed=seed))
             gg = add(Step("gan_generate", "generate GAN images" + tag, {"settings": generate, "seed": derive_seed(gseed, "generate")}, {"generator": gt, "masks": gan_masks}, seed=seed))
             gan_by_seed[seed] = gg
 
-    # Masks are read at the threshold they were cut at (Plan checks an explicit one agrees).
-    predict_settings = plan.segmenter.predict
+    # Predictions keep every detection above the export threshold; masks are read at the
+    # threshold they were cut at (Plan checks an explicit one agrees).
+    predict_settings = replace_config(plan.segmenter.predict, export_threshold=plan.evaluation.export_threshold)
     evaluate_settings = replace_config(plan.evaluation.evaluate, mask_threshold=predict_settings.mask_threshold)
     evaluations = []
     for arm in plan.arms:
+        config = plan.arm_segmenter(arm)
         for seed in plan.seeds:
             deps: dict[str, Step] = {"real": split}
             if arm.composite:
@@ -179,7 +247,7 @@ def build_graph(plan: Plan) -> Graph:
                 Step(
                     "segment_train",
                     f"train {tag}",
-                    {"real": arm.real, "composite": arm.composite, "gan": arm.gan, "config": plan.segmenter.config, "seed": seed},
+                    {"real": arm.real, "composite": arm.composite, "gan": arm.gan, "config": config, "seed": seed, "order_seed": order_seed},
                     deps,
                     arm=arm.name,
                     seed=seed,
@@ -191,6 +259,12 @@ def build_graph(plan: Plan) -> Graph:
     report_deps: dict[str, Step] = {"dataset": split}
     for i, e in enumerate(evaluations):
         report_deps[f"evaluation{i:04d}"] = e
-    report = {"title": plan.description or plan.name, "settings": plan.evaluation.report, "arms": [a.model_dump() for a in plan.arms]}
+    report = {
+        "title": plan.description or plan.name,
+        "settings": plan.evaluation.report,
+        "arms": [a.model_dump() for a in plan.arms],
+        "synthesis_real": plan.synthesis_real,
+        "budget": plan.budget.describe(),
+    }
     add(Step("report", "report", report, report_deps))
     return Graph(plan, steps)

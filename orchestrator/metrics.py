@@ -18,10 +18,17 @@ class OrchestratorMetrics:
         self.steps_finished = Counter("synthaug_steps_finished", "Steps that ended", ["plan", "kind", "state", "cached"], registry=r)
         self.step_seconds = Histogram(
             "synthaug_step_duration_seconds",
-            "Wall time of executed (not cached) steps",
+            "Wall time of executed (not cached) steps, from the service starting them (waiting for a slot excluded)",
             ["plan", "kind"],
             registry=r,
             buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600),
+        )
+        self.step_queued_seconds = Histogram(
+            "synthaug_step_queued_seconds",
+            "Time executed steps waited for a free slot (an orchestrator thread, a service job slot)",
+            ["plan", "kind"],
+            registry=r,
+            buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600),
         )
         self.images = Counter("synthaug_images_produced", "Images produced by synthesis steps", ["plan", "kind"], registry=r)
         self.training_loss = Gauge(
@@ -29,7 +36,10 @@ class OrchestratorMetrics:
         )
         self.throughput = Gauge("synthaug_training_images_per_second", "Latest throughput reported by a running step (images or pairs per second)", ["plan", "arm", "kind"], registry=r)
         self.score = Gauge("synthaug_evaluation_score", "Evaluation score per arm (mean over the seeds finished so far)", ["plan", "arm", "metric"], registry=r)
-        self.overhead = Gauge("synthaug_run_overhead_fraction", "Share of the last run's wall time outside service compute", ["plan"], registry=r)
+        self.overhead = Gauge(
+            "synthaug_run_overhead_fraction", "Orchestration overhead (dispatch + result handling) of the last run, as a share of its summed step time", ["plan"], registry=r
+        )
+        self.overhead_seconds = Gauge("synthaug_run_overhead_seconds", "Orchestration overhead of the last run, summed over its steps", ["plan"], registry=r)
 
 
 #: Progress metrics that are losses: the segmenter's "loss" (total) and "loss/<component>",

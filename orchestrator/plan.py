@@ -9,6 +9,7 @@ carries, with the service's defaults and the service's checks, and imports no se
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import yaml
 from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict, Field, InstanceOf, ValidationError, field_validator, model_validator
 
-from services.common.config import config_fields, config_from_mapping
+from services.common.config import config_fields, config_from_mapping, config_to_mapping, replace_config
 from services.common.errors import InvalidArgument
 from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams
 from services.evaluator.config import EvalConfig, ReportConfig
@@ -50,6 +51,17 @@ class ImportSpec(_Strict):
     pattern: str = "{stem}.png"
     annotations: str | None = None
     min_area: int = Field(default=0, ge=0)
+    #: Square side the imported images are stored at, or "keep" (their own size). Separate
+    #: from the plan's `image_size` (what every arm trains and predicts at): the test images
+    #: keep this size, and the metrics are computed at it.
+    size: int | Literal["keep"] = 256
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 32 <= v <= 4096:
+            raise ValueError(f"size must be in [32, 4096] or 'keep', got {v}")
+        return v
 
     @model_validator(mode="after")
     def _need_inputs(self) -> "ImportSpec":
@@ -173,31 +185,78 @@ class GanPlan(_Strict):
         return settings(GenerateConfig, gan_pb2.GanGenerateRequest, v, "gan.generate", exclude=("count",))
 
 
+class BudgetPlan(_Strict):
+    """How long every arm trains: exactly one of `epochs` (passes over each arm's own
+    training set: arms with more images take more optimiser steps, the thesis' confounded
+    design), `iterations` (optimiser steps, the same for every arm) or `images_seen`
+    (training images drawn, the same for every arm: iterations = ceil(images_seen /
+    batch_size))."""
+
+    epochs: int | None = Field(default=None, gt=0)
+    iterations: int | None = Field(default=None, gt=0)
+    images_seen: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "BudgetPlan":
+        given = [k for k in ("epochs", "iterations", "images_seen") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of `epochs`, `iterations` or `images_seen`, got {given or 'none'}")
+        return self
+
+
+#: SegmenterConfig fields the plan's budget decides (`segmenter.budget`), not `segmenter.config`.
+BUDGET_FIELDS = ("iterations",)
+
+
 class SegmenterPlan(_Strict):
-    """segmenter.Train and segmenter.Predict settings."""
+    """segmenter.Train and segmenter.Predict settings, and the training budget."""
 
     config: InstanceOf[SegmenterConfig] = Field(default_factory=SegmenterConfig)
     predict: InstanceOf[PredictConfig] = Field(default_factory=PredictConfig)
+    #: None: the equal budget (see Plan.budget).
+    budget: BudgetPlan | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _budget_epochs_agree(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and isinstance(data.get("budget"), Mapping) and isinstance(data.get("config"), Mapping):
+            epochs, budget = data["config"].get("epochs"), data["budget"]
+            if epochs is not None and budget.get("epochs") is None:
+                raise ValueError(
+                    f"segmenter.config.epochs ({epochs}) has no effect with segmenter.budget {dict(budget)}; remove it "
+                    "(or use segmenter.budget: {epochs: N})"
+                )
+            if epochs is not None and budget.get("epochs") not in (None, epochs):
+                raise ValueError(f"segmenter.config.epochs ({epochs}) differs from segmenter.budget.epochs ({budget['epochs']}); set it in one place")
+        return data
 
     @field_validator("config", mode="before")
     @classmethod
     def _config(cls, v: Any) -> SegmenterConfig:
-        return settings(SegmenterConfig, segmenter_pb2.SegmenterConfig, v, "segmenter.config")
+        if isinstance(v, Mapping) and "iterations" in v:
+            raise ValueError("segmenter.config.iterations: set the training budget as segmenter.budget: {iterations: N}")
+        return settings(SegmenterConfig, segmenter_pb2.SegmenterConfig, v, "segmenter.config", exclude=BUDGET_FIELDS)
 
     @field_validator("predict", mode="before")
     @classmethod
     def _predict(cls, v: Any) -> PredictConfig:
-        return settings(PredictConfig, segmenter_pb2.PredictRequest, v, "segmenter.predict")
+        if isinstance(v, Mapping) and "export_threshold" in v:
+            raise ValueError("segmenter.predict.export_threshold: set it as evaluation.export_threshold (the evaluation decides what predictions keep)")
+        return settings(PredictConfig, segmenter_pb2.PredictRequest, v, "segmenter.predict", exclude=("export_threshold",))
 
 
 @dataclass(frozen=True)
 class EvaluationPlan:
     """The plan's `evaluation` section, one flat mapping: the fields of EvalConfig (how each
-    arm × seed is scored) and of ReportConfig (the report). A field both have (n_bootstrap)
-    sets both. Seeds are derived from the plan's, per evaluation."""
+    arm × seed is scored) and of ReportConfig (the report), and `export_threshold` (the
+    segmenter's PredictConfig.export_threshold: predictions keep every detection scoring at
+    least this, default 0.05; COCO AP uses them all, `score_threshold` applies to the pixel
+    metrics only). A field both have (n_bootstrap) sets both. Seeds are derived from the
+    plan's, per evaluation."""
 
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    export_threshold: float = PredictConfig().export_threshold
 
     @classmethod
     def from_mapping(cls, values: Any) -> "EvaluationPlan":
@@ -208,13 +267,15 @@ class EvaluationPlan:
             raise ValueError(f"{where} must be a mapping, got {values!r}")
         evaluate = settable(EvalConfig, evaluator_pb2.EvaluateRequest, exclude=("seed",))
         report = settable(ReportConfig, evaluator_pb2.ReportRequest)
-        known = [*evaluate, *(f for f in report if f not in evaluate)]
+        known = [*evaluate, *(f for f in report if f not in evaluate), "export_threshold"]
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {', '.join(map(str, unknown))}; known fields: {', '.join(known)}")
+        export = {k: v for k, v in values.items() if k == "export_threshold"}
         return cls(
             evaluate=settings(EvalConfig, evaluator_pb2.EvaluateRequest, {k: v for k, v in values.items() if k in evaluate}, where, exclude=("seed",)),
             report=settings(ReportConfig, evaluator_pb2.ReportRequest, {k: v for k, v in values.items() if k in report}, where),
+            export_threshold=settings(PredictConfig, segmenter_pb2.PredictRequest, export, where).export_threshold,
         )
 
 
@@ -223,6 +284,84 @@ class ArmPlan(_Strict):
     real: int = Field(gt=0)
     composite: int = Field(default=0, ge=0)
     gan: int = Field(default=0, ge=0)
+    #: Deliberate exceptions to `segmenter.config` for this arm (any of its fields, and
+    #: `iterations`; `epochs` without `iterations` makes this arm train by epochs). The
+    #: report shows them.
+    segmenter: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("segmenter", mode="before")
+    @classmethod
+    def _overrides(cls, v: Any) -> dict[str, Any]:
+        if v is None:
+            return {}
+        if not isinstance(v, Mapping):
+            raise ValueError(f"must be a mapping of segmenter.config fields, got {v!r}")
+        fixed = sorted(set(v) & {"min_size", "max_size"})
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)} follow the plan's image_size: every arm trains at one size")
+        allowed = settable(SegmenterConfig, segmenter_pb2.SegmenterConfig)
+        unknown = sorted(set(v) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(map(str, unknown))}; known fields: {', '.join(allowed)}")
+        try:
+            checked = config_from_mapping(SegmenterConfig, v)
+        except InvalidArgument as exc:
+            raise ValueError(str(exc).removeprefix("SegmenterConfig.")) from None
+        # The overridden fields only, as their checked values (JSON-ready: keys and provenance).
+        resolved = config_to_mapping(checked)
+        return {k: resolved[k] for k in v}
+
+    @property
+    def synthetic(self) -> bool:
+        return self.composite > 0 or self.gan > 0
+
+
+class SynthesisPlan(_Strict):
+    """Which real images the synthetic data may derive from."""
+
+    #: Foregrounds, backgrounds and GAN training pairs come from the first `real` images of
+    #: the nested training order only: the prefix every arm with at least that many real
+    #: images has. Default: the smallest `real` among the arms with synthetic data.
+    real: int | None = Field(default=None, gt=0)
+
+
+#: The plan's image size when it sets none.
+DEFAULT_IMAGE_SIZE = 256
+#: Service settings that follow the plan's `image_size` (an explicit different value is an error).
+SIZE_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("compositor", "params", "output_size"),
+    ("gan", "config", "image_size"),
+    ("segmenter", "config", "min_size"),
+    ("segmenter", "config", "max_size"),
+)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The training budget every arm gets (arm overrides aside), resolved from the plan."""
+
+    #: "epochs" (each arm passes over its own training set `epochs` times) or "iterations"
+    #: (every arm takes the same number of optimiser steps).
+    mode: str
+    #: What the plan asked for: "epochs", "iterations", "images_seen", or "equal" (no budget
+    #: given: iterations sized from the reference arm's epochs).
+    source: str
+    epochs: int | None
+    iterations: int | None
+    #: Iterations between validations (and checkpoints); None: one epoch of each arm.
+    eval_every: int | None
+    #: The arm whose epoch length sized the budget ("" when none did).
+    reference: str
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready, for provenance and `--dry-run`."""
+        out: dict[str, Any] = {"mode": self.mode, "source": self.source}
+        for k in ("epochs", "iterations", "eval_every"):
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        if self.reference:
+            out["reference_arm"] = self.reference
+        return out
 
 
 class Plan(_Strict):
@@ -230,17 +369,57 @@ class Plan(_Strict):
     description: str = ""
     #: Training seeds: every arm is trained and evaluated once per seed.
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    #: Seed of the synthetic data (backgrounds, composites, shared GAN): one pool for all arms.
+    #: Seed of the data: the nested order of the real training images (one for every arm and
+    #: seed) and the synthetic data (backgrounds, composites, shared GAN): one pool for all arms.
     data_seed: int = Field(default=0, ge=0)
     dataset: DatasetSpec
-    #: Square side imported images are resized to, or "keep" (default: 256, as `synthaug import`).
-    image_size: int | Literal["keep"] | None = None
+    #: The one image size of the plan: every arm trains and predicts at it (segmenter
+    #: min_size = max_size), composites and GAN images are made at it. Test images keep their
+    #: stored size; predicted masks are resized back to it for the metrics.
+    image_size: int = Field(default=DEFAULT_IMAGE_SIZE, ge=32, le=4096)
     split: SplitPlan = Field(default_factory=SplitPlan)
+    synthesis: SynthesisPlan = Field(default_factory=SynthesisPlan)
     compositor: CompositorPlan = Field(default_factory=CompositorPlan)
     gan: GanPlan = Field(default_factory=GanPlan)
     segmenter: SegmenterPlan = Field(default_factory=SegmenterPlan)
     evaluation: InstanceOf[EvaluationPlan] = Field(default_factory=EvaluationPlan)
     arms: list[ArmPlan] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_image_size(cls, data: Any) -> Any:
+        """The compositor's, the GAN's and the segmenter's sizes follow `image_size`; a service
+        setting given explicitly must agree with it."""
+        if not isinstance(data, Mapping):
+            return data
+        size = data.get("image_size", DEFAULT_IMAGE_SIZE)
+        if isinstance(size, bool) or not isinstance(size, int):
+            return data  # the field's own check names it
+        data = dict(data)
+        arms = data.get("arms")
+        uses_gan = not isinstance(arms, list) or any(not isinstance(a, Mapping) or a.get("gan") for a in arms)
+        for section, part, name in SIZE_FIELDS:
+            if section == "gan" and not uses_gan:
+                continue  # no GAN is trained: its settings (and their size rules) do not apply
+            sec = data.get(section)
+            sec = dict(sec) if isinstance(sec, Mapping) else ({} if sec is None else sec)
+            if not isinstance(sec, dict):
+                continue
+            values = sec.get(part)
+            values = dict(values) if isinstance(values, Mapping) else ({} if values is None else values)
+            if not isinstance(values, dict):
+                continue
+            given = values.get(name)
+            if given is not None and given != size:
+                where = f"image_size ({size})" if "image_size" in data else f"image_size (default {size})"
+                raise ValueError(
+                    f"{section}.{part}.{name} ({given}) differs from {where}: every arm trains and predicts at "
+                    f"the plan's one image size; remove {section}.{part}.{name} or set image_size: {given}"
+                )
+            values[name] = size
+            sec[part] = values
+            data[section] = sec
+        return data
 
     @field_validator("evaluation", mode="before")
     @classmethod
@@ -266,21 +445,27 @@ class Plan(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _image_size_only_for_imports(self) -> "Plan":
-        if isinstance(self.image_size, int) and not 32 <= self.image_size <= 4096:
-            raise ValueError(f"image_size must be in [32, 4096] or 'keep', got {self.image_size}")
-        if self.image_size is not None and self.dataset.import_ is None:
-            raise ValueError("image_size resizes imported images; a demo dataset has its own `size`, a named dataset its stored size")
+    def _synthesis_within_every_synthetic_arm(self) -> "Plan":
+        """Synthetic data derive only from real images every synthetic arm has."""
+        n = self.synthesis.real
+        if n is None:
+            return self
+        for i, arm in enumerate(self.arms):
+            if arm.synthetic and arm.real < n:
+                raise ValueError(
+                    f"arms[{i}] ({arm.name}) has {arm.real} real images, fewer than synthesis.real ({n}): its synthetic data "
+                    f"would derive from real images it does not have; lower synthesis.real to ≤ {arm.real} or give the arm more"
+                )
         return self
 
     @model_validator(mode="after")
     def _predictions_fit_the_evaluation(self) -> "Plan":
-        """Predictions are written once, at the segmenter's thresholds; the evaluation can only
+        """Predictions are written once, at the export threshold; the evaluation can only
         raise the score threshold, and must read masks at the threshold they were cut at."""
         predict, evaluate = self.segmenter.predict, self.evaluation.evaluate
-        if predict.export_threshold > evaluate.score_threshold:
+        if self.evaluation.export_threshold > evaluate.score_threshold:
             raise ValueError(
-                f"segmenter.predict.export_threshold ({predict.export_threshold:g}) is above evaluation.score_threshold "
+                f"evaluation.export_threshold ({self.evaluation.export_threshold:g}) is above evaluation.score_threshold "
                 f"({evaluate.score_threshold:g}): the detections between them would never be exported; lower the first"
             )
         if evaluate.mask_threshold is not None and evaluate.mask_threshold != predict.mask_threshold:
@@ -288,6 +473,12 @@ class Plan(_Strict):
                 f"evaluation.mask_threshold ({evaluate.mask_threshold:g}) differs from segmenter.predict.mask_threshold "
                 f"({predict.mask_threshold:g}), the threshold the predicted masks are cut at; leave it unset or make them equal"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _arm_settings_are_valid(self) -> "Plan":
+        for arm in self.arms:
+            self.arm_segmenter(arm)  # InvalidArgument → ValueError below names the arm
         return self
 
     @property
@@ -301,6 +492,55 @@ class Plan(_Strict):
     @property
     def max_real(self) -> int:
         return max(a.real for a in self.arms)
+
+    @property
+    def synthesis_real(self) -> int | None:
+        """N: the synthetic data derive from the first N real training images (None: no arm
+        uses synthetic data)."""
+        if self.synthesis.real is not None:
+            return self.synthesis.real
+        synthetic = [a.real for a in self.arms if a.synthetic]
+        return min(synthetic) if synthetic else None
+
+    def reference_arm(self) -> ArmPlan:
+        """The arm whose epoch sizes the equal budget: the real-only arm with the most real
+        images, else (no real-only arm) the arm with the most real images."""
+        real_only = [a for a in self.arms if not a.synthetic]
+        return max(real_only or self.arms, key=lambda a: a.real)
+
+    @property
+    def budget(self) -> Budget:
+        """The training budget of every arm (see README "Plans"): `segmenter.budget`, or by
+        default the equal budget — the reference arm's iterations per epoch × epochs."""
+        cfg, given = self.segmenter.config, self.segmenter.budget
+        if given is not None and given.epochs is not None:
+            return Budget("epochs", "epochs", given.epochs, None, cfg.eval_every, "")
+        ref = self.reference_arm()
+        epoch = math.ceil(ref.real / cfg.batch_size)
+        if given is None:
+            iterations, source = epoch * cfg.epochs, "equal"
+        elif given.iterations is not None:
+            iterations, source = given.iterations, "iterations"
+        else:
+            assert given.images_seen is not None
+            iterations, source = math.ceil(given.images_seen / cfg.batch_size), "images_seen"
+        eval_every = min(cfg.eval_every if cfg.eval_every is not None else epoch, iterations)
+        return Budget("iterations", source, None, iterations, eval_every, ref.name)
+
+    def arm_segmenter(self, arm: ArmPlan) -> SegmenterConfig:
+        """The segmenter settings `arm` trains with: the plan's, the budget, the arm's overrides."""
+        budget = self.budget
+        if budget.mode == "epochs":
+            changes: dict[str, Any] = {"epochs": budget.epochs, "iterations": None, "eval_every": budget.eval_every}
+        else:
+            changes = {"iterations": budget.iterations, "eval_every": budget.eval_every}
+        changes.update(arm.segmenter)
+        if "epochs" in arm.segmenter and "iterations" not in arm.segmenter:
+            changes["iterations"] = None
+        try:
+            return replace_config(self.segmenter.config, **changes)
+        except InvalidArgument as exc:
+            raise ValueError(_plan_names(str(exc), f"arms[{self.arms.index(arm)}].segmenter", SegmenterConfig)) from None
 
 
 def _location(loc: tuple[Any, ...]) -> str:

@@ -3,22 +3,24 @@
 Shared by the CLI (a run in the foreground) and OrchestratorService (runs in the background,
 watched over gRPC). In embedded mode the services are started once, on first use, and
 stopped with the manager. Finished runs stay in memory within `Retention` bounds; after that
-GetRun and WatchRun answer from the run's status in the store (`runs/<id>/status.pb`).
+GetRun and WatchRun answer from the run's status in the store (`runs/<id>/status.pb`, the
+latest attempt's; every attempt is kept under `runs/<id>/attempts/`, see orchestrator/runner.py).
 """
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from orchestrator.dispatch import Dispatcher
 from orchestrator.graph import Graph, build_graph
 from orchestrator.launcher import EmbeddedServices, start_embedded
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.plan import Plan
-from orchestrator.runner import Runner, RunSummary, RunTracker, load_cached, run_id_for, run_status_key
+from orchestrator.runner import Runner, RunSummary, RunTracker, load_cached, run_id_for, run_status_key, succeeded_key
+from orchestrator.steps import check_known_counts
 from orchestrator.settings import ServiceAddresses
 from services.common.datasets import Dataset
 from services.common.errors import InvalidArgument, NotFound
@@ -42,7 +44,14 @@ def resolve_plan_names(plan: Plan, store: ObjectStore) -> Plan:
 class PreparedRun:
     graph: Graph
     run_id: str
+    #: Keys of the steps whose records are in the store (and not forced).
     cached: set[str]
+    #: Keys of the steps forced to recompute (--recompute: those kinds and all downstream).
+    forced: set[str] = field(default_factory=set)
+
+    def why(self, key: str) -> str:
+        """Why a step will or will not run: "forced", "cached" or "new key" (no record)."""
+        return "forced" if key in self.forced else "cached" if key in self.cached else "new key"
 
 
 @dataclass
@@ -110,20 +119,32 @@ class RunManager:
 
     # -- runs ---------------------------------------------------------------------------------
 
-    def prepare(self, plan: Plan) -> PreparedRun:
+    def prepare(self, plan: Plan, recompute: Iterable[str] = ()) -> PreparedRun:
+        """The run's graph, id and cache state; InvalidArgument when the plan asks for more
+        real images than a known train split has, or to recompute a kind it does not have."""
         graph = build_graph(resolve_plan_names(plan, self.store))
-        cached = {s.key for s in graph.steps if load_cached(self.store, s) is not None}
-        return PreparedRun(graph, run_id_for(graph), cached)
+        forced = graph.downstream(recompute) if recompute else set()
+        check_known_counts(self.store, graph)
+        cached = {s.key for s in graph.steps if s.key not in forced and load_cached(self.store, s) is not None}
+        return PreparedRun(graph, run_id_for(graph), cached, forced)
 
     def tracker(self, prepared: PreparedRun) -> RunTracker:
         tracker = RunTracker(self.store, prepared.graph, prepared.run_id, self.metrics)
         for key in prepared.cached:
             tracker.records[key].cached = True
+        for key in prepared.forced:
+            tracker.records[key].forced = True
         return tracker
 
-    def run(self, plan: Plan, on_start: Callable[[RunTracker], object] | None = None, cancel: threading.Event | None = None) -> RunSummary:
+    def run(
+        self,
+        plan: Plan,
+        on_start: Callable[[RunTracker], object] | None = None,
+        cancel: threading.Event | None = None,
+        recompute: Iterable[str] = (),
+    ) -> RunSummary:
         """Run in the calling thread (the CLI)."""
-        prepared = self.prepare(plan)
+        prepared = self.prepare(plan, recompute)
         tracker = self.tracker(prepared)
         entry = _Run(tracker, cancel or threading.Event())
         with self._runs_lock:
@@ -131,15 +152,15 @@ class RunManager:
         try:
             if on_start is not None:
                 on_start(tracker)
-            needs_services = len(prepared.cached) < len(prepared.graph.steps)
+            needs_services = any(s.service != "local" for s in prepared.graph.steps if s.key not in prepared.cached)
             dispatcher = self.dispatcher() if needs_services else None
             return Runner(self.store, dispatcher, self.metrics, self.max_parallel).run(tracker, entry.cancel)  # type: ignore[arg-type]
         finally:
             self._finished(prepared.run_id, entry)
 
-    def submit(self, plan: Plan, dry_run: bool = False) -> orchestrator_pb2.RunRef:
+    def submit(self, plan: Plan, dry_run: bool = False, recompute: Iterable[str] = ()) -> orchestrator_pb2.RunRef:
         """Start a run in the background (OrchestratorService); the same plan → the same run."""
-        prepared = self.prepare(plan)
+        prepared = self.prepare(plan, recompute)
         with self._runs_lock:
             existing = self._runs.get(prepared.run_id)
             if existing is not None and existing.thread is not None and not existing.tracker.finished:
@@ -233,9 +254,35 @@ def load_status(store: ObjectStore, run_id: str) -> orchestrator_pb2.RunStatus:
     return status
 
 
+def load_succeeded(store: ObjectStore, run_id: str) -> dict[str, Any] | None:
+    """The pointer to a run's latest successful attempt ({"attempt", "report", "summary",
+    "status"}), None when no attempt succeeded."""
+    validate_run_id(run_id)
+    try:
+        return dict(store.get_json(succeeded_key(run_id)))
+    except NotFound:
+        return None
+
+
+def load_report_status(store: ObjectStore, run_id: str) -> orchestrator_pb2.RunStatus:
+    """The status of the attempt whose report `synthaug report` shows: the latest attempt when
+    it has a report, else the latest successful one (a failed re-run hides no report)."""
+    latest = load_status(store, run_id)
+    if latest.report.key:
+        return latest
+    pointer = load_succeeded(store, run_id)
+    if pointer is None:
+        return latest
+    status = orchestrator_pb2.RunStatus()
+    status.ParseFromString(store.get_bytes(pointer["status"]))
+    return status
+
+
 def list_runs(store: ObjectStore) -> list[dict]:
+    """The latest attempt's summary of every run (with `last_succeeded_attempt` and its report)."""
     out = []
     for key in store.list("runs/"):
-        if key.endswith("/summary.json"):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] == "summary.json":
             out.append(store.get_json(key))
     return out

@@ -1,29 +1,82 @@
-"""What each step kind does: local work (dataset, split) or a service job.
+"""What each step kind does: local work (dataset, split, subset) or a service job.
 
 Each executor turns a step's parameters and its dependencies' results into one request
 (or one local call) and returns a StepOutput; the runner handles caching, concurrency,
 progress and failures around it. Dependencies' results are read by role (the roles each
 service RPC documents; local steps produce dataset_outputs["dataset"]), never by position.
+
+The code of a step kind (`code_digests`, part of every step key): for a service kind, the
+service's code (services/common/code_digest.py: its package and the project modules it
+imports); for a local kind, the project modules its executor uses. In both cases also the
+source of its executor here and of the module-level helpers it calls (transitively) — the
+code that turns a step into a request decides what the service computes as much as the
+service does. Editing one executor recomputes the steps of its kind and what depends on
+them; editing a helper recomputes every kind that calls it. How a step is run (StepContext:
+dispatch, progress, timing) is not part of any digest: it cannot change a result.
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from orchestrator.dispatch import Dispatcher, JobOutcome
-from orchestrator.graph import Step
+from orchestrator.graph import STEP_SERVICE, Step, check_counts
 from orchestrator.plan import Plan
 from services.common import refs
+from services.common.code_digest import CodeDigest, CodeIndex, default_index
 from services.common.config import config_to_proto
 from services.common.datasets import Dataset
-from services.common.errors import InvalidArgument
-from services.common.store import ObjectStore
+from services.common.errors import InvalidArgument, NotFound
+from services.common.jobs import TERMINAL, recompute_metadata
+from services.common.sampling import nested_order
+from services.common.store import ObjectStore, canonical_json, sha256_bytes
+from synthaug import CODE_VERSION
 from synthaug.v1 import common_pb2, compositor_pb2, evaluator_pb2, gan_pb2, segmenter_pb2
 
+if TYPE_CHECKING:
+    from orchestrator.graph import Graph
+
 Progress = Callable[[float, str, dict[str, float]], None]
+
+
+@dataclass
+class StepTimes:
+    """When one step's phases happened: monotonic instants on the orchestrator's clock, and
+    the time its job waited for a slot at the service (measured on the service's clock)."""
+
+    #: The runner decided to run it (its dependencies succeeded; no record cached).
+    decided: float
+    #: An orchestrator thread took it up (before: waiting for one of --max-parallel threads).
+    thread: float | None = None
+    #: The service started computing it (for a local step: its executor started).
+    started: float | None = None
+    #: The service finished it (its final event arrived; a local step: its executor returned).
+    computed: float | None = None
+    #: Seconds its job was QUEUED at the service, waiting for a job slot.
+    service_queue: float = 0.0
+    #: Its result was handled: read back, checked, recorded in the store.
+    recorded: float | None = None
+
+    def breakdown(self) -> dict[str, float]:
+        """queued (waiting for a slot, here or at the service), dispatch (deciding → the service
+        starting it, less the waiting), compute, result (final event → record written)."""
+        thread = self.thread if self.thread is not None else self.decided
+        started = self.started if self.started is not None else thread
+        computed = self.computed if self.computed is not None else started
+        recorded = self.recorded if self.recorded is not None else computed
+        waiting_here = max(0.0, thread - self.decided)
+        waiting_there = min(max(0.0, self.service_queue), max(0.0, started - thread))
+        queued = waiting_here + waiting_there
+        return {
+            "queued_seconds": queued,
+            "dispatch_seconds": max(0.0, started - self.decided - queued),
+            "compute_seconds": max(0.0, computed - started),
+            "result_seconds": max(0.0, recorded - computed),
+        }
 
 
 @dataclass
@@ -37,6 +90,53 @@ class StepContext:
     #: training records and predictions behind each evaluation it depends on).
     results: Mapping[str, common_pb2.JobResult]
     run_id: str
+    #: The whole graph (the report's provenance lists every step).
+    graph: "Graph | None" = None
+    #: The step's phases, filled as they happen.
+    times: StepTimes = field(default_factory=lambda: StepTimes(time.monotonic()))
+    #: Called once when the service starts the step (the runner shows it running from then).
+    on_start: Callable[[], None] = lambda: None
+    #: Compute afresh: the service must not answer from a stored job result.
+    recompute: bool = False
+
+    def started(self) -> None:
+        """Mark the step started now (once)."""
+        if self.times.started is None:
+            self.times.started = time.monotonic()
+            self.on_start()
+
+    # Running a step is the context's business, not the executor's: the executors (and their
+    # helpers in this module) are the code that decides what a step computes, and their source
+    # is part of the step's code digest; these methods are not.
+
+    def local_output(self, dataset: common_pb2.DatasetRef) -> "StepOutput":
+        """A local step's result: the dataset it produced, computed since `started()`."""
+        self.times.computed = time.monotonic()
+        started = self.times.started if self.times.started is not None else self.times.computed
+        return StepOutput(refs.add_output(common_pb2.JobResult(), "dataset", dataset), self.times.computed - started)
+
+    def job(self, service: str, submit: str, request: Any) -> "StepOutput":
+        """Run one service job; the step counts as started when the service starts the job."""
+        queued_at: list[float] = []  # the service's clock
+
+        def on_event(event: common_pb2.JobEvent) -> None:
+            if event.state == common_pb2.JOB_STATE_QUEUED and not queued_at:
+                queued_at.append(event.time)
+            elif event.state == common_pb2.JOB_STATE_RUNNING:
+                if self.times.started is None and queued_at:
+                    self.times.service_queue = max(0.0, event.time - queued_at[0])
+                self.started()
+                self.progress(event.progress, event.message, dict(event.metrics))
+            if event.state in TERMINAL:
+                self.started()  # a stored result: it never ran, so it starts and ends now
+                self.times.computed = time.monotonic()
+
+        extra = {"metadata": recompute_metadata()} if self.recompute else {}
+        outcome: JobOutcome = self.dispatcher[service].run_job(submit, request, on_event=on_event, cancel=self.cancel, **extra)
+        if self.times.computed is None:
+            self.started()
+            self.times.computed = time.monotonic()
+        return StepOutput(outcome.result, outcome.running_seconds, outcome.replica)
 
 
 @dataclass
@@ -62,31 +162,18 @@ def _output(inputs: Inputs, dep: str, role: str) -> common_pb2.ObjectRef:
     return refs.output(inputs[dep], role, f"step input {dep!r}")
 
 
-def _local_output(dataset: common_pb2.DatasetRef, started: float) -> StepOutput:
-    return StepOutput(refs.add_output(common_pb2.JobResult(), "dataset", dataset), time.monotonic() - started)
-
-
-def _job(ctx: StepContext, service: str, submit: str, request: Any) -> StepOutput:
-    def on_event(event: common_pb2.JobEvent) -> None:
-        if event.state == common_pb2.JOB_STATE_RUNNING:
-            ctx.progress(event.progress, event.message, dict(event.metrics))
-
-    outcome: JobOutcome = ctx.dispatcher[service].run_job(submit, request, on_event=on_event, cancel=ctx.cancel)
-    return StepOutput(outcome.result, outcome.running_seconds, outcome.replica)
-
-
 # --- local steps ---------------------------------------------------------------------------
 
 
 def run_dataset(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
     from services.common.importers.pipeline import ImportOptions
 
-    started = time.monotonic()
+    ctx.started()
     params = step.params
     on_progress = lambda done, total: ctx.progress(done / max(total, 1), f"{done}/{total} images", {})  # noqa: E731
     options = ImportOptions(name="", size=None, split=None)
     if "name" in params:
-        return _local_output(Dataset.load(ctx.store, params["name"]).ref(), started)
+        return ctx.local_output(Dataset.load(ctx.store, params["name"]).ref())
     if "demo" in params:
         from services.common.demo_data import DemoConfig, register_demo
 
@@ -94,8 +181,8 @@ def run_dataset(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
         summary = register_demo(ctx.store, demo["count"], demo["seed"], DemoConfig(size=demo["size"]), options=options, progress=on_progress)
     else:
         imp = params["import"]
-        size = params.get("image_size")
-        options = ImportOptions(name="", size=None if size == "keep" else (size or 256), split=None)
+        size = imp["size"]
+        options = ImportOptions(name="", size=None if size == "keep" else size, split=None)
         if imp["format"] == "masks":
             from services.common.importers.masks import MaskOptions, import_masks
 
@@ -104,13 +191,28 @@ def run_dataset(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
             from services.common.importers.coco import import_coco
 
             summary = import_coco(ctx.store, imp["annotations"], imp["images"], options, progress=on_progress)
-    return _local_output(Dataset.load(ctx.store, summary.dataset_id).ref(), started)
+    return ctx.local_output(Dataset.load(ctx.store, summary.dataset_id).ref())
+
+
+def split_assignment(ds: Dataset, params: Mapping[str, Any]) -> dict[int, str]:
+    """Image id → split, as the split step assigns them (its `params`; not for `existing`)."""
+    from services.common.splits import SplitSpec, assign_splits, groups_for, read_groups
+
+    group_by = params.get("group_column") or ""
+    spec = SplitSpec(train=params["train"], val=params["val"], test=params["test"], seed=params["seed"], group_by=group_by)
+    records = ds.image_records()
+    keys = [Path(r["file_name"]).stem for r in records]
+    groups = None
+    if group_by:
+        mapping = read_groups(params["group_csv"], params["id_column"], group_by)
+        groups = groups_for(keys, mapping, params["group_csv"])
+    return {r["id"]: s for r, s in zip(records, assign_splits(keys, spec, groups))}
 
 
 def run_split(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
-    from services.common.splits import SplitSpec, assign_splits, groups_for, read_groups
+    from services.common.splits import SplitSpec
 
-    started = time.monotonic()
+    ctx.started()
     ds = Dataset.load(ctx.store, _dataset(inputs, "dataset"))
     p = step.params
     if p["existing"]:
@@ -118,17 +220,64 @@ def run_split(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
         for name in ("train", "val", "test"):
             if not sizes.get(name):
                 raise InvalidArgument(f"split.existing: dataset {ds.name or ds.id} has no {name!r} images")
-        return _local_output(ds.ref(), started)
-    group_by = p.get("group_column") or ""
-    spec = SplitSpec(train=p["train"], val=p["val"], test=p["test"], seed=p["seed"], group_by=group_by)
-    records = ds.image_records()
-    keys = [Path(r["file_name"]).stem for r in records]
-    groups = None
-    if group_by:
-        mapping = read_groups(p["group_csv"], p["id_column"], group_by)
-        groups = groups_for(keys, mapping, p["group_csv"])
-    assignment = assign_splits(keys, spec, groups)
-    return _local_output(ds.with_splits({r["id"]: s for r, s in zip(records, assignment)}, spec.params()), started)
+        return ctx.local_output(ds.ref())
+    spec = SplitSpec(train=p["train"], val=p["val"], test=p["test"], seed=p["seed"], group_by=p.get("group_column") or "")
+    return ctx.local_output(ds.with_splits(split_assignment(ds, p), spec.params()))
+
+
+def synthesis_prefix(ds: Dataset, split: str, count: int, order_seed: int) -> list[int]:
+    """The first `count` image ids of `split` in the arms' nested training order: the real
+    images every arm with at least `count` real images trains on (services/common/sampling.py,
+    the order the segmenter draws with)."""
+    ids = [int(r["id"]) for r in ds.image_records(split)]
+    if count > len(ids):
+        raise InvalidArgument(f"synthesis.real ({count}) is more than the {len(ids)} images of split {split!r} of dataset {ds.name or ds.id}")
+    return nested_order(order_seed, ds.id, split, ids)[:count]
+
+
+def run_subset(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
+    """The real images synthesis may read: the first N of the arms' training order, as a
+    dataset of their unchanged records (its provenance names the parent and the ids)."""
+    ctx.started()
+    p = step.params
+    ds = Dataset.load(ctx.store, _dataset(inputs, "dataset"))
+    ids = synthesis_prefix(ds, p["split"], p["count"], p["order_seed"])
+    subset = ds.subset(ids, {"split": p["split"], "count": p["count"], "order_seed": p["order_seed"], "order": "services.common.sampling.nested_order"})
+    return ctx.local_output(subset)
+
+
+def known_train_size(store: ObjectStore, graph: "Graph") -> tuple[int, str] | None:
+    """The size of the plan's train split and what it is of, when that is known before the
+    run: the split step's record is cached, or the dataset is a stored one (its split is
+    computed here, as the split step would). None otherwise (demo data, an import not done)."""
+    from orchestrator.runner import load_cached
+
+    split = graph.of_kind("split")[0]
+    cached = load_cached(store, split)
+    if cached is not None:
+        ds = Dataset.load(store, refs.dataset_output(cached, "dataset", f"step {split.label}"))
+    else:
+        params = graph.of_kind("dataset")[0].params
+        if "name" not in params:
+            return None
+        try:
+            parent = Dataset.load(store, params["name"])
+        except NotFound:
+            return None
+        if split.params["existing"]:
+            ds = parent
+        else:
+            assignment = split_assignment(parent, split.params)
+            return sum(1 for s in assignment.values() if s == "train"), f"dataset {parent.name or parent.id}"
+    return ds.split_sizes().get("train", 0), f"dataset {ds.name or ds.id}"
+
+
+def check_known_counts(store: ObjectStore, graph: "Graph") -> None:
+    """InvalidArgument when the plan asks for more real images than a known train split has
+    (the run would fail there; `--dry-run` says so up front)."""
+    known = known_train_size(store, graph)
+    if known is not None:
+        check_counts(graph.plan, *known)
 
 
 # --- service steps -------------------------------------------------------------------------
@@ -138,13 +287,13 @@ def run_split(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
 
 def run_foregrounds(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
     req = config_to_proto(step.params["settings"], compositor_pb2.ExtractForegroundsRequest, dataset=_dataset(inputs, "dataset"), split="train")
-    return _job(ctx, "compositor", "SubmitExtractForegrounds", req)
+    return ctx.job("compositor", "SubmitExtractForegrounds", req)
 
 
 def run_backgrounds(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
     p = step.params
     req = config_to_proto(p["settings"], compositor_pb2.HarvestBackgroundsRequest, dataset=_dataset(inputs, "dataset"), split="train", seed=p["seed"])
-    return _job(ctx, "compositor", "SubmitHarvestBackgrounds", req)
+    return ctx.job("compositor", "SubmitHarvestBackgrounds", req)
 
 
 def run_compose(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
@@ -158,13 +307,13 @@ def run_compose(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
         workers=ctx.plan.compositor.workers,
         name="",
     )
-    return _job(ctx, "compositor", "SubmitCompose", req)
+    return ctx.job("compositor", "SubmitCompose", req)
 
 
 def run_gan_train(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
     p = step.params
     req = gan_pb2.GanTrainRequest(dataset=_dataset(inputs, "dataset"), split="train", config=config_to_proto(p["config"], gan_pb2.GanConfig), seed=p["seed"])
-    return _job(ctx, "gan", "SubmitTrain", req)
+    return ctx.job("gan", "SubmitTrain", req)
 
 
 def run_gan_generate(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
@@ -172,17 +321,21 @@ def run_gan_generate(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput
     req = config_to_proto(
         p["settings"], gan_pb2.GanGenerateRequest, checkpoint=_output(inputs, "generator", "generator"), masks=_dataset(inputs, "masks"), seed=p["seed"]
     )
-    return _job(ctx, "gan", "SubmitGenerate", req)
+    return ctx.job("gan", "SubmitGenerate", req)
 
 
 def run_segment_train(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
     p = step.params
     real = _dataset(inputs, "real")
-    sources = [segmenter_pb2.TrainingSource(dataset=real, split="train", count=p["real"])]
+    # One order seed for every source of every arm and seed: each takes a prefix of the same
+    # nested order, so the real images are the same for every seed and include the synthesis
+    # prefix.
+    order = p["order_seed"]
+    sources = [segmenter_pb2.TrainingSource(dataset=real, split="train", count=p["real"], order_seed=order)]
     if p["composite"]:
-        sources.append(segmenter_pb2.TrainingSource(dataset=_dataset(inputs, "composite"), count=p["composite"]))
+        sources.append(segmenter_pb2.TrainingSource(dataset=_dataset(inputs, "composite"), count=p["composite"], order_seed=order))
     if p["gan"]:
-        sources.append(segmenter_pb2.TrainingSource(dataset=_dataset(inputs, "gan"), count=p["gan"]))
+        sources.append(segmenter_pb2.TrainingSource(dataset=_dataset(inputs, "gan"), count=p["gan"], order_seed=order))
     req = segmenter_pb2.SegmenterTrainRequest(
         sources=sources,
         val_dataset=real,
@@ -190,26 +343,88 @@ def run_segment_train(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutpu
         config=config_to_proto(p["config"], segmenter_pb2.SegmenterConfig),
         seed=p["seed"],
     )
-    return _job(ctx, "segmenter", "SubmitTrain", req)
+    return ctx.job("segmenter", "SubmitTrain", req)
 
 
 def run_predict(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
     req = config_to_proto(
         step.params["settings"], segmenter_pb2.PredictRequest, checkpoint=_output(inputs, "model", "model"), dataset=_dataset(inputs, "dataset"), split="test"
     )
-    return _job(ctx, "segmenter", "SubmitPredict", req)
+    return ctx.job("segmenter", "SubmitPredict", req)
 
 
 def run_evaluate(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
     req = config_to_proto(
         step.params["settings"], evaluator_pb2.EvaluateRequest, truth=_dataset(inputs, "dataset"), split="test", predictions=_output(inputs, "predictions", "predictions")
     )
-    return _job(ctx, "evaluator", "SubmitEvaluate", req)
+    return ctx.job("evaluator", "SubmitEvaluate", req)
 
 
-def report_request(step: Step, inputs: Inputs, results: Mapping[str, common_pb2.JobResult], prefix: str) -> evaluator_pb2.ReportRequest:
+#: Dataset roles of the report's provenance, by the kind of step that produced them.
+DATASET_ROLES = {"dataset": "real", "split": "split", "subset": "synthesis_real", "compose": "", "gan_generate": "gan"}
+
+
+def provenance(graph: "Graph", results: Mapping[str, common_pb2.JobResult], run_id: str) -> dict[str, Any]:
+    """The run's provenance for the report (format synthaug.provenance/1, see
+    services/evaluator/core/provenance.py): every step with its key and code digest, the
+    datasets the numbers rest on, the synthesis prefix, the arms and the budget."""
+    plan = graph.plan
+    steps = []
+    for s in graph.steps:
+        entry: dict[str, Any] = {"label": s.label, "kind": s.kind, "key": s.key, "code_digest": s.code_digest}
+        if s.arm:
+            entry["arm"] = s.arm
+        if s.seed is not None:
+            entry["seed"] = s.seed
+        steps.append(entry)
+    datasets = []
+    for s in graph.steps:
+        if s.kind not in DATASET_ROLES or s.key not in results:
+            continue
+        ref = refs.dataset_output(results[s.key], "dataset", f"step {s.label}")
+        role = DATASET_ROLES[s.kind] or str(s.params.get("role", "composite"))
+        entry = {"role": role, "id": ref.id, "step": s.label}
+        if ref.name:
+            entry["name"] = ref.name
+        datasets.append(entry)
+    plan_json = plan.model_dump(mode="json", by_alias=True)
+    return {
+        "format": "synthaug.provenance/1",
+        "run_id": run_id,
+        "plan": plan.name,
+        "plan_sha256": sha256_bytes(canonical_json(plan_json)),
+        "code_version": CODE_VERSION,
+        "steps": steps,
+        "datasets": datasets,
+        "synthesis": {"real": plan.synthesis_real},
+        "arms": [{"name": a.name, "real": a.real, "composite": a.composite, "gan": a.gan, "segmenter": dict(a.segmenter)} for a in plan.arms],
+        "budget": plan.budget.describe(),
+        "image_size": plan.image_size,
+        "export_threshold": plan.evaluation.export_threshold,
+    }
+
+
+def contact_sources(graph: "Graph", results: Mapping[str, common_pb2.JobResult]) -> list[evaluator_pb2.ContactSource]:
+    """The training data the report's contact sheet samples: the real train split, the
+    composites, the GAN images (of the first GAN when there is one per seed)."""
+    out = []
+    split = graph.of_kind("split")[0]
+    if split.key in results:
+        out.append(evaluator_pb2.ContactSource(label="real", dataset=refs.dataset_output(results[split.key], "dataset", f"step {split.label}"), split="train"))
+    composites = [s for s in graph.of_kind("compose") if s.params.get("role") == "composite"]
+    for label, steps in (("composite", composites), ("gan", graph.of_kind("gan_generate"))):
+        if steps and steps[0].key in results:
+            out.append(evaluator_pb2.ContactSource(label=label, dataset=refs.dataset_output(results[steps[0].key], "dataset", f"step {steps[0].label}")))
+    return out
+
+
+def report_request(
+    step: Step, inputs: Inputs, results: Mapping[str, common_pb2.JobResult], prefix: str, graph: "Graph | None" = None, run_id: str = ""
+) -> evaluator_pb2.ReportRequest:
     """The evaluator's ReportRequest: one ArmRun per evaluated (arm, seed), with the
-    predictions and training record behind each evaluation."""
+    predictions and training record behind each evaluation (the report reads each arm's
+    optimiser steps and images seen from it); with the graph, also the run's provenance and
+    the contact sheet's sources."""
     arms = {a["name"]: a for a in step.params["arms"]}
     runs = []
     for role, ev_step in sorted(step.deps.items()):
@@ -232,12 +447,15 @@ def report_request(step: Step, inputs: Inputs, results: Mapping[str, common_pb2.
         )
     request = config_to_proto(step.params["settings"], evaluator_pb2.ReportRequest, truth=_dataset(inputs, "dataset"), split="test", title=step.params["title"], prefix=prefix)
     request.runs.extend(runs)
+    if graph is not None:
+        request.provenance_json = canonical_json(provenance(graph, results, run_id)).decode("utf-8")
+        request.contact_sources.extend(contact_sources(graph, results))
     return request
 
 
 def run_report(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
-    request = report_request(step, inputs, ctx.results, prefix=f"runs/{ctx.run_id}/report")
-    out = _job(ctx, "evaluator", "SubmitReport", request)
+    request = report_request(step, inputs, ctx.results, prefix=f"runs/{ctx.run_id}/report", graph=ctx.graph, run_id=ctx.run_id)
+    out = ctx.job("evaluator", "SubmitReport", request)
     refs.output(out.result, "index", "the evaluator's report")  # the run's report link: required
     return out
 
@@ -246,6 +464,7 @@ def run_report(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
 EXECUTORS: dict[str, Executor] = {
     "dataset": run_dataset,
     "split": run_split,
+    "subset": run_subset,
     "foregrounds": run_foregrounds,
     "backgrounds": run_backgrounds,
     "compose": run_compose,
@@ -256,3 +475,25 @@ EXECUTORS: dict[str, Executor] = {
     "evaluate": run_evaluate,
     "report": run_report,
 }
+
+
+def kind_code_digests(index: CodeIndex) -> dict[str, CodeDigest]:
+    """The code digest of every step kind under `index` (see the module docstring)."""
+    here = Path(__file__)
+    out = {}
+    for kind, executor in EXECUTORS.items():
+        parts, modules = index.function_parts(here, __name__, [executor.__name__])
+        service = STEP_SERVICE[kind]
+        if service != "local":
+            modules |= set(index.service_roots(service))
+            data = index.package_data(f"services.{service}")
+        else:
+            data = []
+        out[kind] = index.digest(sorted(modules), data, extra=parts)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def code_digests() -> dict[str, CodeDigest]:
+    """The code digest of every step kind in this process (computed once)."""
+    return kind_code_digests(default_index())

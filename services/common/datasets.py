@@ -17,7 +17,7 @@ from pycocotools import mask as mask_utils
 from services.common.errors import InvalidArgument, NotFound
 from services.common.imageio import decode_image, encode_jpeg, encode_png
 from services.common.refs import object_ref
-from services.common.store import ObjectStore, canonical_json, sha256_bytes
+from services.common.store import Blob, ObjectStore, canonical_json, sha256_bytes
 from synthaug import CODE_VERSION
 from synthaug.v1 import common_pb2
 
@@ -49,7 +49,9 @@ def masks_to_rle(masks: np.ndarray) -> list[dict[str, Any]]:
         raise InvalidArgument(f"masks must be N×H×W, got shape {masks.shape}")
     if masks.shape[0] == 0:
         return []
-    encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    # bool shares uint8's layout: a view, then one copy into the column-major order RLE needs
+    as_uint8 = masks.view(np.uint8) if masks.dtype in (np.bool_, np.uint8) else masks.astype(np.uint8)
+    encoded = mask_utils.encode(np.asfortranarray(as_uint8.transpose(1, 2, 0)))
     return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in encoded]
 
 
@@ -94,6 +96,88 @@ def _check_sample(image: np.ndarray, masks: np.ndarray, labels: Sequence[int], f
         raise InvalidArgument(f"{file_name}: {masks.shape[0]} masks but {len(labels)} labels")
 
 
+def encode_image(image: np.ndarray, image_format: str = "png", jpeg_quality: int = 95) -> tuple[bytes, str, str]:
+    """(bytes, suffix, content type) of an RGB image in a dataset's image format."""
+    if image_format == "png":
+        return encode_png(image), ".png", "image/png"
+    if image_format == "jpeg":
+        return encode_jpeg(image, jpeg_quality), ".jpg", "image/jpeg"
+    raise InvalidArgument(f"unknown image format {image_format!r} (png or jpeg)")
+
+
+def encode_annotations(masks: np.ndarray, labels: Sequence[int], file_name: str,
+                       iscrowd: Sequence[bool] | None = None) -> list[dict[str, Any]]:
+    """COCO annotations (without ids) of N×H×W instance masks: every mask RLE-encoded in
+    one call, areas and boxes computed from the RLEs. Empty instances are an error."""
+    rles = masks_to_rle(masks)
+    if not rles:
+        return []
+    compressed = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in rles]
+    areas = mask_utils.area(compressed)
+    empty = [i for i, a in enumerate(areas) if a == 0]
+    if empty:
+        raise InvalidArgument(f"{file_name}: instance(s) {empty} have an empty mask")
+    boxes = mask_utils.toBbox(compressed)
+    crowd = list(iscrowd) if iscrowd is not None else [False] * len(rles)
+    return [
+        {
+            "category_id": int(label),
+            "segmentation": rle,
+            "area": int(area),
+            "bbox": [float(x), float(y), float(w), float(h)],
+            "iscrowd": int(bool(is_crowd)),
+        }
+        for rle, label, area, (x, y, w, h), is_crowd in zip(rles, labels, areas, boxes.tolist(), crowd)
+    ]
+
+
+@dataclass
+class EncodedSample:
+    """One image encoded and hashed (a Blob) with its annotations: all the work of a sample
+    but the store write, so a worker can make a batch of them and store it at once
+    (`ObjectStore.put_blobs`)."""
+
+    blob: Blob
+    file_name: str
+    width: int
+    height: int
+    annotations: list[dict[str, Any]]
+    split: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> ImageRecord:
+        """The record of this sample once its blob is in the store."""
+        return ImageRecord(file_name=self.file_name, width=self.width, height=self.height, key=self.blob.key,
+                           sha256=self.blob.sha256, annotations=self.annotations, split=self.split,
+                           extra=self.extra)
+
+
+def check_sample(image: np.ndarray, masks: np.ndarray, labels: Sequence[int], file_name: str, split: str = "") -> None:
+    """InvalidArgument naming `file_name` unless image, masks, labels and split fit together."""
+    _check_sample(image, masks, labels, file_name)
+    if split not in SPLITS:
+        raise InvalidArgument(f"{file_name}: unknown split {split!r}; expected one of {SPLITS[1:]} or ''")
+
+
+def prepare_sample(
+    image: np.ndarray,
+    masks: np.ndarray,
+    labels: Sequence[int],
+    file_name: str,
+    split: str = "",
+    extra: dict[str, Any] | None = None,
+    iscrowd: Sequence[bool] | None = None,
+    image_format: str = "png",
+    jpeg_quality: int = 95,
+) -> EncodedSample:
+    """`encode_sample` without the store write: checked, encoded, hashed."""
+    check_sample(image, masks, labels, file_name, split)
+    annotations = encode_annotations(masks, labels, file_name, iscrowd)
+    data, suffix, content_type = encode_image(image, image_format, jpeg_quality)
+    return EncodedSample(Blob(data, suffix, content_type), file_name, int(image.shape[1]), int(image.shape[0]),
+                         annotations, split, dict(extra or {}))
+
+
 def encode_sample(
     store: ObjectStore,
     image: np.ndarray,
@@ -112,36 +196,14 @@ def encode_sample(
     `encoded` = (bytes, suffix) stores those bytes as the image (an import keeps a source JPEG
     as it is, without a lossy re-encode); `image` must be their decoded pixels.
     """
-    _check_sample(image, masks, labels, file_name)
-    if split not in SPLITS:
-        raise InvalidArgument(f"{file_name}: unknown split {split!r}; expected one of {SPLITS[1:]} or ''")
-    areas = masks.reshape(masks.shape[0], masks.shape[1] * masks.shape[2]).sum(axis=1)
-    empty = [i for i, a in enumerate(areas) if a == 0]
-    if empty:
-        raise InvalidArgument(f"{file_name}: instance(s) {empty} have an empty mask")
+    check_sample(image, masks, labels, file_name, split)
+    annotations = encode_annotations(masks, labels, file_name, iscrowd)
     if encoded is not None:
         data, suffix = encoded
-    elif image_format == "png":
-        data, suffix = encode_png(image), ".png"
-    elif image_format == "jpeg":
-        data, suffix = encode_jpeg(image, jpeg_quality), ".jpg"
+        content_type = "image/png" if suffix == ".png" else "image/jpeg"
     else:
-        raise InvalidArgument(f"unknown image format {image_format!r} (png or jpeg)")
-    info = store.put_blob(data, suffix=suffix, content_type="image/png" if suffix == ".png" else "image/jpeg")
-    crowd = list(iscrowd) if iscrowd is not None else [False] * len(labels)
-    rles = masks_to_rle(masks)
-    annotations = []
-    for rle, label, area, is_crowd in zip(rles, labels, areas, crowd):
-        x, y, w, h = mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).tolist()
-        annotations.append(
-            {
-                "category_id": int(label),
-                "segmentation": rle,
-                "area": int(area),
-                "bbox": [float(x), float(y), float(w), float(h)],
-                "iscrowd": int(bool(is_crowd)),
-            }
-        )
+        data, suffix, content_type = encode_image(image, image_format, jpeg_quality)
+    info = store.put_blob(data, suffix=suffix, content_type=content_type)
     return ImageRecord(
         file_name=file_name,
         width=int(image.shape[1]),
@@ -449,5 +511,27 @@ class Dataset:
         # The child is registered only under a name given here: a parent's name keeps
         # pointing at the parent (a split never moves the user's name).
         prov["name"] = validate_name(name) if name else ""
+        manifest["synthaug"] = prov
+        return write_manifest(self.store, manifest)
+
+    def subset(self, image_ids: Iterable[int], params: Mapping[str, Any]) -> common_pb2.DatasetRef:
+        """A new dataset of some of this one's images: their records (ids, splits) and
+        annotations unchanged, so whatever reads the subset names the same images the parent
+        does. Its parent is this dataset; `params` (what chose the images) and the chosen ids
+        enter its provenance. Never registered under a name."""
+        ids = sorted({int(i) for i in image_ids})
+        if not ids:
+            raise InvalidArgument(f"a subset of dataset {self.id} needs at least one image")
+        unknown = [i for i in ids if i not in self._by_id]
+        if unknown:
+            raise InvalidArgument(f"dataset {self.id} has no images with ids {unknown[:10]}{'…' if len(unknown) > 10 else ''}")
+        chosen = set(ids)
+        manifest = dict(self.manifest)
+        manifest["images"] = [img for img in self.manifest["images"] if img["id"] in chosen]
+        manifest["annotations"] = [a for a in self.manifest["annotations"] if a["image_id"] in chosen]
+        prov = dict(self.provenance)
+        prov["parents"] = [self.id]
+        prov["params"] = {**prov.get("params", {}), "subset": {**dict(params), "image_ids": ids}}
+        prov["name"] = ""
         manifest["synthaug"] = prov
         return write_manifest(self.store, manifest)

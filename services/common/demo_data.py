@@ -4,8 +4,8 @@ Why: the demo plan, CI and every service's tests need images that look enough li
 task (pigmented lesions on textured skin, hairs across them, sometimes the dark vignette of a
 dermatoscope) to exercise the whole pipeline, without shipping or downloading a data set.
 
-Every image is a pure function of `(seed, index, config)`: its random generator is seeded by
-`SeedSequence([seed, index])`, so any subset, any order and any number of workers produce
+Every image is a pure function of `(seed, index, config)`: its random generator is the shared
+seed derivation's stream (seed, "demo/image", index) (services/common/seeding.py), so any subset, any order and any number of workers produce
 byte-identical images. Everything is vectorised numpy/cv2 on float32 (a few ms per 256 px image).
 
 Ground truth: one instance per lesion, lesions never overlap (placement keeps them apart and a
@@ -33,6 +33,7 @@ from pycocotools import mask as mask_utils
 
 from services.common.errors import InvalidArgument
 from services.common.imageio import encode_png
+from services.common.seeding import rng as seeded_rng
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +259,7 @@ def generate_sample(seed: int, index: int, config: DemoConfig = DemoConfig()) ->
     _check_seed(seed)
     _check_seed(index, "index")
     s = config.size
-    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+    rng = seeded_rng(seed, "demo/image", index)
     img = _background(rng, s)
     count = int(rng.integers(config.min_lesions, config.max_lesions + 1))
     masks: list[np.ndarray] = []

@@ -1,7 +1,9 @@
 """Long-running operations as idempotent, resumable jobs.
 
-A job's id is derived from (kind, canonical request bytes, code version): submitting the same
-request twice names the same job, on any replica. A finished job's result is written to
+A job's id is derived from (kind, canonical request bytes, the digest of the service's code —
+services/common/code_digest.py): submitting the same request twice names the same job, on any
+replica, and a changed service names new jobs, so no stored result outlives the code that
+computed it. A finished job's result is written to
 `jobs/<id>/result.pb` (the last thing a job writes), so another replica or a restarted server
 returns it without recomputing. A job that failed or was cancelled leaves its final status in
 `jobs/<id>/status.pb` (for status queries only: submitting the request again runs it again).
@@ -10,24 +12,31 @@ its server resumes when it is submitted again.
 
 Finished jobs stay in memory for a bounded time and number (`Retention`); after that, status
 and watch requests are answered from those two store records.
+
+A submission carrying the gRPC metadata `synthaug-recompute: 1` (`synthaug run --recompute`)
+is never answered from a stored result: that result and the checkpoints that produced it are
+discarded and the job runs again (a forced job interrupted midway resumes from its own new
+checkpoints when submitted again, since by then no result is stored).
 """
 from __future__ import annotations
 
+import contextvars
+import functools
 import hashlib
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from services.common.code_digest import service_digest
 from services.common.errors import IntegrityError, InvalidArgument, JobCancelled, NotFound, SynthaugError, Unavailable, error_code
 from services.common.events import EventLog, FinishedIndex, Retention
 from services.common.store import ObjectStore
-from synthaug import CODE_VERSION
 from synthaug.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -38,14 +47,35 @@ MAX_EVENTS_KEPT = 1000
 
 RunFn = Callable[["JobContext"], common_pb2.JobResult]
 
+#: gRPC metadata key of a submission that must not be answered from a stored result.
+RECOMPUTE_METADATA = "synthaug-recompute"
+#: Whether the submission being handled in this thread carries RECOMPUTE_METADATA.
+_recompute_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("synthaug_recompute", default=False)
 
-def job_id_for(kind: str, request: Message, code_version: str = CODE_VERSION) -> str:
-    """Deterministic id: the same request (field order, map order aside) → the same id."""
+
+def job_id_for(kind: str, request: Message, code_digest: str | None = None) -> str:
+    """Deterministic id: the same request (field order, map order aside) to the same code →
+    the same id. `code_digest` defaults to the digest of the code of the service named by
+    the kind's prefix ("segmenter" for "segmenter.Train"; services/common/code_digest.py)."""
+    digest = service_digest(kind.partition(".")[0]) if code_digest is None else code_digest
     h = hashlib.sha256()
-    for part in (kind.encode(), code_version.encode(), request.DESCRIPTOR.full_name.encode(), request.SerializeToString(deterministic=True)):
+    for part in (kind.encode(), digest.encode(), request.DESCRIPTOR.full_name.encode(), request.SerializeToString(deterministic=True)):
         h.update(len(part).to_bytes(8, "big"))
         h.update(part)
     return h.hexdigest()[:32]
+
+
+def recompute_metadata() -> tuple[tuple[str, str], ...]:
+    """The metadata a client sends with a Submit… call that must compute afresh."""
+    return ((RECOMPUTE_METADATA, "1"),)
+
+
+def recompute_requested(context: Any) -> bool:
+    """Whether a gRPC call's metadata asks for recomputation (False without metadata)."""
+    metadata = getattr(context, "invocation_metadata", None)
+    if metadata is None:
+        return False
+    return any(key == RECOMPUTE_METADATA and value in ("1", "true") for key, value in (metadata() or ()))
 
 
 def result_key(job_id: str) -> str:
@@ -198,17 +228,26 @@ class JobManager:
 
     # -- submission -------------------------------------------------------------------------
 
-    def submit(self, kind: str, request: Message, run: RunFn) -> common_pb2.JobRef:
-        """Start (or find) the job for this request. Validate the request before calling."""
+    def submit(self, kind: str, request: Message, run: RunFn, recompute: bool | None = None) -> common_pb2.JobRef:
+        """Start (or find) the job for this request. Validate the request before calling.
+
+        With `recompute` (default: what the gRPC call's metadata asks, see JobServicerMixin)
+        a finished job is not reused: its stored result and checkpoints are discarded and it
+        runs again; a job queued or running now is joined as usual."""
         job_id = job_id_for(kind, request)
         ref = common_pb2.JobRef(id=job_id, kind=kind)
+        recompute = _recompute_requested.get() if recompute is None else recompute
         with self._lock:
             if self._closed:
                 raise Unavailable(f"{self.service} is shutting down; submit to another replica")
             existing = self._jobs.get(job_id)
-            if existing is not None and existing.state not in (common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED):
+            if existing is not None and existing.state not in TERMINAL:
                 return ref
-            stored = self._load_result(job_id, recompute_if_corrupt=True)
+            if existing is not None and existing.state == common_pb2.JOB_STATE_SUCCEEDED and not recompute:
+                return ref
+            if recompute:
+                self._discard_result(job_id)
+            stored = None if recompute else self._load_result(job_id, recompute_if_corrupt=True)
             if stored is not None:
                 job = _Job.stored(common_pb2.JobStatus(job=ref, state=common_pb2.JOB_STATE_SUCCEEDED, progress=1.0, result=stored, message="result from store"))
                 self._jobs[job_id] = job  # replaces a failed attempt another replica since redid
@@ -232,6 +271,15 @@ class JobManager:
             self._queued.labels(self.service).dec()
             raise
         return ref
+
+    def _discard_result(self, job_id: str) -> None:
+        """Forget a finished job's stored result and work (a forced recomputation)."""
+        if not self.store.exists(result_key(job_id)):
+            return  # nothing finished: an interrupted forced run keeps its checkpoints
+        log.info("job %s: recomputing as asked; its stored result and checkpoints are discarded", job_id)
+        self.store.delete(result_key(job_id))
+        for key in self.store.list(f"{JOB_PREFIX}/{job_id}/work/"):
+            self.store.delete(key)
 
     def _hold(self, job: _Job) -> _Job:
         """Keep `job` in memory unless one with its id is there already (call under the lock);
@@ -376,10 +424,34 @@ class JobManager:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _honouring_recompute(submit: Callable[..., Any]) -> Callable[..., Any]:
+    """A Submit… handler that tells JobManager.submit whether its call asked to recompute."""
+
+    @functools.wraps(submit)
+    def handler(self: Any, request: Any, context: Any) -> Any:
+        token = _recompute_requested.set(recompute_requested(context))
+        try:
+            return submit(self, request, context)
+        finally:
+            _recompute_requested.reset(token)
+
+    return handler
+
+
 class JobServicerMixin:
-    """GetJob / WatchJob / CancelJob for any service whose servicer has `self.jobs`."""
+    """GetJob / WatchJob / CancelJob for any service whose servicer has `self.jobs`.
+
+    Every `Submit…` method a subclass defines honours the recompute metadata
+    (RECOMPUTE_METADATA): the subclass is wrapped once, when it is defined, so no service can
+    forget it."""
 
     jobs: JobManager
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, method in list(vars(cls).items()):
+            if name.startswith("Submit") and callable(method):
+                setattr(cls, name, _honouring_recompute(method))
 
     def GetJob(self, request: common_pb2.GetJobRequest, context: object) -> common_pb2.JobStatus:
         return self.jobs.get(request.job_id)

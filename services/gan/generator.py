@@ -23,7 +23,7 @@ from services.gan.config import GanConfig, GenerateConfig
 from services.gan.grid import to_uint8
 from services.gan.model import build_model
 from services.gan.rendering import RenderSpec
-from services.gan.seeding import derive_seed
+from services.common.seeding import derive_seed
 
 
 @dataclass
@@ -89,7 +89,7 @@ def generate_batch(gen: LoadedGenerator, conds: np.ndarray, seed: int, first_ind
     set_dropout(g, cfg.dropout)
     set_batchnorm_mode(g, cfg.batchnorm == "train")
     with torch.random.fork_rng(devices=[gen.device] if gen.device.type == "cuda" else []):
-        torch.manual_seed(derive_seed(seed, "generate", first_index))
+        torch.manual_seed(derive_seed(seed, "gan/generate", first_index))
         with torch.no_grad():
             out = g(torch.from_numpy(np.ascontiguousarray(conds)).to(gen.device)).float().cpu().numpy()
     g.eval()

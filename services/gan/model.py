@@ -14,7 +14,7 @@ from torch import nn
 from services.gan.config import GanConfig
 from services.gan.registry import builder
 from services.gan.rendering import RenderSpec
-from services.gan.seeding import derive_seed
+from services.common.seeding import derive_seed
 
 
 class GanModel(Protocol):
@@ -68,5 +68,5 @@ def build_model(cfg: GanConfig, spec: RenderSpec, device: torch.device | str | N
     build = builder(cfg.model)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
-            torch.manual_seed(derive_seed(seed, "init"))
+            torch.manual_seed(derive_seed(seed, "gan/init"))
         return build(cfg, spec, resolve_device(device))

@@ -25,7 +25,7 @@ from services.gan.config import GanConfig
 from services.gan.grid import make_grid, to_uint8, visualize_condition
 from services.gan.model import GanModel, build_model
 from services.gan.rendering import RenderSpec
-from services.gan.seeding import derive_seed
+from services.common.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class PairDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.pairs[i]
         image, masks = p.image, p.masks
-        if self.flip and np.random.default_rng(derive_seed(self.seed, "flip", self.epoch, i)).random() < 0.5:
+        if self.flip and np.random.default_rng(derive_seed(self.seed, "gan/flip", self.epoch, i)).random() < 0.5:
             image, masks = image[:, ::-1], masks[:, :, ::-1]
         cond = rendering.render_condition(masks, p.labels, self.spec, image)
         return torch.from_numpy(cond), to_tensor_image(image)
@@ -115,7 +115,7 @@ def sample_grid(run: TrainingRun, pairs: Sequence[TrainPair], seed: int, epoch: 
     """
     model = run.model
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "grid", epoch))
+        torch.manual_seed(derive_seed(seed, "gan/grid", epoch))
         g = copy.deepcopy(model.generator).train()
         conds = [rendering.render_condition(p.masks, p.labels, run.spec, p.image) for p in pairs]
         with torch.no_grad():
@@ -153,8 +153,8 @@ def train(
     last = cfg.total_epochs if stop_after_epoch is None else min(cfg.total_epochs, stop_after_epoch)
     for epoch in range(run.epoch + 1, last + 1):
         data.epoch = epoch
-        torch.manual_seed(derive_seed(seed, "torch", epoch))
-        shuffle = torch.Generator().manual_seed(derive_seed(seed, "shuffle", epoch))
+        torch.manual_seed(derive_seed(seed, "gan/torch", epoch))
+        shuffle = torch.Generator().manual_seed(derive_seed(seed, "gan/shuffle", epoch))
         loader = torch.utils.data.DataLoader(
             data, batch_size=cfg.batch_size, shuffle=True, generator=shuffle,
             num_workers=cfg.num_workers, pin_memory=cuda, drop_last=False,

@@ -8,14 +8,15 @@ TINY_PLAN: dict[str, Any] = {
     "name": "tiny",
     "seeds": [0],
     "dataset": {"demo": {"count": 24, "seed": 3, "size": 64}},
+    "image_size": 64,
     "split": {"train": 0.5, "val": 0.25, "test": 0.25, "seed": 0},
     "compositor": {
         "foregrounds": {"min_area": 16},
         "backgrounds": {"dilate_px": 3},
-        "params": {"output_size": 64, "min_objects": 1, "max_objects": 2},
+        "params": {"min_objects": 1, "max_objects": 2},
         "workers": 1,
     },
-    "gan": {"config": {"image_size": 64, "ngf": 8, "ndf": 8, "depth": 6, "n_epochs": 1, "n_epochs_decay": 0, "batch_size": 4}},
+    "gan": {"config": {"ngf": 8, "ndf": 8, "depth": 6, "n_epochs": 1, "n_epochs_decay": 0, "batch_size": 4}},
     "segmenter": {"config": {"architecture": "maskrcnn_resnet18_fpn", "epochs": 1, "batch_size": 4, "lr": 0.01}},
     "evaluation": {"n_bootstrap": 100, "overlay_images": 2},
     "arms": [

@@ -7,6 +7,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.plan import load_plan
+from orchestrator.runner import attempt_prefix
 from orchestrator.runs import list_runs
 from services.common.store import FileStore
 from tests.conftest import REPO
@@ -31,5 +32,9 @@ def test_demo_end_to_end_then_rerun_recomputes_nothing(tmp_path: Path, capsys: p
     assert main(["demo", "--store", store_url, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "0 steps executed" in printed
-    (again,) = list_runs(FileStore(tmp_path / "store"))
+    store = FileStore(tmp_path / "store")
+    (again,) = list_runs(store)
     assert again["executed_steps"] == 0 and again["cached_steps"] == run["executed_steps"]
+    # The cached re-run is its own attempt: the record of the one that computed the steps stays.
+    assert (again["attempt"], again["last_succeeded_attempt"]) == (2, 2)
+    assert store.get_json(attempt_prefix(run["run_id"], 1) + "summary.json")["executed_steps"] == run["executed_steps"]

@@ -6,11 +6,16 @@ from typing import Callable, Iterator
 
 import pytest
 
+import grpc
+
+from services.common.client import wait_job
 from services.common.errors import IntegrityError, InvalidArgument, NotFound
 from services.common.events import Retention
-from services.common.jobs import JobContext, JobManager, result_key
+from services.common.jobs import JobContext, JobManager, JobServicerMixin, recompute_metadata, result_key
+from services.common.runtime import ServerConfig, ServiceRuntime
 from services.common.store import ObjectStore
-from synthaug.v1 import common_pb2, compositor_pb2
+from synthaug.v1 import common_pb2, compositor_pb2, compositor_pb2_grpc
+from tests.grpc_helpers import running_server
 
 S = common_pb2
 
@@ -111,3 +116,63 @@ def test_a_corrupt_stored_result_is_an_error_to_readers_and_work_to_a_submission
     jobs.submit("probe.Run", request(7), run)
     assert jobs.wait(ref.id, timeout=30).state == S.JOB_STATE_SUCCEEDED
     assert len(runs) == 2 and jobs.get(ref.id).result.metrics["runs"] == 2.0
+
+
+def counting_run(runs: list[bool], store: ObjectStore) -> Callable[[JobContext], common_pb2.JobResult]:
+    """A job that notes whether the checkpoint of an earlier run was there, then writes one."""
+
+    def run(ctx: JobContext) -> common_pb2.JobResult:
+        checkpoint = ctx.work_prefix + "checkpoint"
+        runs.append(store.exists(checkpoint))
+        store.put_bytes(checkpoint, b"state")
+        return common_pb2.JobResult(metrics={"runs": float(len(runs))})
+
+    return run
+
+
+def test_recompute_never_answers_from_the_stored_result(manager_factory: Factory, file_store: ObjectStore) -> None:
+    jobs = manager_factory(Retention())
+    runs: list[bool] = []
+    run = counting_run(runs, file_store)
+    ref = jobs.submit("probe.Run", request(3), run)
+    assert jobs.wait(ref.id, timeout=30).state == S.JOB_STATE_SUCCEEDED
+    assert jobs.submit("probe.Run", request(3), run).id == ref.id
+    assert jobs.wait(ref.id, timeout=30).result.metrics["runs"] == 1.0 and runs == [False]  # reused
+    # Forced: run again, from scratch (the finished job's checkpoints are gone), same id.
+    assert jobs.submit("probe.Run", request(3), run, recompute=True).id == ref.id
+    assert jobs.wait(ref.id, timeout=30).result.metrics["runs"] == 2.0
+    assert runs == [False, False]
+    # Another replica (a new manager on the same store) reads the new result.
+    other = manager_factory(Retention())
+    assert other.get(ref.id).result.metrics["runs"] == 2.0
+
+
+class RecomputeProbe(JobServicerMixin, compositor_pb2_grpc.CompositorServiceServicer):
+    """A job service whose Submit… honours the recompute metadata by inheritance alone."""
+
+    def __init__(self, runtime: ServiceRuntime):
+        self.jobs = runtime.jobs
+        self.runs: list[bool] = []
+
+    def SubmitCompose(self, request: compositor_pb2.ComposeRequest, context: grpc.ServicerContext) -> common_pb2.JobRef:
+        return self.jobs.submit("probe.Compose", request, counting_run(self.runs, self.jobs.store))
+
+
+def build_recompute_probe(config: ServerConfig, store: ObjectStore) -> ServiceRuntime:
+    runtime = ServiceRuntime(config, store)
+    runtime.probe = RecomputeProbe(runtime)  # type: ignore[attr-defined]
+    runtime.add(compositor_pb2_grpc.add_CompositorServiceServicer_to_server, runtime.probe, "synthaug.v1.CompositorService")  # type: ignore[attr-defined]
+    return runtime
+
+
+def test_the_recompute_metadata_forces_a_job_over_grpc(file_store: ObjectStore) -> None:
+    with running_server(build_recompute_probe, "compositor", file_store) as (runtime, channel):
+        stub = compositor_pb2_grpc.CompositorServiceStub(channel)
+        req = compositor_pb2.ComposeRequest(count=1, seed=5)
+        first = wait_job(stub, stub.SubmitCompose(req), timeout=30)
+        again = wait_job(stub, stub.SubmitCompose(req), timeout=30)
+        assert first.metrics["runs"] == again.metrics["runs"] == 1.0
+        forced = wait_job(stub, stub.SubmitCompose(req, metadata=recompute_metadata()), timeout=30)
+        assert forced.metrics["runs"] == 2.0 and runtime.probe.runs == [False, False]  # type: ignore[attr-defined]
+        # The flag belongs to that call only.
+        assert wait_job(stub, stub.SubmitCompose(req), timeout=30).metrics["runs"] == 2.0

@@ -98,7 +98,7 @@ def test_keys_change_exactly_downstream() -> None:
     changed = plan_with(segmenter={"config": {"epochs": 7}})
     b = {s.label: s.key for s in build_graph(parse_plan(changed)).steps}
     same = {label for label in a if a[label] == b[label]}
-    assert same == {"dataset", "split", "foregrounds", "backgrounds", "compose composites", "compose GAN masks", "train GAN", "generate GAN images"}
+    assert same == {"dataset", "split", "real prefix 10 for synthesis", "foregrounds", "backgrounds", "compose composites", "compose GAN masks", "train GAN", "generate GAN images"}
     assert build_graph(parse_plan(BASE)).steps[-1].key == build_graph(parse_plan(dict(BASE))).steps[-1].key
 
 
@@ -106,6 +106,7 @@ def test_per_seed_gan_and_no_synthesis() -> None:
     g = build_graph(parse_plan(plan_with(gan={"per_seed": True})))
     assert len(g.of_kind("gan_train")) == 2 and len(g.of_kind("gan_generate")) == 2
     only_real = build_graph(parse_plan(plan_with(arms=[{"name": "r", "real": 5}])))
+    # No synthetic arm: no synthesis prefix either.
     assert [s.kind for s in only_real.steps] == ["dataset", "split", "segment_train", "predict", "evaluate", "segment_train", "predict", "evaluate", "report"]
 
 
@@ -125,7 +126,8 @@ def test_dry_run_shows_the_graph(tmp_path: Path, capsys: pytest.CaptureFixture[s
     plan.write_text(yaml.safe_dump(BASE))
     assert main(["run", str(plan), "--dry-run", "--store", f"file://{tmp_path}/store"]) == 0
     out = capsys.readouterr().out
-    assert "33 steps (0 cached)" in out
+    assert "34 steps (0 cached)" in out
+    assert "new key" in out and "code digests" in out
     assert "train arm=hybrid seed=2" in out and "compose GAN masks" in out
     assert main(["run", str(tmp_path / "missing.yaml"), "--dry-run"]) == 2
 
@@ -144,7 +146,11 @@ def test_loss_components_of_progress_metrics() -> None:
     [
         ({"evaluation": {"n_bootstrap": 50}}, "evaluation.n_bootstrap must be in [100, 100000], got 50"),
         ({"evaluation": {"overlay_images": 100}}, "evaluation.overlay_images must be in [0, 24] (0 = none), got 100"),
-        ({"image_size": 128}, "image_size resizes imported images"),
+        ({"image_size": 16}, "image_size: Input should be greater than or equal to 32"),
+        ({"arms": [{"name": "a", "real": 5, "segmenter": {"lr": -1.0}}]}, "arms[0].segmenter: lr must be ≥ 0, got -1.0"),
+        ({"arms": [{"name": "a", "real": 5, "segmenter": {"gamma": 0.5}}]}, "arms[0].segmenter: unknown field(s) gamma"),
+        ({"arms": [{"name": "a", "real": 5, "segmenter": {"min_size": 64}}]}, "arms[0].segmenter: min_size follow the plan's image_size"),
+        ({"evaluation": {"export_threshold": 2.0}}, "evaluation.export_threshold must be in [0, 1], got 2.0"),
         ({"segmenter": {"config": {"architecture": "unet"}}}, "segmenter.config.architecture 'unet' is unknown"),
         ({"gan": {"config": {"norm": "layer"}}}, "gan.config.norm must be one of"),
         ({"compositor": {"params": {"min_objects": 3, "max_objects": 2}}}, "compositor.params.max_objects (2) must be ≥ min_objects (3)"),
@@ -177,9 +183,13 @@ def test_group_csv_content_enters_the_split_key(tmp_path: Path) -> None:
         ({"gan": {"generate": {"count": 5}}}, "gan.generate: unknown field(s) count; known fields: dropout, batchnorm, resize, batch_size"),
         ({"evaluation": {"seed": 3}}, "evaluation: unknown field(s) seed"),
         (
-            {"segmenter": {"predict": {"export_threshold": 0.5}}, "evaluation": {"score_threshold": 0.3}},
-            "segmenter.predict.export_threshold (0.5) is above evaluation.score_threshold (0.3)",
+            {"evaluation": {"export_threshold": 0.5, "score_threshold": 0.3}},
+            "evaluation.export_threshold (0.5) is above evaluation.score_threshold (0.3)",
         ),
+        # One place for the export threshold: the evaluation decides what predictions keep.
+        ({"segmenter": {"predict": {"export_threshold": 0.1}}}, "set it as evaluation.export_threshold"),
+        # The budget has its own section.
+        ({"segmenter": {"config": {"iterations": 100}}}, "set the training budget as segmenter.budget: {iterations: N}"),
         ({"evaluation": {"mask_threshold": 0.4}}, "evaluation.mask_threshold (0.4) differs from segmenter.predict.mask_threshold (0.5)"),
     ],
 )
@@ -198,7 +208,8 @@ def test_settings_default_to_the_services_dataclasses_and_keys_name_resolved_set
     assert step["compose"].params["params"] == ComposeParams()
     assert step["gan_train"].params["config"] == GanConfig()
     assert step["gan_generate"].params["settings"] == GenerateConfig(count=20)
-    assert step["segment_train"].params["config"] == SegmenterConfig()
+    # The segmenter's defaults, with the plan's image size and the equal budget filled in.
+    assert step["segment_train"].params["config"] == SegmenterConfig(min_size=256, max_size=256, iterations=36, eval_every=3)
     assert step["predict"].params["settings"] == PredictConfig()
     evaluate = step["evaluate"].params["settings"]
     assert evaluate.mask_threshold == PredictConfig().mask_threshold  # read at the threshold masks were cut at
@@ -207,8 +218,8 @@ def test_settings_default_to_the_services_dataclasses_and_keys_name_resolved_set
     # Spelling out a default is the same plan: the same keys, because keys hash resolved settings.
     explicit = plan_with(
         compositor={"params": {"output_size": ComposeParams().output_size}, "backgrounds": {"method": "inpaint_telea"}},
-        segmenter={"predict": config_to_mapping(PredictConfig())},
-        evaluation={"n_bootstrap": EvalConfig().n_bootstrap},
+        segmenter={"predict": {k: v for k, v in config_to_mapping(PredictConfig()).items() if k != "export_threshold"}},
+        evaluation={"n_bootstrap": EvalConfig().n_bootstrap, "export_threshold": PredictConfig().export_threshold},
     )
     assert [s.key for s in build_graph(parse_plan(explicit)).steps] == [s.key for s in g.steps]
 
@@ -226,8 +237,151 @@ def test_loading_a_plan_imports_no_server_and_no_torch() -> None:
     code = (
         "import sys\n"
         "from orchestrator.plan import load_plan\n"
-        "load_plan('examples/demo.yaml'); load_plan('examples/thesis-table4.yaml')\n"
+        "load_plan('examples/demo.yaml'); load_plan('examples/thesis-table4.yaml'); load_plan('examples/thesis-table4-epochs.yaml')\n"
         "print(sorted(m for m in sys.modules if m == 'torch' or m.endswith('.server')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+# --- one image size ---------------------------------------------------------------------------
+
+
+def test_every_size_follows_the_plans_image_size() -> None:
+    plan = parse_plan(plan_with(image_size=64, gan={"config": {"depth": 6}}))
+    assert plan.compositor.params.output_size == plan.gan.config.image_size == 64
+    assert all((plan.arm_segmenter(a).min_size, plan.arm_segmenter(a).max_size) == (64, 64) for a in plan.arms)
+    default = parse_plan(BASE)
+    assert default.image_size == 256 and default.compositor.params.output_size == 256 and default.segmenter.config.max_size == 256
+    # Spelling out the same size is the same plan.
+    same = parse_plan(plan_with(image_size=64, gan={"config": {"depth": 6, "image_size": 64}}, compositor={"params": {"output_size": 64}}))
+    assert [s.key for s in build_graph(same).steps] == [s.key for s in build_graph(plan).steps]
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"image_size": 64, "compositor": {"params": {"output_size": 128}}}, "compositor.params.output_size (128) differs from image_size (64)"),
+        ({"gan": {"config": {"image_size": 512}}}, "gan.config.image_size (512) differs from image_size (default 256)"),
+        ({"image_size": 96, "segmenter": {"config": {"min_size": 800}}}, "segmenter.config.min_size (800) differs from image_size (96)"),
+        ({"image_size": 96, "segmenter": {"config": {"max_size": 1333}}}, "segmenter.config.max_size (1333) differs from image_size (96)"),
+    ],
+)
+def test_a_service_size_that_disagrees_names_both_fields(changes: dict, message: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_plan(plan_with(**changes))
+    assert message in str(info.value)
+
+
+def test_imports_keep_their_own_size() -> None:
+    imp = {"import": {"format": "masks", "images": "/i", "masks": "/m"}}
+    plan = parse_plan(plan_with(dataset=imp, image_size=64, gan={"config": {"depth": 6}}))
+    assert plan.dataset.import_ is not None and plan.dataset.import_.size == 256  # stored size ≠ training size
+    keep = parse_plan(plan_with(dataset={"import": {**imp["import"], "size": "keep"}}))
+    assert keep.dataset.import_ is not None and keep.dataset.import_.size == "keep"
+    assert build_graph(keep).steps[0].params["import"]["size"] == "keep"
+    with pytest.raises(InvalidArgument, match=r"dataset.import.size: .*size must be in \[32, 4096\] or 'keep', got 8"):
+        parse_plan(plan_with(dataset={"import": {**imp["import"], "size": 8}}))
+
+
+# --- synthesis from the real prefix -----------------------------------------------------------
+
+
+def test_synthesis_reads_the_smallest_synthetic_arms_real_prefix() -> None:
+    plan = parse_plan(plan_with(arms=[{"name": "r", "real": 40}, {"name": "c", "real": 20, "composite": 5}, {"name": "g", "real": 30, "gan": 5}]))
+    assert plan.synthesis_real == 20  # the real-only arm's 40 do not count
+    g = build_graph(plan)
+    (subset,) = g.of_kind("subset")
+    assert subset.params == {"split": "train", "count": 20, "order_seed": subset.params["order_seed"]}
+    assert {s.deps["dataset"].key for s in g.of_kind("foregrounds") + g.of_kind("backgrounds") + g.of_kind("gan_train")} == {subset.key}
+    # Every training source of every arm and seed uses the one order the prefix is taken from.
+    assert {s.params["order_seed"] for s in g.of_kind("segment_train")} == {subset.params["order_seed"]}
+    explicit = parse_plan(plan_with(synthesis={"real": 10}))
+    assert explicit.synthesis_real == 10
+
+
+def test_a_synthetic_arm_with_fewer_real_images_than_the_synthesis_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match=r"arms\[1\] \(comp\) has 10 real images, fewer than synthesis.real \(15\)"):
+        parse_plan(plan_with(synthesis={"real": 15}))
+
+
+# --- training budget --------------------------------------------------------------------------
+
+
+def test_default_budget_is_equal_and_sized_from_the_largest_real_only_arm() -> None:
+    arms = [{"name": "r10", "real": 10}, {"name": "r21", "real": 21}, {"name": "mix", "real": 21, "composite": 60}]
+    plan = parse_plan(plan_with(arms=arms, segmenter={"config": {"epochs": 5, "batch_size": 4}}))
+    budget = plan.budget
+    assert (budget.mode, budget.source, budget.reference) == ("iterations", "equal", "r21")
+    assert budget.iterations == 6 * 5 and budget.eval_every == 6  # ceil(21 / 4) iterations per epoch
+    configs = [plan.arm_segmenter(a) for a in plan.arms]
+    assert {(c.iterations, c.eval_every) for c in configs} == {(30, 6)}
+    # No real-only arm: the arm with the most real images sizes it.
+    only_mixed = parse_plan(plan_with(arms=arms[2:], segmenter={"config": {"epochs": 5, "batch_size": 4}}))
+    assert (only_mixed.budget.reference, only_mixed.budget.iterations) == ("mix", 30)
+
+
+def test_budget_modes() -> None:
+    epochs = parse_plan(plan_with(segmenter={"budget": {"epochs": 7}}))
+    cfg = epochs.arm_segmenter(epochs.arms[1])
+    assert (epochs.budget.mode, cfg.epochs, cfg.iterations, cfg.eval_every) == ("epochs", 7, None, None)
+    iterations = parse_plan(plan_with(segmenter={"budget": {"iterations": 100}, "config": {"eval_every": 25}}))
+    assert {(iterations.arm_segmenter(a).iterations, iterations.arm_segmenter(a).eval_every) for a in iterations.arms} == {(100, 25)}
+    seen = parse_plan(plan_with(segmenter={"budget": {"images_seen": 401}, "config": {"batch_size": 8}}))
+    assert (seen.budget.source, seen.budget.iterations) == ("images_seen", 51)
+    # Validation every epoch of the reference arm, never beyond the budget.
+    short = parse_plan(plan_with(segmenter={"budget": {"iterations": 2}}))
+    assert short.budget.eval_every == 2
+
+
+@pytest.mark.parametrize(
+    "segmenter, message",
+    [
+        ({"budget": {}}, "give exactly one of `epochs`, `iterations` or `images_seen`"),
+        ({"budget": {"epochs": 3, "iterations": 9}}, "give exactly one of"),
+        ({"budget": {"iterations": 0}}, "segmenter.budget.iterations: Input should be greater than 0"),
+        ({"budget": {"iterations": 50}, "config": {"epochs": 3}}, "segmenter.config.epochs (3) has no effect with segmenter.budget"),
+        ({"budget": {"epochs": 4}, "config": {"epochs": 3}}, "segmenter.config.epochs (3) differs from segmenter.budget.epochs (4)"),
+    ],
+)
+def test_budget_errors(segmenter: dict, message: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_plan(plan_with(segmenter=segmenter))
+    assert message in str(info.value)
+
+
+def test_per_arm_overrides_are_deliberate_exceptions() -> None:
+    arms = [{"name": "r", "real": 10}, {"name": "c", "real": 10, "composite": 20, "segmenter": {"lr": 0.005, "epochs": 3}}]
+    plan = parse_plan(plan_with(arms=arms))
+    base, special = (plan.arm_segmenter(a) for a in plan.arms)
+    assert (special.lr, special.epochs, special.iterations) == (0.005, 3, None)  # epochs alone: this arm trains by epochs
+    assert (base.lr, base.iterations) == (SegmenterConfig().lr, 36)
+    g = build_graph(plan)
+    assert {s.params["config"].lr for s in g.of_kind("segment_train") if s.arm == "c"} == {0.005}
+    assert g.of_kind("report")[0].params["arms"][1]["segmenter"] == {"lr": 0.005, "epochs": 3}
+    # A bad override names the arm.
+    with pytest.raises(InvalidArgument, match=r"arms\[0\].segmenter: eval_every must be ≥ 1"):
+        parse_plan(plan_with(arms=[{"name": "r", "real": 10, "segmenter": {"eval_every": 0}}]))
+
+
+def test_shipped_plans_use_equal_budgets_one_size_and_the_real_prefix() -> None:
+    thesis = load_plan(REPO / "examples" / "thesis-table4.yaml")
+    assert (thesis.budget.mode, thesis.budget.iterations, thesis.synthesis_real, thesis.image_size) == ("iterations", 3750, 1000, 256)
+    epochs = load_plan(REPO / "examples" / "thesis-table4-epochs.yaml")
+    assert (epochs.budget.mode, epochs.budget.epochs) == ("epochs", 30)
+    assert [a.model_dump() for a in epochs.arms] == [a.model_dump() for a in thesis.arms]
+    demo = load_plan(REPO / "examples" / "demo.yaml")
+    assert (demo.image_size, demo.budget.iterations, demo.synthesis_real, demo.evaluation.export_threshold) == (64, 40, 30, 0.05)
+
+
+def test_export_threshold_reaches_predict() -> None:
+    g = build_graph(parse_plan(plan_with(evaluation={"export_threshold": 0.01, "score_threshold": 0.4})))
+    assert {s.params["settings"].export_threshold for s in g.of_kind("predict")} == {0.01}
+    assert {s.params["settings"].score_threshold for s in g.of_kind("evaluate")} == {0.4}
+
+
+def test_a_plan_without_gan_arms_is_not_held_to_the_gans_size_rules() -> None:
+    plan = parse_plan(plan_with(image_size=96, arms=[{"name": "r", "real": 5}, {"name": "c", "real": 5, "composite": 5}]))
+    assert plan.compositor.params.output_size == 96 and plan.arm_segmenter(plan.arms[0]).min_size == 96
+    with pytest.raises(InvalidArgument, match=r"gan.config.image_size must be a positive multiple of 2\*\*depth = 256, got 96"):
+        parse_plan(plan_with(image_size=96))

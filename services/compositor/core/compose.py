@@ -1,8 +1,8 @@
 """Copy-paste composition of one image.
 
-Every random choice of image `index` comes from `numpy.random.default_rng([seed, index])`,
-so an image depends on nothing but (seed, index, params, assets): any number of worker
-processes produce byte-identical output.
+Every random choice of image `index` comes from one generator, services.common.seeding's
+stream (seed, "compositor/image", index), so an image depends on nothing but (seed, index,
+params, assets): any number of worker processes produce byte-identical output.
 
 Labels follow what the eye sees. Each pasted object gets its own weight map: its blending
 alpha, multiplied by (1 - alpha) of every later paste on top of it. An object's mask is
@@ -21,6 +21,7 @@ from typing import Any, Protocol, Sequence
 import cv2
 import numpy as np
 
+from services.common.seeding import rng as seeded_rng
 from services.compositor.config import ComposeParams
 from services.compositor.core.transforms import (
     apply_color, brightness_contrast_lut, color_matrix, flip_rgba, object_mean_grey, resize_rgba, rotate_expand,
@@ -103,8 +104,9 @@ class Composite:
 
 
 def rng_for(seed: int, index: int) -> np.random.Generator:
-    """The generator of image `index`; negative seeds are mapped into uint64."""
-    return np.random.default_rng([int(seed) % (1 << 64), int(index)])
+    """The generator of image `index`: the shared seed derivation's stream
+    (seed, "compositor/image", index)."""
+    return seeded_rng(int(seed), "compositor/image", int(index))
 
 
 def _prepare_background(bg: np.ndarray, p: ComposeParams, rng: np.random.Generator) -> tuple[np.ndarray, dict]:

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import grpc
 from google.protobuf.message import Message
@@ -147,8 +147,11 @@ class ServicePool:
         request: Message,
         on_event: Callable[[common_pb2.JobEvent], None] | None = None,
         cancel: threading.Event | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> JobOutcome:
         """Submit a job, follow it to the end, fail over on lost replicas. JobFailed on failure.
+
+        `metadata` travels with the Submit call (e.g. the recompute flag, services.common.jobs).
 
         Lost means: unreachable, no replica resolves, the event stream broke, or the replica
         cancelled the job itself while shutting down (a rollout, a scale-down). The same
@@ -160,7 +163,7 @@ class ServicePool:
             lost = False
             try:
                 replica = self._pick()
-                outcome = self._follow(replica, submit, request, on_event, cancel)
+                outcome = self._follow(replica, submit, request, on_event, cancel, metadata)
                 outcome.attempts = attempt
                 return outcome
             except (grpc.RpcError, _StreamLost, ServiceUnavailable) as exc:
@@ -188,9 +191,10 @@ class ServicePool:
         request: Message,
         on_event: Callable[[common_pb2.JobEvent], None] | None,
         cancel: threading.Event | None,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> JobOutcome:
         stub = replica.stub
-        ref = getattr(stub, submit)(request, timeout=120)
+        ref = getattr(stub, submit)(request, timeout=120, metadata=tuple(metadata) or None)
         running_since: float | None = None
         running = 0.0
         stream = stub.WatchJob(common_pb2.WatchJobRequest(job_id=ref.id))

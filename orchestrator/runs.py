@@ -93,7 +93,7 @@ class RunManager:
             if self._dispatcher is None:
                 if self.addresses.embedded:
                     self._embedded = start_embedded(self.store_url, self.log_dir)
-                    self._dispatcher = Dispatcher(self._embedded.addresses)
+                    self._dispatcher = Dispatcher(self._embedded.addresses, self._embedded.security)
                 else:
                     missing = self.addresses.missing()
                     if missing:

@@ -23,14 +23,21 @@ parts                                        stream
                                              real_fraction) — services/segmenter/core/stream.py
 (seed, "segmenter/augment", draw)            segmenter: augmentation of the ``draw``-th image
                                              of the training stream
-(data_seed, "backgrounds" | "composite" |    orchestrator step seeds (orchestrator/graph.py;
- "gan-masks" | "gan"), (gan seed, "generate"), same encoding, its own copy until it imports
-(seed, "bootstrap")                          this one)
+(data_seed, "training-order")                orchestrator: the order seed of every training
+                                             source of every arm and seed (one real prefix)
+(data_seed, "backgrounds" | "composite" |    orchestrator step seeds (orchestrator/graph.py)
+ "gan-masks" | "gan"), (gan seed,
+ "generate"), (seed, "bootstrap")
+(seed, "gan/init"), (seed, "gan/flip",       GAN: weight initialisation, flips of pair i in
+ epoch, i), (seed, "gan/grid" | "gan/torch"  an epoch, sample grids, dropout, shuffling,
+ | "gan/shuffle", epoch), (seed,             generation of a batch
+ "gan/generate", first_index)
+(seed, "compositor/image", index)            compositor: every choice for composite ``index``
+                                             (and background harvesting per source image)
+(seed, "demo/image", index)                  procedural demo data: image ``index``
+(seed, "report/contact-sheet", label)        report: images drawn for the contact sheet
 ===========================================  ================================================
 
-Still on schemes of their own, to move here: the GAN (services/gan/seeding.py: parts joined
-with U+001F, little-endian), the compositor (``default_rng([seed, index])``) and the demo data
-(``SeedSequence([seed, index])``).
 """
 from __future__ import annotations
 

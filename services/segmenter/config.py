@@ -38,7 +38,7 @@ class SegmenterConfig:
     scaling rule of torchvision's references (0.02 per 16 images for SGD, 1e-4 for AdamW).
 
     The proto carries every field but warmup_factor, step_milestones, gamma, dtype, seed (the
-    request's), device (the server's) and max_iters_per_epoch (benchmarks).
+    request's), device (the server's), cpu_amp (tests) and max_iters_per_epoch (benchmarks).
 
     The training budget: `iterations` optimiser steps when set (the equal budget that makes
     arms comparable), else `epochs` × one epoch's iterations of this training set;
@@ -71,11 +71,13 @@ class SegmenterConfig:
     gamma: float = 0.1
     #: Max gradient norm; 0 = off.
     grad_clip: float = 0.0
+    #: Mixed precision on CUDA ("none", "bf16", "fp16"); ignored on CPU unless cpu_amp.
     amp: str = "none"
     #: Evaluations without val improvement before stopping; 0 = off.
     patience: int = 0
-    #: DataLoader worker processes; -1 = auto: none on CPU (the model, not loading, is the
-    #: bottleneck there, and forking a serving process is best avoided), min(4, CPUs) on CUDA.
+    #: Threads that decode the training set into its cache before training (core/data.py
+    #: TrainingDataset); -1 = auto: min(8, CPUs); 0 = the training thread. Batches are then
+    #: assembled and augmented on the training device, without loader processes.
     num_workers: int = -1
     augment: bool = True
     #: 0..5; None: all layers from scratch, 3 with pretrained weights.
@@ -88,6 +90,9 @@ class SegmenterConfig:
     select_metric: str = "iou"
     seed: int = 0
     device: str = ""
+    #: Tests and benchmarks: run amp "bf16" on CPU too (torch's CPU autocast), i.e. the code
+    #: path that CUDA mixed precision takes, on a machine without a GPU.
+    cpu_amp: bool = False
     #: Benchmarks only: cap one epoch's iterations (epoch-mode length, default eval_every); 0 = off.
     max_iters_per_epoch: int = 0
 
@@ -117,6 +122,7 @@ class SegmenterConfig:
             (self.gamma > 0, f"gamma must be > 0, got {self.gamma}"),
             (self.grad_clip >= 0, f"grad_clip must be ≥ 0 (0 = off), got {self.grad_clip}"),
             (self.amp in AMP_MODES, f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}"),
+            (not self.cpu_amp or self.amp == "bf16", f"cpu_amp needs amp 'bf16' (CPU autocast), got {self.amp!r}"),
             (self.patience >= 0, f"patience must be ≥ 0 (0 = off), got {self.patience}"),
             (self.num_workers >= -1, f"num_workers must be ≥ 0 (or -1 = auto), got {self.num_workers}"),
             (self.dtype in DTYPES, f"dtype must be 'float32' or 'float64', got {self.dtype!r}"),

@@ -6,6 +6,15 @@ weights that do not fit — so bad input is INVALID_ARGUMENT on the Submit call 
 Training checkpoints live under the job's work prefix, so a job resubmitted after its server
 died resumes after the last finished evaluation. Results are read by role: Train →
 outputs["model"], outputs["training_record"]; Predict → outputs["predictions"].
+
+Data-parallel serving: started under torchrun, rank 0 serves gRPC and every other rank
+follows (core/train_job.py), so each Train job trains on all the launch's GPUs::
+
+    torchrun --standalone --nproc_per_node=NUM_GPUS -m services.segmenter --store URL   # port 50053
+
+`synthaug run plan.yaml --services "compositor=H:P;gan=H:P;segmenter=THIS_HOST:50053;evaluator=H:P"`
+(every service on the same store) then trains each arm on all the GPUs; a Train job computed
+by `torchrun -m services.segmenter.torchrun_train` is answered from the store instead.
 """
 from __future__ import annotations
 
@@ -16,13 +25,15 @@ from services.common.config import config_from_proto
 from services.common.datasets import Dataset, validate_split
 from services.common.errors import InvalidArgument
 from services.common.jobs import JobContext, JobServicerMixin
+from services.common.logs import configure_logging
 from services.common.refs import add_output, object_ref, resolve_object
-from services.common.runtime import ServerConfig, ServiceRuntime, serve
-from services.common.store import ObjectStore, canonical_json
+from services.common.runtime import ServerConfig, ServiceRuntime, parse_config, serve
+from services.common.store import ObjectStore, canonical_json, open_store
 from services.segmenter.config import PredictConfig
-from services.segmenter.core.checkpoints import StoreCheckpointIO
+from services.segmenter.core.distributed import init_from_env
 from services.segmenter.core.predictor import load_model_file, predict, results_document
 from services.segmenter.core.sources import DatasetSplitSource
+from services.segmenter.core.train_job import ControlChannel, Leader, follow, run_train
 from services.segmenter.core.train_request import prepare_trainer
 from services.segmenter.core.trainer import select_device
 from synthaug.v1 import common_pb2, segmenter_pb2, segmenter_pb2_grpc
@@ -42,37 +53,17 @@ def _progress(ctx: JobContext) -> Callable[[float, str, "dict[str, float] | None
 
 
 class SegmenterServicer(JobServicerMixin, segmenter_pb2_grpc.SegmenterServiceServicer):
-    def __init__(self, runtime: ServiceRuntime):
+    def __init__(self, runtime: ServiceRuntime, leader: Leader | None = None):
         self.jobs = runtime.jobs
         self.store: ObjectStore = runtime.store
+        #: Rank 0's hold on the other ranks of a torchrun launch (None: one process).
+        self.leader = leader
 
     # -- Train -------------------------------------------------------------------------------
     def SubmitTrain(self, request: segmenter_pb2.SegmenterTrainRequest, context: Any) -> common_pb2.JobRef:
         trainer = prepare_trainer(self.store, request)
-        cfg = trainer.cfg
-
-        def run(ctx: JobContext) -> common_pb2.JobResult:
-            trainer.checkpoints = StoreCheckpointIO(self.store, ctx.work_prefix)
-            trainer.progress = _progress(ctx)
-            result = trainer.run()
-            model_info = self.store.put_blob(result.model_file, "pt")
-            record = result.record
-            record["job"] = ctx.job_id
-            record_info = self.store.put_blob(canonical_json(record), "json", "application/json")
-            best = record["epochs"][[e["epoch"] for e in record["epochs"]].index(record["best_epoch"])]
-            budget = record["budget"]
-            metrics = {"best_epoch": float(record["best_epoch"]), "epochs_run": float(len(record["epochs"])),
-                       "best_iteration": float(best["iteration"]), "iterations_run": float(budget["iterations_run"]),
-                       "images_seen": float(budget["images_seen"]), "images_per_s": float(best["images_per_s"]),
-                       **{f"val_{k}": float(v) for k, v in best.get("val", {}).items()}}
-            out = common_pb2.JobResult(
-                metrics=metrics, attributes={"architecture": cfg.architecture, "device": record["device"],
-                                             "stopped_early": str(record["stopped_early"]).lower()})
-            add_output(out, "model", object_ref(self.store, model_info))
-            add_output(out, "training_record", object_ref(self.store, record_info))
-            return out
-
-        return self.jobs.submit("segmenter.Train", request, run)
+        return self.jobs.submit("segmenter.Train", request,
+                                lambda ctx: run_train(self.store, request, trainer, ctx, self.leader))
 
     # -- Predict -----------------------------------------------------------------------------
     def SubmitPredict(self, request: segmenter_pb2.PredictRequest, context: Any) -> common_pb2.JobRef:
@@ -105,10 +96,25 @@ class SegmenterServicer(JobServicerMixin, segmenter_pb2_grpc.SegmenterServiceSer
 
 
 def build(config: ServerConfig, store: ObjectStore | None = None) -> ServiceRuntime:
+    """The server; under torchrun (rank 0 of several) it leads the other ranks' training."""
+    info = init_from_env()
+    leader = None
+    if info.enabled:
+        if config.max_concurrent_jobs != 1:
+            raise SystemExit("a data-parallel segmenter runs one job at a time: --max-concurrent-jobs must be 1")
+        leader = Leader(ControlChannel(info))
     runtime = ServiceRuntime(config, store)
-    runtime.add(segmenter_pb2_grpc.add_SegmenterServiceServicer_to_server, SegmenterServicer(runtime), SERVICE_NAME)
+    runtime.add(segmenter_pb2_grpc.add_SegmenterServiceServicer_to_server, SegmenterServicer(runtime, leader), SERVICE_NAME)
+    if leader is not None:
+        runtime.on_stop(leader.stop)
     return runtime
 
 
 def main(argv: list[str] | None = None) -> int:
+    info = init_from_env()
+    if info.enabled and not info.is_main:  # a follower of a torchrun launch: no gRPC
+        config = parse_config(SERVICE, argv)
+        configure_logging(config.log_level, config.log_json)
+        channel = ControlChannel(info)
+        return follow(open_store(config.store_url), channel)
     return serve(build, SERVICE, argv)

@@ -17,14 +17,12 @@ from services.common.sampling import nested_order
 from services.evaluator.core.metrics import pixel_scores, union_of_instances
 from services.segmenter.config import PredictConfig, SegmenterConfig
 from services.segmenter.core import checkpoints as ck
+from services.segmenter.core.augment import AugmentConfig, masks_to_boxes
 from services.segmenter.core.data import (
-    AugmentConfig,
     CategoryMap,
     Example,
     InMemorySource,
     TrainingDataset,
-    augment,
-    masks_to_boxes,
     sample_training_set,
 )
 from services.segmenter.core.maskrcnn import LOSS_NAMES
@@ -127,33 +125,120 @@ def test_category_ids_map_to_contiguous_labels_and_back():
 
 # -- augmentation ----------------------------------------------------------------------------
 
+def _dataset(src: InMemorySource, cfg: AugmentConfig | None, seed: int = 9, **kw) -> TrainingDataset:
+    return TrainingDataset([src], [(0, i) for i in src.image_ids()], CategoryMap(src.categories), cfg, seed, **kw)
+
+
 def test_augmentation_moves_image_masks_and_boxes_together():
-    ex = make_source("x", 1, size=64, seed=4, max_objects=2).examples[0]
-    cfg = AugmentConfig(brightness=0, contrast=0, saturation=0)
-    colours = {tuple(ex.image[m][0]) for m in ex.masks}
-    for k in range(12):
-        image, masks = augment(ex.image, ex.masks, cfg, np.random.default_rng(k))
-        assert image.shape == ex.image.shape and masks.shape == ex.masks.shape and masks.dtype == bool
-        # Pixels under every mask are still the object's pixels (nearest-neighbour masks
-        # can disagree with the bilinear image only on a 1-px border, so erode first).
+    src = make_source("x", 4, size=64, seed=4, max_objects=2)
+    ds = _dataset(src, AugmentConfig(brightness=0, contrast=0, saturation=0))
+    for draw in range(24):
+        image, target = ds[(draw % 4, draw)]
+        ex = src.examples[draw % 4]
+        masks = target["masks"].numpy().astype(bool)
+        assert image.shape == (3, 64, 64) and image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
+        assert target["masks"].dtype == torch.uint8 and masks.shape[1:] == (64, 64) and masks.shape[0] <= ex.masks.shape[0]
+        pixels = (image.permute(1, 2, 0).numpy() * 255).round()
+        # Pixels under every mask are still the object's pixels (nearest-neighbour masks can
+        # disagree with the bilinear image only on a 1-px border, so erode first).
         inner = masks & np.roll(masks, 1, 1) & np.roll(masks, -1, 1) & np.roll(masks, 1, 2) & np.roll(masks, -1, 2)
         for m in inner:
             if m.sum() > 10:
-                assert np.abs(image[m].astype(int).mean(0) - ex.image[ex.masks.any(0)].astype(int).mean(0)).max() < 40
-        boxes = masks_to_boxes(masks[masks.reshape(2, -1).any(1)] if masks.shape[0] == 2 else masks)
-        for b, m in zip(boxes, masks[masks.reshape(masks.shape[0], -1).any(1)]):
+                colours = [ex.image[o].mean(0) for o in ex.masks if o.any()]
+                assert min(np.abs(pixels[m].mean(0) - c).max() for c in colours) < 12
+        for box, m in zip(target["boxes"].tolist(), masks):
             ys, xs = np.nonzero(m)
-            assert b.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
-    assert colours  # fixture sanity
+            assert box == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        assert target["labels"].tolist() == [1] * masks.shape[0]
+
+
+@pytest.mark.parametrize("size", [(64, 64), (48, 80)], ids=["square", "oblong"])
+def test_flips_and_quarter_turns_are_exact_permutations(size):
+    """Without scale and colour jitter the augmentation is exactly the flips and quarter
+    turns drawn for the draw (in the order: horizontal, vertical, rotation), on image and
+    masks alike; an oblong image turned by a quarter comes back transposed."""
+    from services.common import seeding
+
+    h, w = size
+    examples = []
+    for ex in make_source("x", 3, size=80, seed=4, max_objects=2).examples:
+        masks = ex.masks[:, :h, :w]
+        examples.append(Example(ex.image_id, np.ascontiguousarray(ex.image[:h, :w]), masks[masks.any(axis=(1, 2))],
+                                ex.category_ids[masks.any(axis=(1, 2))]))
+    src = InMemorySource("x", make_source("y", 1).categories, examples)
+    ds = _dataset(src, AugmentConfig(brightness=0, contrast=0, saturation=0, scale=(1, 1)), seed=1)
+    turns = set()
+    for draw in range(24):
+        image, target = ds[(draw % 3, draw)]
+        ex = examples[draw % 3]
+        rng = seeding.rng(1, "segmenter/augment", draw)
+        rng.uniform(1, 1), rng.random(2)  # scale and offset: no effect at scale 1
+        flips, k = rng.random(2), int(rng.integers(0, 4))
+        want, masks = ex.image, ex.masks
+        if flips[0] < 0.5:
+            want, masks = want[:, ::-1], masks[:, :, ::-1]
+        if flips[1] < 0.5:
+            want, masks = want[::-1], masks[:, ::-1]
+        want, masks = np.rot90(want, k, axes=(0, 1)), np.rot90(masks, k, axes=(1, 2))
+        turns.add(k)
+        got = (image.permute(1, 2, 0).numpy() * 255).round()
+        assert got.shape == want.shape and np.abs(got - want).max() <= 0.5
+        assert np.array_equal(target["masks"].numpy().astype(bool), masks)
+    assert turns == {0, 1, 2, 3}
+
+
+def test_colour_jitter_is_brightness_contrast_saturation_about_the_mean_grey():
+    """A grey image stays grey under saturation; brightness b and contrast c map a pixel x
+    to c·b·(x − mean) + b·mean (hand-computed from the drawn parameters)."""
+    from services.common import seeding
+
+    image = np.full((8, 8, 3), 100, np.uint8)
+    image[:4] = 50  # mean grey 75
+    masks = np.zeros((1, 8, 8), bool)
+    masks[0, 2:6, 2:6] = True
+    src = InMemorySource("g", [{"id": 1, "name": "x"}], [Example(1, image, masks, np.array([1]))])
+    cfg = AugmentConfig(hflip=0, vflip=0, rot90=False, scale=(1, 1))
+    out, _ = _dataset(src, cfg, seed=5)[(0, 3)]
+    rng = seeding.rng(5, "segmenter/augment", 3)
+    rng.uniform(1, 1), rng.random(2), rng.random(2)
+    b, c, _sat = (float(rng.uniform(0.8, 1.2)) for _ in range(3))
+    for value, rows in ((50, slice(0, 4)), (100, slice(4, 8))):
+        expected = min(255.0, c * b * (value - 75) + b * 75) / 255
+        assert torch.allclose(out[:, rows], torch.full_like(out[:, rows], expected), atol=1e-5)
 
 
 def test_augmentation_is_deterministic_per_seed_and_draw():
     src = make_source("x", 4, size=32)
-    ds = TrainingDataset([src], [(0, i) for i in src.image_ids()], CategoryMap(src.categories), AugmentConfig(), seed=9)
+    ds = _dataset(src, AugmentConfig())
     a = ds[(2, 17)]
     b = ds[(2, 17)]
     assert torch.equal(a[0], b[0]) and torch.equal(a[1]["masks"], b[1]["masks"])
     assert not torch.equal(ds[(2, 18)][0], a[0])  # the same image drawn again is augmented afresh
+    # A batch is its draws, whatever else it holds and however the cache was decoded.
+    draws = [(k % 4, 30 + k) for k in range(11)]
+    images, targets = _dataset(src, AugmentConfig(), threads=3).batch(draws)
+    for draw, image, target in zip(draws, images, targets):
+        alone_image, alone_target = ds[draw]
+        assert torch.equal(image, alone_image)
+        assert all(torch.equal(target[k], alone_target[k]) for k in ("boxes", "labels", "masks", "image_id"))
+
+
+def test_images_of_different_sizes_share_a_batch_and_keep_their_sizes():
+    small, large = make_source("s", 2, size=32, seed=1), make_source("l", 2, size=48, seed=2, first_id=10)
+    items = [(0, 1), (0, 2), (1, 10), (1, 11)]
+    ds = TrainingDataset([small, large], items, CategoryMap(small.categories), AugmentConfig(), seed=0)
+    images, targets = ds.batch([(2, 0), (0, 1), (3, 2), (1, 3)])
+    assert [tuple(im.shape) for im in images] == [(3, 48, 48), (3, 32, 32), (3, 48, 48), (3, 32, 32)]
+    assert [int(t["image_id"]) for t in targets] == [10, 1, 11, 2]
+    assert all(t["masks"].shape[1:] == im.shape[1:] for im, t in zip(images, targets))
+
+
+def test_masks_to_boxes_are_one_past_the_last_pixel():
+    masks = torch.zeros((2, 5, 7), dtype=torch.uint8)
+    masks[0, 1:3, 2:6] = 1
+    masks[1, 4, 0] = 1
+    assert masks_to_boxes(masks).tolist() == [[2.0, 1.0, 6.0, 3.0], [0.0, 4.0, 1.0, 5.0]]
+    assert masks_to_boxes(masks[:0]).shape == (0, 4)
 
 
 # -- model, losses, weights -------------------------------------------------------------------
@@ -333,14 +418,19 @@ def test_prediction_is_coco_results_that_round_trip_through_pycocotools(trained)
 
 
 def test_target_of_an_image_without_instances_is_empty_not_an_error() -> None:
-    from services.segmenter.core.data import make_target
-
-    target = make_target(np.zeros((0, 16, 24), dtype=bool), np.zeros(0, dtype=np.int64), 7)
+    """An image without instances (a composite whose pastes were all occluded, a
+    background-only photo) is a valid negative example; an instance with no pixels left
+    (empty in the data, or pushed out by augmentation) is dropped, with its label."""
+    blank = Example(7, np.zeros((16, 24, 3), np.uint8), np.zeros((0, 16, 24), bool), np.zeros(0, np.int64))
+    masks = np.zeros((2, 16, 24), dtype=bool)
+    masks[1, 3:5, 4:9] = True  # instance 0 is empty: dropped
+    two = Example(1, np.zeros((16, 24, 3), np.uint8), masks, np.array([1, 2]))
+    src = InMemorySource("e", [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}], [blank, two])
+    ds = TrainingDataset([src], [(0, 7), (0, 1)], CategoryMap(src.categories), None, seed=0)
+    _, target = ds[(0, 0)]
     assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
     assert target["masks"].shape == (0, 16, 24) and int(target["image_id"]) == 7
-    masks = np.zeros((2, 16, 24), dtype=bool)
-    masks[1, 3:5, 4:9] = True  # instance 0 is empty (pushed out by augmentation): dropped
-    target = make_target(masks, np.array([1, 2]), 1)
+    _, target = ds[(1, 0)]
     assert target["labels"].tolist() == [2] and target["boxes"].tolist() == [[4.0, 3.0, 9.0, 5.0]]
 
 

@@ -1,21 +1,25 @@
 """Multi-GPU training with torchrun: the simple, documented DDP path.
 
-Run the same training under ``torchrun`` and it becomes data-parallel::
+Run the same training under ``torchrun`` and it becomes data-parallel — one job with
+``-m services.segmenter.torchrun_train``, or a whole segmenter server with ``-m
+services.segmenter`` (rank 0 serves gRPC, the other ranks follow: core/train_job.py)::
 
     torchrun --standalone --nproc_per_node=NUM_GPUS -m services.segmenter.torchrun_train \\
         --store s3://bucket?endpoint=minio:9000 --request train-request.json
 
 torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; :func:`init_from_env` then joins the process
 group (NCCL on CUDA, gloo on CPU), pins each process to GPU LOCAL_RANK, and the trainer
-wraps the model in DistributedDataParallel (BatchNorm → SyncBatchNorm), gives each rank
-every world-th image of the same training stream (core/stream.py), and lets only rank 0
-validate, checkpoint and report. With WORLD_SIZE unset or 1 nothing of this happens (the path the
-service and the tests use).
+wraps the model in DistributedDataParallel (BatchNorm → SyncBatchNorm on GPUs; on CPU each
+process normalises its own share), gives each rank every world-th image of the same training
+stream (core/stream.py), and lets only rank 0 validate, checkpoint and report; the training
+record keeps a digest of what every rank trained on. With WORLD_SIZE unset or 1 nothing of
+this happens (the path the service and the tests use).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -57,6 +61,15 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], device=device)
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` without DDP)."""
+    if not info.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def barrier(info: DistInfo) -> None:

@@ -23,20 +23,39 @@ from services.segmenter.core.models import ModelSpec, build_model, load_state_di
 Progress = Callable[[float, str, "dict[str, float] | None"], None]
 
 
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
-    """Mixed precision on CUDA only ("bf16" / "fp16"); a no-op elsewhere."""
-    if device.type != "cuda" or amp in ("", "none"):
+def effective_amp(device: torch.device, amp: str, cpu_amp: bool = False) -> str:
+    """The mixed precision that applies on ``device``: ``amp`` on CUDA; on CPU "bf16" only
+    when ``cpu_amp`` asks for it (SegmenterConfig.cpu_amp: tests and benchmarks run the
+    CUDA code path under CPU autocast), else "none"."""
+    if amp in ("", "none"):
+        return "none"
+    if device.type == "cuda" or (cpu_amp and device.type == "cpu" and amp == "bf16"):
+        return amp
+    return "none"
+
+
+def autocast(device: torch.device, amp: str, cpu: bool = False) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision ("bf16" / "fp16") on CUDA; on CPU only with ``cpu`` and "bf16" (see
+    `effective_amp`); a no-op otherwise."""
+    amp = effective_amp(device, amp, cpu)
+    if amp == "none":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 @torch.inference_mode()
 def infer(model: nn.Module, images: Sequence[np.ndarray], device: torch.device,
-          dtype: torch.dtype = torch.float32, amp: str = "none") -> list[dict[str, np.ndarray]]:
+          dtype: torch.dtype = torch.float32, amp: str = "none", cpu_amp: bool = False) -> list[dict[str, np.ndarray]]:
     """Model outputs for H×W×3 uint8 images, as numpy: boxes (N×4 xyxy), scores (N),
-    labels (N, contiguous), masks (N×H×W float32 probabilities at the image's size)."""
-    batch = [image_to_tensor(im).to(device=device, dtype=dtype, non_blocking=True) for im in images]
-    with autocast(device, amp):
+    labels (N, contiguous), masks (N×H×W float32 probabilities at the image's size).
+
+    The batch crosses to the device as one uint8 tensor when the images share a size."""
+    if images and all(im.shape == images[0].shape for im in images):
+        stacked = torch.from_numpy(np.stack(images)).to(device, non_blocking=True).permute(0, 3, 1, 2)
+        batch = list(stacked.to(dtype).div_(255.0).unbind(0))
+    else:
+        batch = [image_to_tensor(im).to(device=device, dtype=dtype, non_blocking=True) for im in images]
+    with autocast(device, amp, cpu=cpu_amp):
         outputs = model(batch)
     result = []
     for out in outputs:
@@ -61,7 +80,7 @@ def _unwrapped(model: nn.Module) -> Any:
 
 def pixel_validation(model: nn.Module, source: ExampleSource, device: torch.device, batch_size: int,
                      score_threshold: float, mask_threshold: float,
-                     dtype: torch.dtype = torch.float32, amp: str = "none") -> dict[str, float]:
+                     dtype: torch.dtype = torch.float32, amp: str = "none", cpu_amp: bool = False) -> dict[str, float]:
     """Mean per-image pixel IoU, F1, precision, recall and ES = (IoU + F1) / 2 of the union
     of predicted instances against the union of ground-truth instances."""
     was_training = model.training
@@ -75,7 +94,7 @@ def pixel_validation(model: nn.Module, source: ExampleSource, device: torch.devi
     try:
         for chunk in _batches(ids, batch_size):
             examples = [source.load(i) for i in chunk]
-            outputs = infer(model, [e.image for e in examples], device, dtype, amp)
+            outputs = infer(model, [e.image for e in examples], device, dtype, amp, cpu_amp)
             for ex, out in zip(examples, outputs):
                 pred = union_of_instances(out["masks"], out["scores"], score_threshold, mask_threshold)
                 truth = union_of_instances(np.asarray(ex.masks, dtype=bool))
@@ -125,7 +144,7 @@ def exported(scores: np.ndarray, cfg: PredictConfig) -> np.ndarray:
 
 
 def predict(loaded: LoadedModel, source: ExampleSource, device: torch.device, cfg: PredictConfig,
-            amp: str = "none", progress: Progress | None = None) -> list[dict[str, Any]]:
+            amp: str = "none", progress: Progress | None = None, cpu_amp: bool = False) -> list[dict[str, Any]]:
     """COCO results for every image of ``source``: one entry per exported detection (see
     `exported`), its mask probabilities (at the image's stored size) binarised at
     ``cfg.mask_threshold`` and RLE-encoded, bbox [x, y, w, h] and the dataset's category id.
@@ -141,7 +160,7 @@ def predict(loaded: LoadedModel, source: ExampleSource, device: torch.device, cf
     try:
         for chunk in _batches(ids, cfg.batch_size):
             images = [source.load(i).image for i in chunk]
-            for image_id, out in zip(chunk, infer(model, images, device, amp=amp)):
+            for image_id, out in zip(chunk, infer(model, images, device, amp=amp, cpu_amp=cpu_amp)):
                 keep = exported(out["scores"], cfg)
                 cats = loaded.category_map.to_category_ids(out["labels"][keep])
                 for box, score, cat, prob in zip(out["boxes"][keep], out["scores"][keep], cats, out["masks"][keep]):

@@ -16,12 +16,12 @@ an uninterrupted run would have drawn, whatever the number of DataLoader workers
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from fractions import Fraction
-from typing import Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
-from torch.utils.data import Sampler
 
 from services.common.errors import InvalidArgument
 from services.common.seeding import rng
@@ -93,18 +93,14 @@ class TrainingStream:
         return self._permutations[key]
 
 
-class StreamBatchSampler(Sampler[list[Draw]]):
-    """A DataLoader batch sampler: process ``rank``'s draws of steps ``start`` … ``stop`` − 1."""
-
-    def __init__(self, stream: TrainingStream, rank: int, start: int, stop: int):
-        self.stream, self.rank, self.start, self.stop = stream, rank, start, stop
-
-    def __iter__(self) -> Iterator[list[Draw]]:
-        for step in range(self.start, self.stop):
-            yield self.stream.rank_draws(step, self.rank)
-
-    def __len__(self) -> int:
-        return self.stop - self.start
+def draws_digest(draws: Iterable[Draw]) -> str:
+    """A short digest of a sequence of draws (what one process trained on, in order): the
+    training record keeps it per rank, so that the shares of a data-parallel run can be
+    checked against the stream (``rank_draws``) without storing every draw."""
+    h = hashlib.sha256()
+    for item, number in draws:
+        h.update(f"{item}:{number};".encode())
+    return h.hexdigest()[:16]
 
 
 def draws_by_source(stream: TrainingStream, items: Sequence[tuple[int, int]], n_sources: int,

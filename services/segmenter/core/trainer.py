@@ -8,7 +8,8 @@ What the thesis got wrong and this module does instead: every Mask R-CNN loss is
 (classifier, box regression, mask, RPN objectness, RPN box regression — the thesis trained
 only two); training runs at one configured (or the dataset's) image size in float32 (AMP on
 CUDA) instead of float64 at 800 px; SGD with warmup and a cosine or step schedule over the
-whole run (AdamW as an option); augmentation; a fixed number of optimiser steps drawn from a
+whole run (AdamW as an option); augmentation, batched on the training device, of a training
+set decoded once (core/data.py, core/augment.py); a fixed number of optimiser steps drawn from a
 deterministic stream of the training set (core/stream.py), so arms of different sizes can
 train for the same budget (epochs = the training set's passes, when no budget is given);
 validation every ``eval_every`` iterations with pixel IoU/F1 from the evaluator core,
@@ -23,27 +24,28 @@ import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, cast
+from typing import Any, Callable, Iterable, Iterator, Sequence, cast
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from services.common.config import config_to_mapping
-from services.common.errors import InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.seeding import derive_seed
 from services.segmenter.config import SegmenterConfig
 from services.segmenter.core import checkpoints as ck
+from services.segmenter.core.augment import AugmentConfig
 from services.segmenter.core.data import (
-    AugmentConfig,
     CategoryMap,
+    Draw,
     ExampleSource,
+    Target,
     TrainingDataset,
-    collate,
     sample_training_set,
 )
 from services.segmenter.core.distributed import (
     DistInfo,
+    all_gather_objects,
     barrier,
     broadcast_flag,
     init_from_env,
@@ -55,8 +57,8 @@ from services.segmenter.core.models import (
     load_state_dict_into,
     torchvision_weights,
 )
-from services.segmenter.core.predictor import autocast, pixel_validation
-from services.segmenter.core.stream import StreamBatchSampler, TrainingStream, draws_by_source
+from services.segmenter.core.predictor import autocast, effective_amp, pixel_validation
+from services.segmenter.core.stream import TrainingStream, draws_by_source, draws_digest
 from services.segmenter.weights import BlobReader, TorchvisionWeights
 
 log = logging.getLogger(__name__)
@@ -107,12 +109,19 @@ def resolve_sizes(cfg: SegmenterConfig, sources: Sequence[ExampleSource], items:
     return cfg.min_size or short, cfg.max_size or max(long, cfg.min_size or short)
 
 
-def _to_device(targets: list[dict[str, torch.Tensor]], device: torch.device, dtype: torch.dtype) -> list[dict[str, torch.Tensor]]:
-    out = []
-    for t in targets:
-        out.append({k: (v.to(device, dtype=dtype, non_blocking=True) if v.is_floating_point()
-                        else v.to(device, non_blocking=True)) for k, v in t.items()})
-    return out
+def decode_threads(num_workers: int) -> int:
+    """Threads decoding the training set into its cache: SegmenterConfig.num_workers, -1 = auto."""
+    return num_workers if num_workers >= 0 else min(8, os.cpu_count() or 1)
+
+
+def cache_device(device: torch.device, nbytes: int) -> torch.device:
+    """Where the decoded training set lives: on the GPU when it takes at most a quarter of the
+    free memory (no image then crosses between host and device during training), else on
+    the host (one copy per batch)."""
+    if device.type != "cuda":
+        return torch.device("cpu")
+    free, _total = torch.cuda.mem_get_info(device)
+    return device if nbytes <= free // 4 else torch.device("cpu")
 
 
 def _has_batchnorm(model: nn.Module) -> bool:
@@ -179,7 +188,9 @@ class Trainer:
         self.device = select_device(cfg.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        if cfg.amp != "none" and self.device.type != "cuda":
+        #: The mixed precision in force on this device (predictor.effective_amp).
+        self.amp = effective_amp(self.device, cfg.amp, cfg.cpu_amp)
+        if cfg.amp != self.amp:
             log.info("amp=%s ignored on %s", cfg.amp, self.device)
         self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
         self.weights = cfg.weights_spec  # parsed once; matched on its type below
@@ -223,12 +234,26 @@ class Trainer:
             return torch.optim.SGD(groups, lr=lr, momentum=self.cfg.momentum)
         return torch.optim.AdamW(groups, lr=lr)
 
-    def _loader(self, dataset: TrainingDataset, start: int, stop: int) -> DataLoader:
-        """This process's batches of steps ``start`` … ``stop`` − 1."""
-        cuda = self.device.type == "cuda"
-        workers = self.cfg.num_workers if self.cfg.num_workers >= 0 else (min(4, os.cpu_count() or 1) if cuda else 0)
-        return DataLoader(dataset, batch_sampler=StreamBatchSampler(self.stream, self.dist.rank, start, stop),
-                          collate_fn=collate, num_workers=workers, pin_memory=cuda, persistent_workers=False)
+    def training_data(self) -> TrainingDataset:
+        """The training set decoded once (core/data.py TrainingDataset), cached on the GPU when
+        it fits, producing batches on the training device in the training dtype."""
+        sizes = [self.sources[s].image_size(i) for s, i in self.items]
+        estimate = sum(4 * h * w for h, w in sizes)  # 3 bytes a pixel, and about one instance
+        t0 = time.perf_counter()
+        threads = decode_threads(self.cfg.num_workers)
+        data = TrainingDataset(self.sources, self.items, self.category_map, AugmentConfig() if self.cfg.augment else None,
+                               self.cfg.seed, device=self.device, cache_device=cache_device(self.device, estimate),
+                               dtype=self.dtype, threads=threads)
+        log.info("decoded %d training images in %.1f s with %d threads: %.1f MB cached on %s", len(data),
+                 time.perf_counter() - t0, threads, data.nbytes / 2**20, data.cache_device)
+        return data
+
+    def _batches(self, data: TrainingDataset, start: int, stop: int) -> Iterator[tuple[list[Draw], list[torch.Tensor], list[Target]]]:
+        """This process's draws and batches of steps ``start`` … ``stop`` − 1."""
+        for step in range(start, stop):
+            draws = self.stream.rank_draws(step, self.dist.rank)
+            images, targets = data.batch(draws)
+            yield draws, images, targets
 
     def _report(self, fraction: float, message: str, metrics: dict[str, float] | None = None) -> None:
         if self.progress is not None and self.dist.is_main:
@@ -236,17 +261,29 @@ class Trainer:
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Train (resuming from the last checkpoint); the result. Rank 0's call under DDP (the
+        other ranks call `train`)."""
+        result = self.train()
+        if result is None:
+            raise RuntimeError(f"rank {self.dist.rank} has no training result: only rank 0 validates; call train()")
+        return result
+
+    def train(self) -> TrainResult | None:
+        """Train (resuming from the last checkpoint): the result on rank 0, None on the other
+        ranks of a data-parallel run (only rank 0 validates and selects the best model)."""
         cfg, device, budget = self.cfg, self.device, self.budget
         checkpoints = self._checkpoint_io()
         torch.manual_seed(derive_seed(cfg.seed, "segmenter/init"))
         model = self._build_model().to(device=device, dtype=self.dtype)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        if self.dist.enabled and _has_batchnorm(model):
+        if self.dist.enabled and device.type == "cuda" and _has_batchnorm(model):
+            # (SyncBatchNorm runs on GPUs only; on CPU each process normalises its own share
+            # and DDP keeps the running statistics of rank 0.)
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         optimizer = self._optimizer(model)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, budget.iterations, cfg))
-        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp == "fp16")
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and self.amp == "fp16")
         record = self._new_record(model)
         state: dict[str, Any] = {"best_epoch": -1, "best_score": -math.inf, "bad_epochs": 0, "stopped": False,
                                  "iteration": 0}
@@ -279,12 +316,13 @@ class Trainer:
         if self.dist.enabled:
             train_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.dist.local_rank] if device.type == "cuda" else None)
-        dataset = TrainingDataset(self.sources, self.items, self.category_map,
-                                  AugmentConfig() if cfg.augment else None, cfg.seed)
-        while state["iteration"] < budget.iterations and not state["stopped"]:
+        data = self.training_data() if state["iteration"] < budget.iterations and not state["stopped"] else None
+        if data is not None:
+            record["data"] = {"cache_device": str(data.cache_device), "cache_mb": round(data.nbytes / 2**20, 1)}
+        while data is not None and state["iteration"] < budget.iterations and not state["stopped"]:
             start = state["iteration"]
             stop = min(start + budget.eval_every, budget.iterations)
-            entry = self._train_interval(train_model, optimizer, scheduler, scaler, self._loader(dataset, start, stop),
+            entry = self._train_interval(train_model, optimizer, scheduler, scaler, self._batches(data, start, stop),
                                          evaluation, start, record)
             state["iteration"] = stop
             if self.dist.is_main:
@@ -303,7 +341,7 @@ class Trainer:
             if self.on_evaluation is not None:
                 self.on_evaluation(evaluation, entry)
             evaluation += 1
-        return self._result(record, state)
+        return self._result(record, state) if self.dist.is_main else None
 
     def _new_record(self, network: nn.Module) -> dict[str, Any]:
         cfg, budget = self.cfg, self.budget
@@ -330,7 +368,7 @@ class Trainer:
                 "members": [[s, i] for s, i in self.items],
             },
             "val_set": {"name": self.val.name, "num_images": len(self.val.image_ids())} if self.val else None,
-            "device": str(self.device), "world_size": self.dist.world_size,
+            "device": str(self.device), "world_size": self.dist.world_size, "amp": self.amp,
         }
 
     def _count(self, budget: dict[str, Any], start: int, stop: int) -> None:
@@ -341,26 +379,29 @@ class Trainer:
         budget["images_seen_by_source"] = [int(a + b) for a, b in zip(budget["images_seen_by_source"], by_source)]
 
     def _train_interval(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                        scaler: torch.amp.GradScaler, loader: DataLoader, evaluation: int, start: int,
-                        record: dict[str, Any]) -> dict[str, Any]:
-        """Train steps ``start`` … (the loader's); the entry of the evaluation that follows."""
+                        scaler: torch.amp.GradScaler, batches: Iterable[tuple[list[Draw], list[torch.Tensor], list[Target]]],
+                        evaluation: int, start: int, record: dict[str, Any]) -> dict[str, Any]:
+        """Train steps ``start`` … (the batches'); the entry of the evaluation that follows.
+
+        The entry's ``draws`` say what every process trained on: per rank, the number of
+        images and a digest of its (item, draw) sequence (stream.draws_digest)."""
         cfg, device, total = self.cfg, self.device, self.budget.iterations
         model.train()
         sums: dict[str, float] = defaultdict(float)
         n_iter = 0
+        seen: list[Draw] = []
         last_report = time.monotonic()
         t0 = time.perf_counter()
-        for images, targets in loader:
+        for draws, images, targets in batches:
             iteration = start + n_iter + 1  # 1-based: optimiser steps taken after this one
-            images = [im.to(device=device, dtype=self.dtype, non_blocking=True) for im in images]
-            targets = _to_device(targets, device, self.dtype)
-            with autocast(device, cfg.amp):
+            seen.extend(draws)
+            with autocast(device, self.amp, cpu=cfg.cpu_amp):
                 loss_dict = model(images, targets)
             loss = sum(loss_dict.values())
             values = {k: float(v.detach()) for k, v in loss_dict.items()}
             if not all(math.isfinite(v) for v in values.values()):
                 bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
-                raise FloatingPointError(f"training diverged at iteration {iteration}: {bad}; "
+                raise FailedPrecondition(f"training diverged at iteration {iteration}: {bad}; "
                                          "lower the learning rate or enable grad_clip")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -382,18 +423,22 @@ class Trainer:
             if now - last_report > 5.0:
                 last_report = now
                 self._report(iteration / total, f"iteration {iteration}/{total}", {"loss": step_loss, "lr": lr})
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
-        images = n_iter * self.stream.step_images
+        trained = n_iter * self.stream.step_images
+        shares = all_gather_objects({"rank": self.dist.rank, "images": len(seen), "sha256": draws_digest(seen)}, self.dist)
         return {
             "epoch": evaluation,
             "iteration": start + n_iter,
             "images_seen": (start + n_iter) * self.stream.step_images,
             "losses": {k: v / max(1, n_iter) for k, v in sums.items()},
             "iterations": n_iter,
-            "images": images,
+            "images": trained,
             "seconds": seconds,
-            "images_per_s": images / max(seconds, 1e-9),
+            "images_per_s": trained / max(seconds, 1e-9),
             "lr": optimizer.param_groups[0]["lr"],
+            "draws": shares,
         }
 
     def _validate(self, model: nn.Module, evaluation: int, entry: dict[str, Any], state: dict[str, Any]) -> None:
@@ -402,7 +447,7 @@ class Trainer:
             return
         t0 = time.perf_counter()
         scores = pixel_validation(model, self.val, self.device, self.cfg.batch_size, self.cfg.val_score_threshold,
-                                  self.cfg.val_mask_threshold, self.dtype, self.cfg.amp)
+                                  self.cfg.val_mask_threshold, self.dtype, self.amp, cpu_amp=self.cfg.cpu_amp)
         entry["val"] = scores
         entry["val_seconds"] = time.perf_counter() - t0
         score = scores[self.cfg.select_metric]
@@ -426,6 +471,7 @@ class Trainer:
         }
         io_ = self._checkpoint_io()
         io_.write(ck.epoch_name(evaluation), ck.to_bytes(payload))
+        log.info("rank %d wrote checkpoint %s (iteration %d)", self.dist.rank, ck.epoch_name(evaluation), state["iteration"])
         # Keep the last and the best evaluation's checkpoints; older ones are no longer needed.
         for old in ck.checkpoint_epochs(io_):
             if old not in (evaluation, state["best_epoch"]):

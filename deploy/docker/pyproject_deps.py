@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+
 import tomllib
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")

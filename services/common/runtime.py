@@ -1,10 +1,11 @@
 """The gRPC runtime every synthaug server runs on.
 
 One place for what each service would otherwise get slightly different: health
-(NOT_SERVING → SERVING when ready → NOT_SERVING while draining), reflection, Prometheus
-metrics with a /metrics port, the exception → status mapping (clients never see a
-traceback), message-size limits, SIGTERM graceful shutdown, and configuration from flags
-and environment.
+(NOT_SERVING → SERVING when ready → NOT_SERVING while draining), reflection (v1 and
+v1alpha), Prometheus metrics with a /metrics port (RPCs, jobs, and the process: CPU,
+memory, open files), the exception → status mapping (clients never see a traceback),
+message-size limits, SIGTERM graceful shutdown, and configuration from flags and
+environment.
 
 Safe by default for a port someone else can reach: servers bind 127.0.0.1 unless told
 otherwise (containers set SYNTHAUG_HOST=0.0.0.0); TLS, mutual TLS and a bearer token are one
@@ -28,9 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from prometheus_client import CollectorRegistry, Counter, GCCollector, Histogram, PlatformCollector, ProcessCollector, start_http_server
 
 from services.common.errors import InvalidArgument, ResourceExhausted, SynthaugError
 from services.common.events import Retention
@@ -215,6 +217,67 @@ class GrpcMetrics:
         )
 
 
+def register_process_metrics(registry: CollectorRegistry) -> None:
+    """CPU seconds, resident memory, open and maximum file descriptors, start time
+    (process_*), the Python version (python_info) and garbage collection (python_gc_*): what
+    prometheus_client's global registry carries, on the runtime's own registry (one per
+    server, so several servers in one test process do not collide). The process metrics read
+    /proc and are absent where there is none."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+
+
+#: Reflection's stable service (grpcurl, Postman and other current clients ask it first);
+#: grpcio-reflection serves v1alpha only (grpc/grpc#38576), and older clients ask that.
+REFLECTION_V1_SERVICE = "grpc.reflection.v1.ServerReflection"
+_REFLECTION_V1_FILE = "grpc/reflection/v1/reflection.proto"
+
+
+def _add_reflection_v1_descriptor(pool: descriptor_pool.DescriptorPool) -> None:
+    """Put grpc/reflection/v1/reflection.proto into `pool`, so reflection can describe its
+    own v1 service. v1 is v1alpha under another package name, field for field, so the
+    descriptor is v1alpha's with the package (and the type names that carry it) renamed."""
+    try:
+        pool.FindFileByName(_REFLECTION_V1_FILE)
+        return
+    except KeyError:
+        pass
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    alpha, v1 = proto.package, REFLECTION_V1_SERVICE.rpartition(".")[0]
+
+    def renamed(type_name: str) -> str:
+        return type_name.replace(f".{alpha}.", f".{v1}.")
+
+    proto.name, proto.package = _REFLECTION_V1_FILE, v1
+    proto.ClearField("options")
+    for message in proto.message_type:
+        for f in message.field:
+            if f.HasField("type_name"):
+                f.type_name = renamed(f.type_name)
+    for service in proto.service:
+        for method in service.method:
+            method.input_type, method.output_type = renamed(method.input_type), renamed(method.output_type)
+    pool.AddSerializedFile(proto.SerializeToString())
+
+
+def enable_reflection(server: grpc.Server, service_names: list[str]) -> None:
+    """Serve reflection as grpc.reflection.v1 and v1alpha, both listing `service_names`, the
+    health service and themselves. One servicer answers both: the two protocols' messages are
+    the same on the wire, so v1 is the v1alpha servicer behind a handler of v1's name."""
+    _add_reflection_v1_descriptor(descriptor_pool.Default())
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    servicer = reflection.ReflectionServicer([*service_names, health_name, reflection.SERVICE_NAME, REFLECTION_V1_SERVICE])
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1_handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1_SERVICE, {"ServerReflectionInfo": v1_handler}),))
+
+
 def _split_method(full: str) -> tuple[str, str]:
     service, _, method = full.lstrip("/").partition("/")
     return service, method
@@ -325,6 +388,7 @@ class ServiceRuntime:
         self.service = config.service
         self.store = store if store is not None else open_store(config.store_url)
         self.registry = CollectorRegistry()
+        register_process_metrics(self.registry)
         self.metrics = GrpcMetrics(self.registry)
         self.jobs = JobManager(self.store, config.service, config.max_concurrent_jobs, registry=self.registry,
                                retention=Retention(config.keep_finished_jobs, config.keep_finished_jobs_seconds))
@@ -387,7 +451,7 @@ class ServiceRuntime:
 
     def start(self, ready: bool = True) -> int:
         """Bind and serve; health is SERVING only when `ready` (or after mark_ready())."""
-        reflection.enable_server_reflection([*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], self.server)
+        enable_reflection(self.server, self._service_names)
         address = f"{self.config.host}:{self.config.port}"
         try:
             credentials = self.config.security.credentials()

@@ -224,6 +224,50 @@ def test_metrics_endpoint_serves_counters(server: tuple[ServiceRuntime, grpc.Cha
     body = urllib.request.urlopen(f"http://127.0.0.1:{runtime.metrics_port}/metrics", timeout=5).read().decode()
     assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="SubmitCompose",grpc_service="synthaug.v1.CompositorService"} 1.0' in body
     assert "synthaug_jobs_finished_total" in body
+    # The process itself: what an operator graphs next to the RPCs (CPU, memory, files).
+    samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in body.splitlines() if line.startswith("process_")}
+    assert samples["process_cpu_seconds_total"] > 0
+    assert samples["process_resident_memory_bytes"] > 10 * 2**20  # a Python with grpc loaded
+    assert samples["process_open_fds"] >= 3  # stdin/out/err at least, plus the listeners
+    assert samples["process_open_fds"] <= samples["process_max_fds"]
+    assert "python_info{" in body and "python_gc_collections_total" in body
+
+
+def _list_services(channel: grpc.Channel, method: str) -> set[str]:
+    """Service names a reflection service lists, asked at `method` (the full RPC path)."""
+    call = channel.stream_stream(method, request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                 response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+    responses = list(call(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+    return {s.name for s in responses[0].list_services_response.service}
+
+
+def test_reflection_answers_v1_and_v1alpha(server: tuple[ServiceRuntime, grpc.Channel]) -> None:
+    """Current clients (grpcurl, Postman) ask grpc.reflection.v1 first, older ones v1alpha.
+    grpcio-reflection has no v1 stubs, so v1 is called raw: its messages are v1alpha's on
+    the wire (same fields, same numbers; only the proto package differs)."""
+    from google.protobuf import descriptor_pb2
+
+    _runtime, channel = server
+    v1 = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+    v1alpha = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    expected = {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}
+    assert _list_services(channel, v1) == expected
+    assert _list_services(channel, v1alpha) == expected
+    # v1 describes itself, as grpcurl's `describe` asks: its own file, under its own package.
+    call = channel.stream_stream(v1, request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                 response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+    [answer] = call(iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection")]), timeout=10)
+    assert not answer.HasField("error_response"), answer.error_response.error_message
+    files = [descriptor_pb2.FileDescriptorProto.FromString(b) for b in answer.file_descriptor_response.file_descriptor_proto]
+    own = next(f for f in files if f.package == "grpc.reflection.v1")
+    assert own.name == "grpc/reflection/v1/reflection.proto"
+    [method] = [m for svc in own.service if svc.name == "ServerReflection" for m in svc.method]
+    assert (method.name, method.input_type, method.output_type, method.client_streaming, method.server_streaming) == (
+        "ServerReflectionInfo", ".grpc.reflection.v1.ServerReflectionRequest", ".grpc.reflection.v1.ServerReflectionResponse", True, True)
+    # ... and the services it lists, through the same protocol.
+    [svc] = call(iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE)]), timeout=10)
+    names = {descriptor_pb2.FileDescriptorProto.FromString(b).name for b in svc.file_descriptor_response.file_descriptor_proto}
+    assert "synthaug/v1/compositor.proto" in names
 
 
 def test_health_transitions_and_reflection(file_store: ObjectStore) -> None:

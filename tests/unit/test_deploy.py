@@ -32,7 +32,8 @@ import pytest
 import yaml
 
 from orchestrator import settings
-from services.common import runtime, store as store_mod
+from services.common import runtime
+from services.common import store as store_mod
 from services.common.runtime import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,7 +87,7 @@ def _string_args(tree: ast.AST, func_names: set[str], position: int) -> set[str]
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def store_env_names() -> frozenset[str]:
     """What open_store reads: env.get("…") names and credentials read by read_secret (+ _FILE)."""
     tree = ast.parse(Path(store_mod.__file__).read_text())
@@ -95,7 +96,7 @@ def store_env_names() -> frozenset[str]:
     return frozenset(gets | secrets | {f"{n}_FILE" for n in secrets} | {store_mod.STORE_ENV})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def allowed_env() -> frozenset[str]:
     return frozenset(runtime.ENV_VARS) | frozenset(settings.ENV_VARS) | frozenset(settings.ADDRESS_ENV.values()) | store_env_names()
 
@@ -122,7 +123,7 @@ def copy_deploy(into: Path) -> Path:
     return into / "deploy"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rendered_tree() -> Path:
     """A copy of deploy/ with secrets from make-secrets.sh and the TLS test overlay."""
     root = Path(tempfile.mkdtemp(prefix="synthaug-deploy-"))
@@ -145,7 +146,7 @@ def kustomize(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _render(target: str) -> tuple[dict[str, Any], ...]:
     proc = kustomize(rendered_tree() / (TLS_OVERLAY if target == "tls" else RENDER_TARGETS[target]))
     assert proc.returncode == 0, f"kubectl kustomize {target} failed:\n{proc.stderr}"
@@ -600,13 +601,217 @@ def test_dockerfile_installs_dependencies_before_the_source(dockerfile: str) -> 
                 assert (ROOT / src).exists(), f"{dockerfile}: COPY {src}: no such file in the build context"
 
 
-def test_dockerignore_keeps_secrets_and_bulk_out() -> None:
-    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
-    for must in (".git", "**/.venv", ".synthaug", "**/.env", "tests"):
-        assert must in patterns
-    for kept in ("services", "orchestrator", "synthaug", "pyproject.toml", "deploy/docker"):
-        assert kept not in patterns
-    assert "!README.md" in patterns  # pyproject's readme: needed by `pip install .`
+def _ignore_regex(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern as a regex over paths relative to the context ('**' spans
+    directories, '*' and '?' stay within one)."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        else:
+            out += {"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i]))
+            i += 1
+    return re.compile(out)
+
+
+def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
+    """Whether the build context leaves `path` out, as docker and podman read .dockerignore:
+    the last pattern that matches the path or one of its parent directories decides, and a
+    pattern starting with '!' lets it back in."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    excluded = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        regex = _ignore_regex(pattern.lstrip("!").strip("/"))
+        if any(regex.fullmatch(c) for c in candidates):
+            excluded = not negated
+    return excluded
+
+
+def dockerignore_patterns() -> list[str]:
+    return [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
+
+
+def copied_sources() -> set[str]:
+    """Every path the Dockerfiles COPY from the build context."""
+    return {src for dockerfile in ("Dockerfile.cpu", "Dockerfile.gpu")
+            for stage in dockerfile_stages(DOCKER / dockerfile).values()
+            for i, a in stage if i == "COPY" and not a.startswith("--from") for src in a.split()[:-1]}
+
+
+def tracked_files() -> list[str]:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    return subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_dockerignore_sends_what_the_dockerfiles_copy_and_nothing_else() -> None:
+    patterns = dockerignore_patterns()
+    sources = copied_sources()
+    assert {"pyproject.toml", "README.md", "services", "orchestrator", "synthaug", "examples"} <= sources
+    for path in tracked_files():
+        if any(path == src or path.startswith(src.rstrip("/") + "/") for src in sources):
+            assert not dockerignore_excludes(path, patterns), f"{path} is copied by a Dockerfile but .dockerignore leaves it out"
+        else:
+            assert dockerignore_excludes(path, patterns), f"{path} reaches the build context but no Dockerfile copies it"
+    # What must never reach an image layer, whether git tracks it or not.
+    for path in (".git/config", ".venv/bin/python", ".synthaug/store/datasets/x/dataset.json", "deploy/.env",
+                 "deploy/kustomize/base/secrets/auth-token", "deploy/kustomize/base/secrets/s3-secret-key",
+                 "services/.env", "services/common/__pycache__/store.cpython-311.pyc", "synthaug.egg-info/PKG-INFO",
+                 ".gpu-check/wheels/torch.whl", "out/report/index.html", "data/isic/image.png", "tests/unit/test_deploy.py"):
+        assert dockerignore_excludes(path, patterns), f"{path} would reach the build context"
+
+
+def test_dockerignore_matcher_follows_docker_rules() -> None:
+    """The matcher above, on the cases that decide: parents, '**', negation order."""
+    assert dockerignore_excludes("a/b/c.py", ["a"]) and not dockerignore_excludes("ab/c.py", ["a"])
+    assert dockerignore_excludes("x/y/__pycache__/z.pyc", ["**/__pycache__"])
+    assert dockerignore_excludes("__pycache__/z.pyc", ["**/__pycache__"])
+    assert not dockerignore_excludes("keep/me.py", ["*", "!keep"])
+    assert dockerignore_excludes("keep/me.py", ["!keep", "*"])
+    assert dockerignore_excludes("keep/x.pyc", ["*", "!keep", "**/*.pyc"])
+    assert not dockerignore_excludes("dir/file.md", ["*.md"])  # '*' stays within one directory
+
+
+def cpu_image_servers() -> list[str]:
+    """The server modules the CPU image runs (its Dockerfile installs no torch)."""
+    return [f"{module_of(s)}.server" for s in SYNTHAUG if dockerfile_for(s).name == "Dockerfile.cpu"]
+
+
+def test_cpu_image_servers_do_not_import_torch() -> None:
+    """Dockerfile.cpu installs every dependency but torch and torchvision: importing what its
+    images run with torch made unimportable must work (the traceback names the importer)."""
+    code = ("import importlib, sys\n"
+            "class NoTorch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.partition('.')[0] in ('torch', 'torchvision'):\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r} (the CPU image has no torch)')\n"
+            "sys.meta_path.insert(0, NoTorch())\n"
+            "for name in sys.argv[1:]:\n"
+            "    importlib.import_module(name)\n")
+    proc = subprocess.run([sys.executable, "-c", code, *cpu_image_servers()], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, f"a CPU-image server imports torch:\n{proc.stderr[-3000:]}"
+
+
+def test_dockerfiles_check_their_servers_import_and_never_compile_the_whole_venv() -> None:
+    """The builder imports every server its image runs (a missing dependency fails the build,
+    not the pod), from the installed package; and bytecode comes from pip, per package:
+    `compileall` over the venv fails on files for other Python versions (torch ships one)."""
+    for dockerfile, servers in (("Dockerfile.cpu", cpu_image_servers()),
+                                ("Dockerfile.gpu", [f"{module_of(s)}.server" for s in sorted(GPU_SERVICES)])):
+        builder = " ".join(a for i, a in dockerfile_stages(DOCKER / dockerfile)["builder"] if i == "RUN")
+        imported = re.search(r'cd / && python -c "import ([\w., ]+)"', builder)
+        assert imported, f"{dockerfile}: no import check of the installed servers"
+        assert sorted(m.strip() for m in imported.group(1).split(",")) == sorted(servers)
+        assert "compileall" not in builder or "/opt/venv" not in builder.split("compileall", 1)[1], dockerfile
+
+
+def test_image_tags_are_the_package_version() -> None:
+    """make images tags synthaug/<service>:<pyproject version>; compose and kustomize run that tag."""
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    kustomization = yaml.safe_load((DEPLOY / "kustomize" / "base" / "kustomization.yaml").read_text())
+    assert {i["name"]: i["newTag"] for i in kustomization["images"]} == {f"synthaug/{s}": version for s in SYNTHAUG}
+    example = dict(line.split("=", 1) for line in (DEPLOY / ".env.example").read_text().splitlines() if "=" in line and not line.startswith("#"))
+    assert example["SYNTHAUG_VERSION"] == version
+    for service in SYNTHAUG:
+        assert compose()["services"][service]["image"] == f"synthaug/{service}:${{SYNTHAUG_VERSION:-{version}}}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the image scripts, run against a recording container engine
+
+FAKE_ENGINE = """#!/bin/sh
+# records each call; `info` answers as $FAKE_INFO_RC says; every image exists
+printf '%s\\n' "$*" >> "$ENGINE_LOG"
+[ "$1" = info ] && exit "${FAKE_INFO_RC:-0}"
+exit 0
+"""
+
+
+def _fake_engine(bin_dir: Path, name: str) -> Path:
+    bin_dir.mkdir(exist_ok=True)
+    engine = bin_dir / name
+    engine.write_text(FAKE_ENGINE)
+    engine.chmod(engine.stat().st_mode | stat.S_IEXEC)
+    return engine
+
+
+def _script(name: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(ROOT / "scripts" / name), *args], env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, timeout=60)
+
+
+def test_container_engine_prefers_a_running_docker_then_podman(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    _fake_engine(bin_dir, "docker")
+    _fake_engine(bin_dir, "podman")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "ENGINE_LOG": str(tmp_path / "log")}
+    assert _script("container-engine.sh", env=env).stdout == "docker\n"
+    assert _script("container-engine.sh", env={**env, "FAKE_INFO_RC": "1"}).stdout == "podman\n"  # a client without a daemon
+    assert _script("container-engine.sh", env={**env, "CONTAINER_ENGINE": "podman"}).stdout == "podman\n"
+    missing = _script("container-engine.sh", env={**env, "CONTAINER_ENGINE": "nerdctl"})
+    assert missing.returncode == 1 and "nerdctl is not installed" in missing.stderr
+    # podman's flags: limits any sandbox accepts, HEALTHCHECK kept; docker needs none
+    podman = {**env, "CONTAINER_ENGINE": "podman"}
+    build_flags = _script("container-engine.sh", "build-flags", env=podman).stdout.split()
+    assert build_flags[:6] == ["--format", "docker", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
+    assert _script("container-engine.sh", "run-flags", env=podman).stdout.split() == build_flags[2:6]
+    assert _script("container-engine.sh", "build-flags", env={**env, "CONTAINER_ENGINE": "docker"}).stdout == ""
+    assert _script("container-engine.sh", "run-flags", env={**podman, "CONTAINER_RUN_FLAGS": "--a b"}).stdout.split() == ["--a", "b"]
+
+
+def _builds(log: Path) -> dict[str, list[str]]:
+    """target → the arguments of its `build` call, from the recorded engine calls."""
+    out: dict[str, list[str]] = {}
+    for line in log.read_text().splitlines():
+        args = line.split()
+        if args[0] == "build":
+            target = args[args.index("--target") + 1]
+            assert target not in out, f"{target} built twice"
+            out[target] = args
+    return out
+
+
+def _build_arg(args: list[str], name: str) -> str | None:
+    values = [args[n + 1].split("=", 1)[1] for n, a in enumerate(args[:-1]) if a == "--build-arg" and args[n + 1].startswith(f"{name}=")]
+    return values[-1] if values else None
+
+
+def test_build_images_builds_every_service_from_its_dockerfile(tmp_path: Path) -> None:
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    engine = _fake_engine(tmp_path / "bin", "podman")
+    log = tmp_path / "engine.log"
+    env = {"CONTAINER_ENGINE": str(engine), "ENGINE_LOG": str(log)}
+    proc = _script("build-images.sh", env=env)
+    assert proc.returncode == 0, proc.stderr
+    builds = _builds(log)
+    assert set(builds) == set(SYNTHAUG)
+    for service, args in builds.items():
+        assert args[args.index("-f") + 1] == str(dockerfile_for(service).relative_to(ROOT))
+        assert args[args.index("-t") + 1] == f"synthaug/{service}:{version}"
+        assert args[-1] == "." and args[1:3] == ["--format", "docker"]
+        if service in GPU_SERVICES:  # CUDA torch from the Dockerfile's default base
+            assert _build_arg(args, "TORCH_IMAGE") is None
+        else:
+            assert _build_arg(args, "BASE_IMAGE") == "localhost/synthaug-base:bookworm"
+    assert not any(line.startswith("import") for line in log.read_text().splitlines()), "the base existed: not rebuilt"
+    # CPU-only torch for gan and segmenter: over the same base, from the index given.
+    log.unlink()
+    proc = _script("build-images.sh", "gan", env={**env, "TORCH": "cpu", "TORCH_INDEX_URL": "http://mirror/whl/cpu", "TAG": "t"})
+    assert proc.returncode == 0, proc.stderr
+    [(target, args)] = _builds(log).items()
+    assert target == "gan" and args[args.index("-t") + 1] == "synthaug/gan:t"
+    assert (_build_arg(args, "TORCH_IMAGE"), _build_arg(args, "TORCH_INDEX_URL")) == ("localhost/synthaug-base:bookworm", "http://mirror/whl/cpu")
+    for bad, message in ((["nope"], "unknown service nope"), ([], "TORCH must be cuda or cpu")):
+        proc = _script("build-images.sh", *bad, env={**env, "TORCH": "rocm" if not bad else "cuda"})
+        assert proc.returncode == 2 and message in proc.stderr
 
 
 def test_pyproject_deps_partitions_the_dependencies() -> None:
@@ -712,7 +917,7 @@ def test_minio_init_rejects_bad_settings(tmp_path: Path, env: dict[str, str], me
 # ---------------------------------------------------------------------------------------------
 # compose
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compose() -> dict[str, Any]:
     return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
 
@@ -781,7 +986,8 @@ def test_compose_init_uses_the_kustomize_script_and_env_example_covers_every_var
     used = set(re.findall(r"\$\{([A-Z0-9_]+)", text))
     example = {line.split("=", 1)[0] for line in (DEPLOY / ".env.example").read_text().splitlines() if "=" in line and not line.startswith("#")}
     assert used, "compose interpolates nothing?"
-    assert used == example, f"compose uses {sorted(used - example)} that .env.example does not document; .env.example sets {sorted(example - used)} that compose never uses"
+    assert used == example, (f"compose uses {sorted(used - example)} that .env.example does not document; "
+                             f".env.example sets {sorted(example - used)} that compose never uses")
     assert not re.search(r"(?i)(password|secret|token|key)", " ".join(example)), ".env holds no secrets: they are files"
 
 
@@ -819,7 +1025,7 @@ def _expressions() -> list[str]:
 
 def _metrics_in(expr: str) -> set[str]:
     """Metric names in a PromQL expression (label matchers and groupings removed)."""
-    return set(re.findall(r"\b((?:synthaug|grpc)_[a-z0-9_]+|up)\b", _LABELS_IN.sub(" ", expr)))
+    return set(re.findall(r"\b((?:synthaug|grpc|process|python)_[a-z0-9_]+|up)\b", _LABELS_IN.sub(" ", expr)))
 
 
 def _labels_in(expr: str) -> set[str]:
@@ -861,7 +1067,7 @@ def _exported_metrics(tmp_path: Path) -> dict[str, set[str]]:
 def test_dashboard_is_provisioned_and_covers_the_issue() -> None:
     dashboard = _dashboard()
     titles = " | ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("run progress", "step durations", "throughput", "losses", "evaluation scores", "grpc error rate"):
+    for topic in ("run progress", "step durations", "throughput", "losses", "evaluation scores", "grpc error rate", "process cpu", "process memory"):
         assert topic in titles, f"dashboard has no panel on {topic}"
     for panel in dashboard["panels"]:
         if panel["type"] != "row":
@@ -989,7 +1195,8 @@ def test_compose_credentials_come_from_secret_files(captured_s3: list[dict[str, 
             local = {k: str(secrets_dir / Path(declared[v.removeprefix("/run/secrets/")]["file"]).name) if k.endswith("_FILE") else v
                      for k, v in env.items()}
             assert store_mod.open_store(None, local) == "fake-store"
-            assert (captured_s3[-1]["access"], captured_s3[-1]["secret"]) == ((secrets_dir / "s3-access-key").read_text(), (secrets_dir / "s3-secret-key").read_text())
+            expected = ((secrets_dir / "s3-access-key").read_text(), (secrets_dir / "s3-secret-key").read_text())
+            assert (captured_s3[-1]["access"], captured_s3[-1]["secret"]) == expected
             assert ServerSecurity.from_env(local).token == (secrets_dir / "auth-token").read_text()
 
 

@@ -79,12 +79,21 @@ def sigterm_as_interrupt() -> Iterator[None]:
                 signal.signal(sig, handler)
 
 
+def command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The parser of `command` (a group such as `import` or `dataset`), else `parser`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.log_level, json_lines=False)
     if not hasattr(args, "func"):
-        parser.print_help(sys.stderr)
+        # No command, or a group without its subcommand (`synthaug import`): that one's help.
+        command_parser(parser, getattr(args, "command", None)).print_help(sys.stderr)
         return 2
     try:
         with sigterm_as_interrupt():

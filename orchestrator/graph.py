@@ -23,8 +23,14 @@ parts                                            stream
  "gan-masks")
 (data_seed or training seed, "gan")              GAN training (shared, or per seed)
 (GAN seed, "generate")                           GAN generation
-(training seed, "bootstrap")                     the evaluation's bootstrap
+(training seed, "bootstrap")                     the evaluation's bootstrap (the same on
+                                                 every test set of that seed)
 ===============================================  ==========================================
+
+Test sets: every arm × seed is predicted and evaluated on the internal test split (the
+split step's "test", unless `split.test` is 0) and on each of the plan's `test_sets`, each
+loaded (or imported) and checked against the training dataset by a local `test_set` step.
+The steps per test set carry its label (`Step.test_set`, in their labels for external ones).
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from orchestrator.plan import Plan
+from orchestrator.plan import INTERNAL_TEST_SET, DatasetSpec, Plan
 from services.common.config import config_to_mapping, replace_config
 from services.common.errors import InvalidArgument
 from services.common.seeding import derive_seed
@@ -45,6 +51,7 @@ STEP_SERVICE = {
     "dataset": "local",
     "split": "local",
     "subset": "local",
+    "test_set": "local",
     "foregrounds": "compositor",
     "backgrounds": "compositor",
     "compose": "compositor",
@@ -67,6 +74,9 @@ class Step:
     deps: dict[str, "Step"] = field(default_factory=dict)  # role → step
     arm: str = ""
     seed: int | None = None
+    #: The test set a predict / evaluate step is of ("internal" or an external label), and
+    #: the label of a test_set step; "" for steps of no test set.
+    test_set: str = ""
     key: str = ""
     #: Digest of the code that computes this kind (part of the key).
     code_digest: str = ""
@@ -142,8 +152,9 @@ def _folder_fingerprint(path: str | None) -> dict[str, Any] | None:
     return {"files": count, "digest": h.hexdigest()}
 
 
-def dataset_params(plan: Plan) -> dict[str, Any]:
-    ds = plan.dataset
+def dataset_params(ds: DatasetSpec) -> dict[str, Any]:
+    """What a dataset step loads or makes (the plan's dataset, or a test set's): its spec, and
+    for an import the fingerprint of its files."""
     if ds.name is not None:
         return {"name": ds.name}
     if ds.demo is not None:
@@ -187,11 +198,18 @@ def build_graph(plan: Plan, code_digests: Mapping[str, str] | None = None) -> Gr
         steps.append(step)
         return step
 
-    dataset = add(Step("dataset", "dataset", dataset_params(plan)))
+    dataset = add(Step("dataset", "dataset", dataset_params(plan.dataset)))
     split_params = plan.split.model_dump()
     if plan.split.group_csv:
         split_params["group_csv_fingerprint"] = _folder_fingerprint(plan.split.group_csv)
     split = add(Step("split", "split", split_params, {"dataset": dataset}))
+    # Where each test set's images come from: (the step producing its dataset, its split).
+    test_sources: dict[str, tuple[Step, str]] = {}
+    if plan.internal_test:
+        test_sources[INTERNAL_TEST_SET] = (split, "test")
+    for t in plan.test_sets:
+        params = {"label": t.label, "dataset": dataset_params(t.dataset), "split": t.split}
+        test_sources[t.label] = (add(Step("test_set", f"test set {t.label}", params, {"training": dataset}, test_set=t.label)), t.split)
     order_seed = training_order_seed(plan)
 
     compose = gan_masks = synthesis = None
@@ -253,9 +271,15 @@ def build_graph(plan: Plan, code_digests: Mapping[str, str] | None = None) -> Gr
                     seed=seed,
                 )
             )
-            predict = add(Step("predict", f"predict {tag}", {"settings": predict_settings}, {"model": train, "dataset": split}, arm=arm.name, seed=seed))
             evaluate = replace_config(evaluate_settings, seed=derive_seed(seed, "bootstrap"))
-            evaluations.append(add(Step("evaluate", f"evaluate {tag}", {"settings": evaluate}, {"predictions": predict, "dataset": split}, arm=arm.name, seed=seed)))
+            for label, (source, test_split) in test_sources.items():
+                on = "" if label == INTERNAL_TEST_SET else f" test_set={label}"
+                predict_params = {"settings": predict_settings, "split": test_split}
+                predict = add(Step("predict", f"predict {tag}{on}", predict_params, {"model": train, "dataset": source}, arm.name, seed, test_set=label))
+                evaluate_params = {"settings": evaluate, "split": test_split}
+                evaluations.append(
+                    add(Step("evaluate", f"evaluate {tag}{on}", evaluate_params, {"predictions": predict, "dataset": source}, arm.name, seed, test_set=label))
+                )
     report_deps: dict[str, Step] = {"dataset": split}
     for i, e in enumerate(evaluations):
         report_deps[f"evaluation{i:04d}"] = e

@@ -1,7 +1,8 @@
 """Prometheus metrics of the orchestrator: where every run stands, at low cardinality.
 
-Labels are plan, arm and step kind only (never step keys or seeds), so a dashboard stays
-cheap however many runs there are.
+Labels are plan, arm, step kind and, for evaluation scores, the test set ("internal" or an
+external test set's label: a handful per plan) — never step keys or seeds, so a dashboard
+stays cheap however many runs there are.
 """
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ class OrchestratorMetrics:
             "synthaug_training_loss", "Latest loss reported by a training step, per component ('total' for the sum)", ["plan", "arm", "kind", "loss"], registry=r
         )
         self.throughput = Gauge("synthaug_training_images_per_second", "Latest throughput reported by a running step (images or pairs per second)", ["plan", "arm", "kind"], registry=r)
-        self.score = Gauge("synthaug_evaluation_score", "Evaluation score per arm (mean over the seeds finished so far)", ["plan", "arm", "metric"], registry=r)
+        self.score = Gauge(
+            "synthaug_evaluation_score", "Evaluation score per arm and test set (mean over the seeds finished so far)",
+            ["plan", "arm", "test_set", "metric"], registry=r,
+        )
         self.overhead = Gauge(
             "synthaug_run_overhead_fraction", "Orchestration overhead (dispatch + result handling) of the last run, as a share of its summed step time", ["plan"], registry=r
         )

@@ -88,6 +88,9 @@ class DatasetSpec(_Strict):
 
 
 class SplitPlan(_Strict):
+    """The split of the plan's dataset. `test: 0` means no internal test split: the arms are
+    evaluated on the plan's `test_sets` only (then required)."""
+
     train: float = Field(default=0.7, ge=0, le=1)
     val: float = Field(default=0.15, ge=0, le=1)
     test: float = Field(default=0.15, ge=0, le=1)
@@ -96,15 +99,16 @@ class SplitPlan(_Strict):
     group_csv: str | None = None
     group_column: str | None = None
     id_column: str = "image"
-    #: Keep the split the dataset already has instead of making a new one.
+    #: Keep the split the dataset already has instead of making a new one: it must have train,
+    #: val and test images; its test split is the internal test set unless `test` is 0.
     existing: bool = False
 
     @model_validator(mode="after")
     def _sum_and_groups(self) -> "SplitPlan":
         if not self.existing and abs(self.train + self.val + self.test - 1.0) > 1e-6:
             raise ValueError(f"train + val + test must be 1, got {self.train + self.val + self.test:g}")
-        if not self.existing and (self.val == 0 or self.test == 0):
-            raise ValueError("val and test must be > 0: model selection and evaluation need them")
+        if not self.existing and self.val == 0:
+            raise ValueError("val must be > 0: model selection needs it")
         if (self.group_csv is None) != (self.group_column is None):
             raise ValueError("group_csv and group_column go together")
         return self
@@ -316,6 +320,33 @@ class ArmPlan(_Strict):
         return self.composite > 0 or self.gan > 0
 
 
+#: The label of the internal test set (the test split of the plan's own dataset) in step
+#: labels, reports and metrics; an external test set may not use it.
+INTERNAL_TEST_SET = "internal"
+
+
+class TestSetPlan(_Strict):
+    """An external test set: every arm × seed is also predicted and evaluated on it (e.g. PH2,
+    or images from another clinic or device). Its images may have any size: they are predicted
+    at the plan's image size and scored at their own stored size."""
+
+    __test__ = False  # not a pytest test class
+
+    label: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+    #: What `dataset:` accepts: a registered name, an `import:` (`size: keep` keeps the images'
+    #: own size) or `demo:`.
+    dataset: DatasetSpec
+    #: The split of that dataset to evaluate on ("" = all its images).
+    split: Literal["", "train", "val", "test"] = ""
+
+    @field_validator("label")
+    @classmethod
+    def _not_internal(cls, v: str) -> str:
+        if v == INTERNAL_TEST_SET:
+            raise ValueError(f"{INTERNAL_TEST_SET!r} is the internal test split's label; name this test set otherwise")
+        return v
+
+
 class SynthesisPlan(_Strict):
     """Which real images the synthetic data may derive from."""
 
@@ -373,6 +404,8 @@ class Plan(_Strict):
     #: seed) and the synthetic data (backgrounds, composites, shared GAN): one pool for all arms.
     data_seed: int = Field(default=0, ge=0)
     dataset: DatasetSpec
+    #: External test sets, evaluated besides the internal test split (`split.test`).
+    test_sets: list[TestSetPlan] = Field(default_factory=list)
     #: The one image size of the plan: every arm trains and predicts at it (segmenter
     #: min_size = max_size), composites and GAN images are made at it. Test images keep their
     #: stored size; predicted masks are resized back to it for the metrics.
@@ -445,6 +478,27 @@ class Plan(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _test_sets(self) -> "Plan":
+        """Some test set to evaluate on; each external one named once and distinct from the
+        training data and from each other (content overlap is checked when the data exist)."""
+        if not self.internal_test and not self.test_sets:
+            raise ValueError("split.test is 0 (no internal test split): give test_sets to evaluate on")
+        labels = [t.label for t in self.test_sets]
+        dup = sorted({n for n in labels if labels.count(n) > 1})
+        if dup:
+            raise ValueError(f"test_sets labels must be unique; repeated: {dup}")
+        seen: dict[str, int] = {}
+        for i, t in enumerate(self.test_sets):
+            spec = t.dataset.model_dump(by_alias=True, exclude_none=True)
+            if spec == self.dataset.model_dump(by_alias=True, exclude_none=True):
+                raise ValueError(f"test_sets[{i}] ({t.label}): its dataset is the training dataset; an external test set must not share images with it")
+            again = repr((spec, t.split))
+            if again in seen:
+                raise ValueError(f"test_sets[{i}] ({t.label}) is the same data as test_sets[{seen[again]}] ({self.test_sets[seen[again]].label})")
+            seen[again] = i
+        return self
+
+    @model_validator(mode="after")
     def _synthesis_within_every_synthetic_arm(self) -> "Plan":
         """Synthetic data derive only from real images every synthetic arm has."""
         n = self.synthesis.real
@@ -480,6 +534,16 @@ class Plan(_Strict):
         for arm in self.arms:
             self.arm_segmenter(arm)  # InvalidArgument → ValueError below names the arm
         return self
+
+    @property
+    def internal_test(self) -> bool:
+        """Whether the arms are evaluated on the test split of the plan's own dataset."""
+        return self.split.test > 0
+
+    @property
+    def test_set_labels(self) -> list[str]:
+        """Every test set the arms are evaluated on: "internal" (when there is one) first."""
+        return ([INTERNAL_TEST_SET] if self.internal_test else []) + [t.label for t in self.test_sets]
 
     @property
     def max_composite(self) -> int:
@@ -594,9 +658,10 @@ def resolve_paths(plan: Plan, base: Path) -> Plan:
     def fix(p: str | None) -> str | None:
         return None if p is None else str((base / p).resolve()) if not Path(p).is_absolute() else p
 
-    if plan.dataset.import_ is not None:
-        imp = plan.dataset.import_
-        plan.dataset.import_ = imp.model_copy(update={"images": fix(imp.images), "masks": fix(imp.masks), "annotations": fix(imp.annotations)})
+    for spec in [plan.dataset, *(t.dataset for t in plan.test_sets)]:
+        if spec.import_ is not None:
+            imp = spec.import_
+            spec.import_ = imp.model_copy(update={"images": fix(imp.images), "masks": fix(imp.masks), "annotations": fix(imp.annotations)})
     if plan.split.group_csv:
         plan.split = plan.split.model_copy(update={"group_csv": fix(plan.split.group_csv)})
     return plan

@@ -357,7 +357,7 @@ class Runner:
         s = rec.step
         out: dict[str, Any] = {
             "label": s.label, "kind": s.kind, "key": s.key, "code_digest": s.code_digest, "arm": s.arm, "seed": s.seed,
-            "state": S.JobState.Name(rec.state), "cached": rec.cached, "forced": rec.forced, "replica": rec.replica,
+            "test_set": s.test_set, "state": S.JobState.Name(rec.state), "cached": rec.cached, "forced": rec.forced, "replica": rec.replica,
         }
         out.update(rec.timing())
         return out
@@ -537,10 +537,14 @@ class Runner:
             self._score(tracker, rec)
 
     def _score(self, tracker: RunTracker, rec: StepRecord) -> None:
+        """The mean of each metric over the seeds of this evaluation's arm and test set so far."""
         assert self.metrics is not None
-        arm = rec.step.arm
-        done = [r for r in tracker.records.values() if r.step.kind == "evaluate" and r.step.arm == arm and r.result is not None]
+        arm, test_set = rec.step.arm, rec.step.test_set
+        done = [
+            r for r in tracker.records.values()
+            if r.step.kind == "evaluate" and r.step.arm == arm and r.step.test_set == test_set and r.result is not None
+        ]
         names = set().union(*(r.result.metrics.keys() for r in done))  # type: ignore[union-attr]
         for name in names:
             values = [r.result.metrics[name] for r in done if name in r.result.metrics]  # type: ignore[union-attr]
-            self.metrics.score.labels(tracker.plan_name, arm, name).set(sum(values) / len(values))
+            self.metrics.score.labels(tracker.plan_name, arm, test_set, name).set(sum(values) / len(values))

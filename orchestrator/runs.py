@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -19,11 +20,12 @@ from orchestrator.graph import Graph, build_graph
 from orchestrator.launcher import EmbeddedServices, start_embedded
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.plan import Plan
-from orchestrator.runner import Runner, RunSummary, RunTracker, load_cached, run_id_for, run_status_key, succeeded_key
-from orchestrator.steps import check_known_counts
+from orchestrator.runner import Runner, RunSummary, RunTracker, load_cached, run_id_for, run_status_key, run_summary_key, succeeded_key
 from orchestrator.settings import ServiceAddresses
+from orchestrator.steps import check_known_counts
+from services.common.cli_support import USER_ERROR_CODES
 from services.common.datasets import Dataset
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, error_code
 from services.common.events import EventLog, FinishedIndex, Retention
 from services.common.store import FileStore, ObjectStore
 from synthaug.v1 import common_pb2, orchestrator_pb2
@@ -60,6 +62,9 @@ class _Run:
     cancel: threading.Event
     #: The background thread running it (None: a dry run, or a run in the caller's thread).
     thread: threading.Thread | None = None
+    dry_run: bool = False
+    #: Status code of an error that stopped the run outside any step ("" when none).
+    error_code: str = ""
 
 
 class RunManager:
@@ -165,7 +170,7 @@ class RunManager:
             existing = self._runs.get(prepared.run_id)
             if existing is not None and existing.thread is not None and not existing.tracker.finished:
                 return existing.tracker.ref
-            entry = _Run(self.tracker(prepared), threading.Event())
+            entry = _Run(self.tracker(prepared), threading.Event(), dry_run=dry_run)
             if not dry_run:
                 entry.thread = threading.Thread(target=self._background, args=(entry,), name=f"run-{prepared.run_id}", daemon=True)
             self._add(prepared.run_id, entry)
@@ -202,6 +207,7 @@ class RunManager:
             Runner(self.store, self.dispatcher(), self.metrics, self.max_parallel).run(tracker, entry.cancel)
         except Exception as exc:  # reported through the run's status
             log.exception("run %s failed", tracker.run_id)
+            entry.error_code = error_code(exc)
             tracker.state = common_pb2.JOB_STATE_FAILED
             tracker.error = str(exc)
             tracker.update(None)
@@ -215,8 +221,29 @@ class RunManager:
     def status(self, run_id: str) -> orchestrator_pb2.RunStatus:
         entry = self._find(run_id)
         if entry is not None:
-            return entry.tracker.status()
+            return with_failure_code(entry.tracker.status(), entry.tracker, entry.error_code)
         return load_status(self.store, run_id)
+
+    def list_runs(self, limit: int = 0) -> list[orchestrator_pb2.RunInfo]:
+        """Every run in the store, as the runs in memory make it fresher (running ones
+        included), newest first; at most `limit` (0: all)."""
+        infos = {info.run.id: info for info in stored_runs(self.store)}
+        with self._runs_lock:
+            held = [(run_id, entry) for run_id, entry in self._runs.items() if not entry.dry_run]
+        for run_id, entry in held:
+            tracker = entry.tracker
+            info = infos.get(run_id)
+            if info is None:
+                if tracker.state == common_pb2.JOB_STATE_QUEUED:
+                    continue  # prepared, not started: nothing to list yet
+                info = infos[run_id] = orchestrator_pb2.RunInfo(run=tracker.ref, started=time.time() - (time.monotonic() - tracker.started))
+            if not tracker.finished:
+                status = tracker.status()
+                info.state = status.state
+                info.finished = 0.0
+                info.steps_done, info.steps_total = steps_done(status), len(status.steps)
+        out = sorted(infos.values(), key=lambda i: i.started, reverse=True)
+        return out[:limit] if limit > 0 else out
 
     def watch(self, run_id: str, after: int, is_active: Callable[[], bool]) -> Iterator[orchestrator_pb2.RunEvent]:
         entry = self._find(run_id)
@@ -237,8 +264,32 @@ class RunManager:
         return entry.tracker.status()
 
 
+def with_failure_code(status: orchestrator_pb2.RunStatus, tracker: RunTracker, run_error_code: str = "") -> orchestrator_pb2.RunStatus:
+    """A failed run's error code: the steps' own when every failure is the caller's to fix
+    (the plan or its data must change), else INTERNAL. (The tracker writes INTERNAL.)"""
+    if status.state != common_pb2.JOB_STATE_FAILED:
+        return status
+    codes = [r.error_code or "INTERNAL" for r in tracker.records.values() if r.state == common_pb2.JOB_STATE_FAILED]
+    if run_error_code:
+        codes.append(run_error_code)
+    if codes and all(c in USER_ERROR_CODES for c in codes):
+        status.error.code = codes[0]
+    return status
+
+
+def steps_done(status: orchestrator_pb2.RunStatus) -> int:
+    """Steps that will not change any more: succeeded (cached ones too), failed or skipped."""
+    terminal = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
+    return sum(1 for s in status.steps if s.state in terminal)
+
+
+def is_run_id(text: str) -> bool:
+    """A run id: 16 lower-case hex characters (the start of the plan's content hash)."""
+    return len(text) == 16 and all(c in "0123456789abcdef" for c in text)
+
+
 def validate_run_id(run_id: str) -> str:
-    if len(run_id) != 16 or any(c not in "0123456789abcdef" for c in run_id):
+    if not is_run_id(run_id):
         raise InvalidArgument(f"invalid run id {run_id!r}: expected 16 hex characters")
     return run_id
 
@@ -276,6 +327,41 @@ def load_report_status(store: ObjectStore, run_id: str) -> orchestrator_pb2.RunS
     status = orchestrator_pb2.RunStatus()
     status.ParseFromString(store.get_bytes(pointer["status"]))
     return status
+
+
+def stored_runs(store: ObjectStore) -> list[orchestrator_pb2.RunInfo]:
+    """Every run with a status in the store, its latest attempt (a running one as its runner
+    last wrote it), newest first."""
+    files: dict[str, set[str]] = {}
+    for key in store.list("runs/"):
+        parts = key.split("/", 2)
+        if len(parts) == 3:
+            files.setdefault(parts[1], set()).add(parts[2])
+    out = []
+    for run_id, names in files.items():
+        if "status.pb" in names and is_run_id(run_id):
+            out.append(_stored_run(store, run_id, names))
+    return sorted(out, key=lambda i: i.started, reverse=True)
+
+
+def _stored_run(store: ObjectStore, run_id: str, names: set[str]) -> orchestrator_pb2.RunInfo:
+    status = load_status(store, run_id)
+    info = orchestrator_pb2.RunInfo(run=status.run, state=status.state, steps_done=steps_done(status), steps_total=len(status.steps))
+    attempts = sorted({int(n.split("/")[1]) for n in names if n.startswith("attempts/") and n.split("/")[1].isdigit()})
+    if attempts:
+        info.attempt = attempts[-1]
+        started = f"attempts/{attempts[-1]:04d}/started.json"
+        if started in names:
+            info.started = float(store.get_json(f"runs/{run_id}/{started}").get("time", 0.0))
+    summary = store.get_json(run_summary_key(run_id)) if "summary.json" in names else None
+    if summary is not None and int(summary.get("attempt", 0)) == info.attempt:
+        info.finished = info.started + float(summary.get("wall_seconds", 0.0)) if info.started else 0.0
+        info.executed, info.cached = int(summary.get("executed_steps", 0)), int(summary.get("cached_steps", 0))
+        info.overhead_seconds, info.overhead_fraction = float(summary.get("overhead_seconds", 0.0)), float(summary.get("overhead_fraction", 0.0))
+    pointer = load_succeeded(store, run_id) if "succeeded.json" in names else None
+    if pointer is not None:
+        info.last_succeeded_attempt, info.report_key = int(pointer.get("attempt", 0)), str(pointer.get("report", ""))
+    return info
 
 
 def list_runs(store: ObjectStore) -> list[dict]:

@@ -1,6 +1,8 @@
-"""OrchestratorService: submit plans, watch and inspect runs, cancel them, over gRPC.
+"""OrchestratorService: submit plans, watch, list and inspect runs, cancel them, fetch their
+reports and push datasets, over gRPC.
 
-So the CLI on a laptop can drive an orchestrator running in a cluster next to the services.
+So the CLI on a laptop can drive an orchestrator running in a cluster next to the services,
+without access to the cluster's object store (orchestrator/transfer.py).
 Like every server it binds 127.0.0.1 unless SYNTHAUG_HOST says otherwise, and serves TLS and
 checks the bearer token as the runtime's settings say (services/common/security.py); as the
 services' client it presents the same token, and SYNTHAUG_TLS_CA / SYNTHAUG_TLS_CLIENT_CERT,
@@ -18,11 +20,12 @@ from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.plan import load_plan_text
 from orchestrator.runs import RunManager, validate_run_id
 from orchestrator.settings import parse_addresses
+from orchestrator.transfer import receive_dataset, report_chunks
 from services.common.errors import InvalidArgument
 from services.common.events import Retention
 from services.common.runtime import ServerConfig, ServiceRuntime, serve
 from services.common.store import ObjectStore
-from synthaug.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from synthaug.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 SERVICE_NAME = "synthaug.v1.OrchestratorService"
 
@@ -36,10 +39,17 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise InvalidArgument("plan_yaml is empty")
         plan = load_plan_text(request.plan_yaml, "submitted plan")
         if plan.dataset.import_ is not None:
-            raise InvalidArgument("dataset.import reads local files, which a remote orchestrator cannot see: import first (`synthaug import … --store s3://…`) and name the dataset")
+            raise InvalidArgument(
+                "dataset.import reads local files, which a remote orchestrator cannot see: import them on your machine "
+                "(`synthaug import … --name NAME`), send the dataset (`synthaug dataset push NAME --orchestrator ADDR`) "
+                "and use dataset: {name: NAME}"
+            )
         if plan.split.group_csv:
-            raise InvalidArgument("split.group_csv reads a local file, which a remote orchestrator cannot see: import with --metadata/--group-by and use split.existing")
-        return self.runs.submit(plan, dry_run=request.dry_run)
+            raise InvalidArgument(
+                "split.group_csv reads a local file, which a remote orchestrator cannot see: import with --metadata/--group-by "
+                "and use split.existing"
+            )
+        return self.runs.submit(plan, dry_run=request.dry_run, recompute=list(request.recompute))
 
     def GetRun(self, request: orchestrator_pb2.GetRunRequest, context: grpc.ServicerContext) -> orchestrator_pb2.RunStatus:
         return self.runs.status(validate_run_id(request.run_id))
@@ -49,6 +59,17 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     def CancelRun(self, request: orchestrator_pb2.CancelRunRequest, context: grpc.ServicerContext) -> orchestrator_pb2.RunStatus:
         return self.runs.cancel(validate_run_id(request.run_id))
+
+    def ListRuns(self, request: orchestrator_pb2.ListRunsRequest, context: grpc.ServicerContext) -> orchestrator_pb2.ListRunsResponse:
+        if request.limit < 0:
+            raise InvalidArgument(f"limit must be ≥ 0, got {request.limit}")
+        return orchestrator_pb2.ListRunsResponse(runs=self.runs.list_runs(request.limit))
+
+    def FetchReport(self, request: orchestrator_pb2.FetchReportRequest, context: grpc.ServicerContext) -> Iterator[orchestrator_pb2.FileChunk]:
+        yield from report_chunks(self.runs.store, validate_run_id(request.run_id), list(request.paths))
+
+    def PushDataset(self, request_iterator: Iterator[orchestrator_pb2.PushDatasetChunk], context: grpc.ServicerContext) -> common_pb2.DatasetRef:
+        return receive_dataset(self.runs.store, request_iterator)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

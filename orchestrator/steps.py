@@ -1,4 +1,4 @@
-"""What each step kind does: local work (dataset, split, subset) or a service job.
+"""What each step kind does: local work (dataset, split, subset, test_set) or a service job.
 
 Each executor turns a step's parameters and its dependencies' results into one request
 (or one local call) and returns a StepOutput; the runner handles caching, concurrency,
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from orchestrator.dispatch import Dispatcher, JobOutcome
 from orchestrator.graph import STEP_SERVICE, Step, check_counts
-from orchestrator.plan import Plan
+from orchestrator.plan import INTERNAL_TEST_SET, Plan
 from services.common import refs
 from services.common.code_digest import CodeDigest, CodeIndex, default_index
 from services.common.config import config_to_proto
@@ -194,6 +194,41 @@ def run_dataset(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
     return ctx.local_output(Dataset.load(ctx.store, summary.dataset_id).ref())
 
 
+#: Shared images named in a refusal (the count is always given).
+SHARED_SHOWN = 20
+
+
+def check_disjoint(label: str, test: Dataset, split: str, training: Dataset) -> None:
+    """InvalidArgument when test set `label` (the `split` of `test`) has no images or shares an
+    image, by content sha256, with the training dataset (any of its splits); the message
+    names every pair's file names and ids (the first SHARED_SHOWN)."""
+    records = test.image_records(split)
+    if not records:
+        raise InvalidArgument(f"test set {label!r}: dataset {test.name or test.id} has no images" + (f" in split {split!r}" if split else ""))
+    by_sha: dict[str, dict[str, Any]] = {}
+    for r in training.image_records():
+        by_sha.setdefault(str(r["sha256"]), r)
+    shared = [(r, by_sha[str(r["sha256"])]) for r in records if str(r["sha256"]) in by_sha]
+    if shared:
+        pairs = "; ".join(f"{t['file_name']} (id {t['id']}) = {d['file_name']} (id {d['id']})" for t, d in shared[:SHARED_SHOWN])
+        more = f"; … and {len(shared) - SHARED_SHOWN} more" if len(shared) > SHARED_SHOWN else ""
+        raise InvalidArgument(
+            f"test set {label!r} shares {len(shared)} of its {len(records)} images with the training dataset "
+            f"{training.name or training.id} (test image = training image): {pairs}{more}; remove them from the test set"
+        )
+
+
+def run_test_set(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
+    """Load or import an external test set as the dataset step would (`params["dataset"]` is
+    graph.dataset_params of its spec) and refuse it when it shares an image with the training
+    dataset; its dataset unchanged otherwise."""
+    p = step.params
+    loaded = run_dataset(Step("dataset", f"{step.label}: its data", p["dataset"]), {}, ctx)
+    ref = refs.dataset_output(loaded.result, "dataset", step.label)
+    check_disjoint(p["label"], Dataset.load(ctx.store, ref), p["split"], Dataset.load(ctx.store, _dataset(inputs, "training")))
+    return ctx.local_output(ref)
+
+
 def split_assignment(ds: Dataset, params: Mapping[str, Any]) -> dict[int, str]:
     """Image id → split, as the split step assigns them (its `params`; not for `existing`)."""
     from services.common.splits import SplitSpec, assign_splits, groups_for, read_groups
@@ -246,10 +281,27 @@ def run_subset(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
     return ctx.local_output(subset)
 
 
+def known_dataset(store: ObjectStore, step: Step) -> Dataset | None:
+    """The dataset a dataset or test_set step gives, when known before the run: its record is
+    cached, or it names a stored dataset. None otherwise (demo data, an import not done)."""
+    from orchestrator.runner import load_cached
+
+    cached = load_cached(store, step)
+    if cached is not None:
+        return Dataset.load(store, refs.dataset_output(cached, "dataset", f"step {step.label}"))
+    params = step.params["dataset"] if step.kind == "test_set" else step.params
+    if "name" not in params:
+        return None
+    try:
+        return Dataset.load(store, params["name"])
+    except NotFound:
+        return None
+
+
 def known_train_size(store: ObjectStore, graph: "Graph") -> tuple[int, str] | None:
     """The size of the plan's train split and what it is of, when that is known before the
-    run: the split step's record is cached, or the dataset is a stored one (its split is
-    computed here, as the split step would). None otherwise (demo data, an import not done)."""
+    run: the split step's record is cached, or the dataset is known (its split is computed
+    here, as the split step would). None otherwise."""
     from orchestrator.runner import load_cached
 
     split = graph.of_kind("split")[0]
@@ -257,12 +309,8 @@ def known_train_size(store: ObjectStore, graph: "Graph") -> tuple[int, str] | No
     if cached is not None:
         ds = Dataset.load(store, refs.dataset_output(cached, "dataset", f"step {split.label}"))
     else:
-        params = graph.of_kind("dataset")[0].params
-        if "name" not in params:
-            return None
-        try:
-            parent = Dataset.load(store, params["name"])
-        except NotFound:
+        parent = known_dataset(store, graph.of_kind("dataset")[0])
+        if parent is None:
             return None
         if split.params["existing"]:
             ds = parent
@@ -273,11 +321,36 @@ def known_train_size(store: ObjectStore, graph: "Graph") -> tuple[int, str] | No
 
 
 def check_known_counts(store: ObjectStore, graph: "Graph") -> None:
-    """InvalidArgument when the plan asks for more real images than a known train split has
-    (the run would fail there; `--dry-run` says so up front)."""
+    """What the run would refuse, found before it starts where the data are known
+    (`--dry-run` and prepare say so up front): InvalidArgument when the plan asks for more real
+    images than its train split has, or when a test set shares an image with the training
+    dataset (check_disjoint; a test set whose step is cached passed it already)."""
+    from orchestrator.runner import load_cached
+
     known = known_train_size(store, graph)
     if known is not None:
         check_counts(graph.plan, *known)
+    test_steps = [s for s in graph.of_kind("test_set") if load_cached(store, s) is None]
+    training = known_dataset(store, graph.of_kind("dataset")[0]) if test_steps else None
+    if training is None:
+        return
+    for step in test_steps:
+        test = known_dataset(store, step)
+        if test is not None:
+            check_disjoint(step.params["label"], test, step.params["split"], training)
+
+
+def pin_dataset_names(plan: Plan, store: ObjectStore) -> Plan:
+    """The plan with every dataset given by name (its own and its test sets') pinned to the
+    dataset's current id, so step keys name content (a name moved to new data → new keys)."""
+    specs = [plan.dataset, *(t.dataset for t in plan.test_sets)]
+    if all(spec.name is None for spec in specs):
+        return plan
+    plan = plan.model_copy(deep=True)
+    for spec in [plan.dataset, *(t.dataset for t in plan.test_sets)]:
+        if spec.name is not None:
+            spec.name = Dataset.load(store, spec.name).id
+    return plan
 
 
 # --- service steps -------------------------------------------------------------------------
@@ -347,21 +420,26 @@ def run_segment_train(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutpu
 
 
 def run_predict(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
+    """The model's predictions on one test set (the internal test split or an external one):
+    at the plan's image size (the model's input size), masks at each test image's stored size."""
+    p = step.params
     req = config_to_proto(
-        step.params["settings"], segmenter_pb2.PredictRequest, checkpoint=_output(inputs, "model", "model"), dataset=_dataset(inputs, "dataset"), split="test"
+        p["settings"], segmenter_pb2.PredictRequest, checkpoint=_output(inputs, "model", "model"), dataset=_dataset(inputs, "dataset"), split=p["split"]
     )
     return ctx.job("segmenter", "SubmitPredict", req)
 
 
 def run_evaluate(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
+    p = step.params
     req = config_to_proto(
-        step.params["settings"], evaluator_pb2.EvaluateRequest, truth=_dataset(inputs, "dataset"), split="test", predictions=_output(inputs, "predictions", "predictions")
+        p["settings"], evaluator_pb2.EvaluateRequest,
+        truth=_dataset(inputs, "dataset"), split=p["split"], predictions=_output(inputs, "predictions", "predictions"),
     )
     return ctx.job("evaluator", "SubmitEvaluate", req)
 
 
 #: Dataset roles of the report's provenance, by the kind of step that produced them.
-DATASET_ROLES = {"dataset": "real", "split": "split", "subset": "synthesis_real", "compose": "", "gan_generate": "gan"}
+DATASET_ROLES = {"dataset": "real", "split": "split", "subset": "synthesis_real", "compose": "", "gan_generate": "gan", "test_set": "test_set"}
 
 
 def provenance(graph: "Graph", results: Mapping[str, common_pb2.JobResult], run_id: str) -> dict[str, Any]:
@@ -376,6 +454,8 @@ def provenance(graph: "Graph", results: Mapping[str, common_pb2.JobResult], run_
             entry["arm"] = s.arm
         if s.seed is not None:
             entry["seed"] = s.seed
+        if s.test_set:
+            entry["test_set"] = s.test_set
         steps.append(entry)
     datasets = []
     for s in graph.steps:
@@ -386,6 +466,8 @@ def provenance(graph: "Graph", results: Mapping[str, common_pb2.JobResult], run_
         entry = {"role": role, "id": ref.id, "step": s.label}
         if ref.name:
             entry["name"] = ref.name
+        if s.kind == "test_set":
+            entry["label"] = s.test_set
         datasets.append(entry)
     plan_json = plan.model_dump(mode="json", by_alias=True)
     return {
@@ -401,6 +483,8 @@ def provenance(graph: "Graph", results: Mapping[str, common_pb2.JobResult], run_
         "budget": plan.budget.describe(),
         "image_size": plan.image_size,
         "export_threshold": plan.evaluation.export_threshold,
+        "test_sets": [{"label": t.label, "split": t.split} for t in plan.test_sets],
+        "internal_test": plan.internal_test,
     }
 
 
@@ -421,18 +505,29 @@ def contact_sources(graph: "Graph", results: Mapping[str, common_pb2.JobResult])
 def report_request(
     step: Step, inputs: Inputs, results: Mapping[str, common_pb2.JobResult], prefix: str, graph: "Graph | None" = None, run_id: str = ""
 ) -> evaluator_pb2.ReportRequest:
-    """The evaluator's ReportRequest: one ArmRun per evaluated (arm, seed), with the
+    """The evaluator's ReportRequest: one ArmRun per evaluated (arm, seed, test set), with the
     predictions and training record behind each evaluation (the report reads each arm's
-    optimiser steps and images seen from it); with the graph, also the run's provenance and
-    the contact sheet's sources."""
+    optimiser steps and images seen from it); the internal test split as truth/split (when
+    the plan has one) and every external test set as a TestSet (label, its dataset, split),
+    read from the evaluations' inputs; with the graph, also the run's provenance and the
+    contact sheet's sources."""
     arms = {a["name"]: a for a in step.params["arms"]}
     runs = []
+    external: dict[str, evaluator_pb2.TestSet] = {}
+    internal = False
     for role, ev_step in sorted(step.deps.items()):
         if not role.startswith("evaluation"):
             continue
         predict = ev_step.deps["predictions"]
         train = predict.deps["model"]
         arm = arms[ev_step.arm]
+        label = ev_step.test_set or INTERNAL_TEST_SET
+        if label == INTERNAL_TEST_SET:
+            internal = True
+        elif label not in external:
+            source = ev_step.deps["dataset"]
+            truth = refs.dataset_output(results[source.key], "dataset", f"step {source.label}")
+            external[label] = evaluator_pb2.TestSet(label=label, truth=truth, split=ev_step.params["split"])
         runs.append(
             evaluator_pb2.ArmRun(
                 arm=ev_step.arm,
@@ -443,10 +538,13 @@ def report_request(
                 real_count=arm["real"],
                 composite_count=arm["composite"],
                 gan_count=arm["gan"],
+                test_set=label,
             )
         )
-    request = config_to_proto(step.params["settings"], evaluator_pb2.ReportRequest, truth=_dataset(inputs, "dataset"), split="test", title=step.params["title"], prefix=prefix)
+    where = {"truth": _dataset(inputs, "dataset"), "split": "test"} if internal else {}
+    request = config_to_proto(step.params["settings"], evaluator_pb2.ReportRequest, title=step.params["title"], prefix=prefix, **where)
     request.runs.extend(runs)
+    request.test_sets.extend(external.values())
     if graph is not None:
         request.provenance_json = canonical_json(provenance(graph, results, run_id)).decode("utf-8")
         request.contact_sources.extend(contact_sources(graph, results))
@@ -460,11 +558,12 @@ def run_report(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
     return out
 
 
-#: What runs each step kind: the orchestrator itself (dataset, split) or a service job.
+#: What runs each step kind: the orchestrator itself (dataset, split, subset, test_set) or a service job.
 EXECUTORS: dict[str, Executor] = {
     "dataset": run_dataset,
     "split": run_split,
     "subset": run_subset,
+    "test_set": run_test_set,
     "foregrounds": run_foregrounds,
     "backgrounds": run_backgrounds,
     "compose": run_compose,

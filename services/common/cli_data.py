@@ -387,7 +387,7 @@ def register(subparsers: Any) -> None:
     _add_import_common(p)
     p.set_defaults(func=guarded(_cmd_import_coco))
 
-    datasets = _subcommand_group(subparsers, "dataset", "datasets in the store: demo data, list, show")
+    datasets = _subcommand_group(subparsers, "dataset", "datasets in the store: demo data, list, show, preview; push to a remote orchestrator")
     p = datasets.add_parser(
         "demo",
         help="procedural dermoscopy-like images with instance masks",

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from synthaug.v1 import common_pb2 as synthaug_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esynthaug/v1/orchestrator.proto\x12\x0bsynthaug.v1\x1a\x18synthaug/v1/common.proto\"7\n\x11SubmitPlanRequest\x12\x11\n\tplan_yaml\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"\'\n\x06RunRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tplan_name\x18\x02 \x01(\t\"\xb6\x02\n\nStepStatus\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0b\n\x03\x61rm\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.synthaug.v1.JobState\x12\x10\n\x08progress\x18\x06 \x01(\x01\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x35\n\x07metrics\x18\x08 \x03(\x0b\x32$.synthaug.v1.StepStatus.MetricsEntry\x12\x12\n\ndepends_on\x18\t \x03(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\n \x01(\x08\x12\x0f\n\x07replica\x18\x0b \x01(\t\x12\r\n\x05label\x18\x0c \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xc9\x01\n\tRunStatus\x12 \n\x03run\x18\x01 \x01(\x0b\x32\x13.synthaug.v1.RunRef\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.synthaug.v1.JobState\x12&\n\x05steps\x18\x03 \x03(\x0b\x32\x17.synthaug.v1.StepStatus\x12$\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x15.synthaug.v1.JobError\x12&\n\x06report\x18\x05 \x01(\x0b\x32\x16.synthaug.v1.ObjectRef\"\x9d\x01\n\x08RunEvent\x12 \n\x03run\x18\x01 \x01(\x0b\x32\x13.synthaug.v1.RunRef\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12%\n\x04step\x18\x03 \x01(\x0b\x32\x17.synthaug.v1.StepStatus\x12(\n\trun_state\x18\x04 \x01(\x0e\x32\x15.synthaug.v1.JobState\x12\x0c\n\x04time\x18\x05 \x01(\x01\"9\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t2\x9d\x02\n\x13OrchestratorService\x12\x41\n\nSubmitPlan\x12\x1e.synthaug.v1.SubmitPlanRequest\x1a\x13.synthaug.v1.RunRef\x12\x41\n\x08WatchRun\x12\x1c.synthaug.v1.WatchRunRequest\x1a\x15.synthaug.v1.RunEvent0\x01\x12<\n\x06GetRun\x12\x1a.synthaug.v1.GetRunRequest\x1a\x16.synthaug.v1.RunStatus\x12\x42\n\tCancelRun\x12\x1d.synthaug.v1.CancelRunRequest\x1a\x16.synthaug.v1.RunStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esynthaug/v1/orchestrator.proto\x12\x0bsynthaug.v1\x1a\x18synthaug/v1/common.proto\"J\n\x11SubmitPlanRequest\x12\x11\n\tplan_yaml\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\x11\n\trecompute\x18\x03 \x03(\t\"\'\n\x06RunRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tplan_name\x18\x02 \x01(\t\"\xb6\x02\n\nStepStatus\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0b\n\x03\x61rm\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.synthaug.v1.JobState\x12\x10\n\x08progress\x18\x06 \x01(\x01\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x35\n\x07metrics\x18\x08 \x03(\x0b\x32$.synthaug.v1.StepStatus.MetricsEntry\x12\x12\n\ndepends_on\x18\t \x03(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\n \x01(\x08\x12\x0f\n\x07replica\x18\x0b \x01(\t\x12\r\n\x05label\x18\x0c \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xc9\x01\n\tRunStatus\x12 \n\x03run\x18\x01 \x01(\x0b\x32\x13.synthaug.v1.RunRef\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.synthaug.v1.JobState\x12&\n\x05steps\x18\x03 \x03(\x0b\x32\x17.synthaug.v1.StepStatus\x12$\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x15.synthaug.v1.JobError\x12&\n\x06report\x18\x05 \x01(\x0b\x32\x16.synthaug.v1.ObjectRef\"\x9d\x01\n\x08RunEvent\x12 \n\x03run\x18\x01 \x01(\x0b\x32\x13.synthaug.v1.RunRef\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12%\n\x04step\x18\x03 \x01(\x0b\x32\x17.synthaug.v1.StepStatus\x12(\n\trun_state\x18\x04 \x01(\x0e\x32\x15.synthaug.v1.JobState\x12\x0c\n\x04time\x18\x05 \x01(\x01\"9\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\" \n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"\xb9\x02\n\x07RunInfo\x12 \n\x03run\x18\x01 \x01(\x0b\x32\x13.synthaug.v1.RunRef\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.synthaug.v1.JobState\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x03\x12\x0f\n\x07started\x18\x04 \x01(\x01\x12\x10\n\x08\x66inished\x18\x05 \x01(\x01\x12\x12\n\nsteps_done\x18\x06 \x01(\x03\x12\x13\n\x0bsteps_total\x18\x07 \x01(\x03\x12\x10\n\x08\x65xecuted\x18\x08 \x01(\x03\x12\x0e\n\x06\x63\x61\x63hed\x18\t \x01(\x03\x12\x1e\n\x16last_succeeded_attempt\x18\n \x01(\x03\x12\x12\n\nreport_key\x18\x0b \x01(\t\x12\x18\n\x10overhead_seconds\x18\x0c \x01(\x01\x12\x19\n\x11overhead_fraction\x18\r \x01(\x01\"6\n\x10ListRunsResponse\x12\"\n\x04runs\x18\x01 \x03(\x0b\x32\x14.synthaug.v1.RunInfo\"3\n\x12\x46\x65tchReportRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05paths\x18\x02 \x03(\t\"E\n\tFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"$\n\x11PushDatasetHeader\x12\x0f\n\x07replace\x18\x01 \x01(\x08\"t\n\x10PushDatasetChunk\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.synthaug.v1.PushDatasetHeaderH\x00\x12&\n\x04\x66ile\x18\x02 \x01(\x0b\x32\x16.synthaug.v1.FileChunkH\x00\x42\x06\n\x04part2\xf9\x03\n\x13OrchestratorService\x12\x41\n\nSubmitPlan\x12\x1e.synthaug.v1.SubmitPlanRequest\x1a\x13.synthaug.v1.RunRef\x12\x41\n\x08WatchRun\x12\x1c.synthaug.v1.WatchRunRequest\x1a\x15.synthaug.v1.RunEvent0\x01\x12<\n\x06GetRun\x12\x1a.synthaug.v1.GetRunRequest\x1a\x16.synthaug.v1.RunStatus\x12\x42\n\tCancelRun\x12\x1d.synthaug.v1.CancelRunRequest\x1a\x16.synthaug.v1.RunStatus\x12G\n\x08ListRuns\x12\x1c.synthaug.v1.ListRunsRequest\x1a\x1d.synthaug.v1.ListRunsResponse\x12H\n\x0b\x46\x65tchReport\x12\x1f.synthaug.v1.FetchReportRequest\x1a\x16.synthaug.v1.FileChunk0\x01\x12G\n\x0bPushDataset\x12\x1d.synthaug.v1.PushDatasetChunk\x1a\x17.synthaug.v1.DatasetRef(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,23 +35,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STEPSTATUS_METRICSENTRY']._loaded_options = None
   _globals['_STEPSTATUS_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_SUBMITPLANREQUEST']._serialized_start=73
-  _globals['_SUBMITPLANREQUEST']._serialized_end=128
-  _globals['_RUNREF']._serialized_start=130
-  _globals['_RUNREF']._serialized_end=169
-  _globals['_STEPSTATUS']._serialized_start=172
-  _globals['_STEPSTATUS']._serialized_end=482
-  _globals['_STEPSTATUS_METRICSENTRY']._serialized_start=436
-  _globals['_STEPSTATUS_METRICSENTRY']._serialized_end=482
-  _globals['_RUNSTATUS']._serialized_start=485
-  _globals['_RUNSTATUS']._serialized_end=686
-  _globals['_RUNEVENT']._serialized_start=689
-  _globals['_RUNEVENT']._serialized_end=846
-  _globals['_WATCHRUNREQUEST']._serialized_start=848
-  _globals['_WATCHRUNREQUEST']._serialized_end=905
-  _globals['_GETRUNREQUEST']._serialized_start=907
-  _globals['_GETRUNREQUEST']._serialized_end=938
-  _globals['_CANCELRUNREQUEST']._serialized_start=940
-  _globals['_CANCELRUNREQUEST']._serialized_end=974
-  _globals['_ORCHESTRATORSERVICE']._serialized_start=977
-  _globals['_ORCHESTRATORSERVICE']._serialized_end=1262
+  _globals['_SUBMITPLANREQUEST']._serialized_end=147
+  _globals['_RUNREF']._serialized_start=149
+  _globals['_RUNREF']._serialized_end=188
+  _globals['_STEPSTATUS']._serialized_start=191
+  _globals['_STEPSTATUS']._serialized_end=501
+  _globals['_STEPSTATUS_METRICSENTRY']._serialized_start=455
+  _globals['_STEPSTATUS_METRICSENTRY']._serialized_end=501
+  _globals['_RUNSTATUS']._serialized_start=504
+  _globals['_RUNSTATUS']._serialized_end=705
+  _globals['_RUNEVENT']._serialized_start=708
+  _globals['_RUNEVENT']._serialized_end=865
+  _globals['_WATCHRUNREQUEST']._serialized_start=867
+  _globals['_WATCHRUNREQUEST']._serialized_end=924
+  _globals['_GETRUNREQUEST']._serialized_start=926
+  _globals['_GETRUNREQUEST']._serialized_end=957
+  _globals['_CANCELRUNREQUEST']._serialized_start=959
+  _globals['_CANCELRUNREQUEST']._serialized_end=993
+  _globals['_LISTRUNSREQUEST']._serialized_start=995
+  _globals['_LISTRUNSREQUEST']._serialized_end=1027
+  _globals['_RUNINFO']._serialized_start=1030
+  _globals['_RUNINFO']._serialized_end=1343
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1345
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1399
+  _globals['_FETCHREPORTREQUEST']._serialized_start=1401
+  _globals['_FETCHREPORTREQUEST']._serialized_end=1452
+  _globals['_FILECHUNK']._serialized_start=1454
+  _globals['_FILECHUNK']._serialized_end=1523
+  _globals['_PUSHDATASETHEADER']._serialized_start=1525
+  _globals['_PUSHDATASETHEADER']._serialized_end=1561
+  _globals['_PUSHDATASETCHUNK']._serialized_start=1563
+  _globals['_PUSHDATASETCHUNK']._serialized_end=1679
+  _globals['_ORCHESTRATORSERVICE']._serialized_start=1682
+  _globals['_ORCHESTRATORSERVICE']._serialized_end=2187
 # @@protoc_insertion_point(module_scope)

@@ -8,12 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubmitPlanRequest(_message.Message):
-    __slots__ = ("plan_yaml", "dry_run")
+    __slots__ = ("plan_yaml", "dry_run", "recompute")
     PLAN_YAML_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTE_FIELD_NUMBER: _ClassVar[int]
     plan_yaml: str
     dry_run: bool
-    def __init__(self, plan_yaml: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    recompute: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, plan_yaml: _Optional[str] = ..., dry_run: _Optional[bool] = ..., recompute: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RunRef(_message.Message):
     __slots__ = ("id", "plan_name")
@@ -105,3 +107,79 @@ class CancelRunRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class ListRunsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class RunInfo(_message.Message):
+    __slots__ = ("run", "state", "attempt", "started", "finished", "steps_done", "steps_total", "executed", "cached", "last_succeeded_attempt", "report_key", "overhead_seconds", "overhead_fraction")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    EXECUTED_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    LAST_SUCCEEDED_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    REPORT_KEY_FIELD_NUMBER: _ClassVar[int]
+    OVERHEAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    OVERHEAD_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    run: RunRef
+    state: _common_pb2.JobState
+    attempt: int
+    started: float
+    finished: float
+    steps_done: int
+    steps_total: int
+    executed: int
+    cached: int
+    last_succeeded_attempt: int
+    report_key: str
+    overhead_seconds: float
+    overhead_fraction: float
+    def __init__(self, run: _Optional[_Union[RunRef, _Mapping]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., attempt: _Optional[int] = ..., started: _Optional[float] = ..., finished: _Optional[float] = ..., steps_done: _Optional[int] = ..., steps_total: _Optional[int] = ..., executed: _Optional[int] = ..., cached: _Optional[int] = ..., last_succeeded_attempt: _Optional[int] = ..., report_key: _Optional[str] = ..., overhead_seconds: _Optional[float] = ..., overhead_fraction: _Optional[float] = ...) -> None: ...
+
+class ListRunsResponse(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[RunInfo]
+    def __init__(self, runs: _Optional[_Iterable[_Union[RunInfo, _Mapping]]] = ...) -> None: ...
+
+class FetchReportRequest(_message.Message):
+    __slots__ = ("run_id", "paths")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FileChunk(_message.Message):
+    __slots__ = ("path", "data", "last", "sha256")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    data: bytes
+    last: bool
+    sha256: str
+    def __init__(self, path: _Optional[str] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class PushDatasetHeader(_message.Message):
+    __slots__ = ("replace",)
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    replace: bool
+    def __init__(self, replace: _Optional[bool] = ...) -> None: ...
+
+class PushDatasetChunk(_message.Message):
+    __slots__ = ("header", "file")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    header: PushDatasetHeader
+    file: FileChunk
+    def __init__(self, header: _Optional[_Union[PushDatasetHeader, _Mapping]] = ..., file: _Optional[_Union[FileChunk, _Mapping]] = ...) -> None: ...

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from synthaug.v1 import common_pb2 as synthaug_dot_v1_dot_common__pb2
 from synthaug.v1 import orchestrator_pb2 as synthaug_dot_v1_dot_orchestrator__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -54,6 +55,21 @@ class OrchestratorServiceStub:
                 request_serializer=synthaug_dot_v1_dot_orchestrator__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=synthaug_dot_v1_dot_orchestrator__pb2.RunStatus.FromString,
                 _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/synthaug.v1.OrchestratorService/ListRuns',
+                request_serializer=synthaug_dot_v1_dot_orchestrator__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=synthaug_dot_v1_dot_orchestrator__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
+        self.FetchReport = channel.unary_stream(
+                '/synthaug.v1.OrchestratorService/FetchReport',
+                request_serializer=synthaug_dot_v1_dot_orchestrator__pb2.FetchReportRequest.SerializeToString,
+                response_deserializer=synthaug_dot_v1_dot_orchestrator__pb2.FileChunk.FromString,
+                _registered_method=True)
+        self.PushDataset = channel.stream_unary(
+                '/synthaug.v1.OrchestratorService/PushDataset',
+                request_serializer=synthaug_dot_v1_dot_orchestrator__pb2.PushDatasetChunk.SerializeToString,
+                response_deserializer=synthaug_dot_v1_dot_common__pb2.DatasetRef.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -83,6 +99,34 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRuns(self, request, context):
+        """Every run in the store and in memory (running ones included, as the orchestrator sees
+        them now), newest first: each run's latest attempt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchReport(self, request, context):
+        """The files of a run's report (the latest attempt's when it has one, else the latest
+        successful attempt's), one file after another, each in chunks of at most 1 MiB.
+        NOT_FOUND when the run is unknown or has no report yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushDataset(self, request_iterator, context):
+        """A dataset into the orchestrator's store (see PushDatasetChunk for the order). The
+        dataset's id is computed here from the manifest; every image is checked against the
+        sha256 the manifest records. The name in the manifest is registered (INVALID_ARGUMENT
+        when it names another dataset, unless `replace`). Nothing is registered unless every
+        image arrived intact. Returns the dataset as stored here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +149,21 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.CancelRun,
                     request_deserializer=synthaug_dot_v1_dot_orchestrator__pb2.CancelRunRequest.FromString,
                     response_serializer=synthaug_dot_v1_dot_orchestrator__pb2.RunStatus.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=synthaug_dot_v1_dot_orchestrator__pb2.ListRunsRequest.FromString,
+                    response_serializer=synthaug_dot_v1_dot_orchestrator__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'FetchReport': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchReport,
+                    request_deserializer=synthaug_dot_v1_dot_orchestrator__pb2.FetchReportRequest.FromString,
+                    response_serializer=synthaug_dot_v1_dot_orchestrator__pb2.FileChunk.SerializeToString,
+            ),
+            'PushDataset': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushDataset,
+                    request_deserializer=synthaug_dot_v1_dot_orchestrator__pb2.PushDatasetChunk.FromString,
+                    response_serializer=synthaug_dot_v1_dot_common__pb2.DatasetRef.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +274,87 @@ class OrchestratorService:
             '/synthaug.v1.OrchestratorService/CancelRun',
             synthaug_dot_v1_dot_orchestrator__pb2.CancelRunRequest.SerializeToString,
             synthaug_dot_v1_dot_orchestrator__pb2.RunStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/synthaug.v1.OrchestratorService/ListRuns',
+            synthaug_dot_v1_dot_orchestrator__pb2.ListRunsRequest.SerializeToString,
+            synthaug_dot_v1_dot_orchestrator__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/synthaug.v1.OrchestratorService/FetchReport',
+            synthaug_dot_v1_dot_orchestrator__pb2.FetchReportRequest.SerializeToString,
+            synthaug_dot_v1_dot_orchestrator__pb2.FileChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushDataset(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/synthaug.v1.OrchestratorService/PushDataset',
+            synthaug_dot_v1_dot_orchestrator__pb2.PushDatasetChunk.SerializeToString,
+            synthaug_dot_v1_dot_common__pb2.DatasetRef.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,9 +20,13 @@ def test_demo_end_to_end_then_rerun_recomputes_nothing(tmp_path: Path, capsys: p
     assert main(["demo", "--store", store_url, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     arms = [a.name for a in load_plan(REPO / "examples" / "demo.yaml").arms]
-    table = [line for line in printed.splitlines() if line.startswith("| ")]
+    # The terminal results table (from results.csv): a row per arm, no line over 100 columns.
+    lines = printed.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Results (means over seeds)"))
+    table = lines[start : next(i for i in range(start, len(lines)) if lines[i].startswith("report: "))]
     for arm in arms:
-        assert any(line.startswith(f"| {arm} |") for line in table), f"{arm} missing from the results table"
+        assert any(line.startswith(f"{arm} ") for line in table), f"{arm} missing from the results table"
+    assert max(len(line) for line in table) <= 100
     assert (out / "index.html").is_file() and (out / "results.csv").is_file()
     assert "<img" in (out / "index.html").read_text()
 

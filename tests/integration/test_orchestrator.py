@@ -72,7 +72,7 @@ def test_tiny_plan_runs_then_reruns_from_cache_and_replicas_share_the_arms(share
         assert reg.get_sample_value("synthaug_runs_total", {"plan": "tiny", "state": "JOB_STATE_SUCCEEDED"}) == 1
         assert reg.get_sample_value("synthaug_images_produced_total", {"plan": "tiny", "kind": "compose"}) == 8
         for arm in ("real", "comp"):
-            assert reg.get_sample_value("synthaug_evaluation_score", {"plan": "tiny", "arm": arm, "metric": "mean_iou"}) is not None
+            assert reg.get_sample_value("synthaug_evaluation_score", {"plan": "tiny", "arm": arm, "test_set": "internal", "metric": "mean_iou"}) is not None
         assert reg.get_sample_value("synthaug_step_duration_seconds_count", {"plan": "tiny", "kind": "segment_train"}) == 4
 
         # Where the time went, per step and for the run (what bench/ reads).

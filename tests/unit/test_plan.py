@@ -385,3 +385,115 @@ def test_a_plan_without_gan_arms_is_not_held_to_the_gans_size_rules() -> None:
     assert plan.compositor.params.output_size == 96 and plan.arm_segmenter(plan.arms[0]).min_size == 96
     with pytest.raises(InvalidArgument, match=r"gan.config.image_size must be a positive multiple of 2\*\*depth = 256, got 96"):
         parse_plan(plan_with(image_size=96))
+
+
+# --- external test sets ------------------------------------------------------------------------
+
+TEST_SETS = [
+    {"label": "ph2", "dataset": {"demo": {"count": 6, "seed": 7, "size": 96}}},
+    {"label": "clinic-b", "dataset": {"import": {"format": "masks", "images": "b/images", "masks": "b/masks", "size": "keep"}}, "split": "test"},
+]
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"split": {"train": 0.8, "val": 0.2, "test": 0}}, "split.test is 0 (no internal test split): give test_sets to evaluate on"),
+        ({"split": {"train": 0.8, "val": 0, "test": 0.2}}, "split: val must be > 0: model selection needs it"),
+        ({"test_sets": [{"label": "internal", "dataset": {"demo": {"count": 5}}}]}, "test_sets[0].label: 'internal' is the internal test split's label"),
+        ({"test_sets": [{"label": "a b", "dataset": {"demo": {"count": 5}}}]}, "test_sets[0].label: String should match pattern"),
+        ({"test_sets": [{"label": "a", "dataset": {"demo": {"count": 5}}}, {"label": "a", "dataset": {"demo": {"count": 6}}}]},
+         "test_sets labels must be unique; repeated: ['a']"),
+        ({"test_sets": [{"label": "a", "dataset": {"demo": {"count": 20, "size": 64}}}]}, "test_sets[0] (a): its dataset is the training dataset"),
+        ({"test_sets": [{"label": "a", "dataset": {"name": "x"}}, {"label": "b", "dataset": {"name": "x"}}]},
+         "test_sets[1] (b) is the same data as test_sets[0] (a)"),
+        ({"test_sets": [{"label": "a", "dataset": {"name": "x"}, "split": "dev"}]}, "test_sets[0].split: Input should be"),
+        ({"test_sets": [{"label": "a", "dataset": {"import": {"format": "coco", "images": "i"}}}]},
+         "test_sets[0].dataset.import: format 'coco' needs `annotations`"),
+        ({"test_sets": [{"label": "a"}]}, "test_sets[0].dataset: Field required"),
+    ],
+)
+def test_test_set_errors_name_the_field(changes: dict, message: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_plan(plan_with(**changes))
+    assert message in str(info.value)
+
+
+def test_every_arm_and_seed_is_predicted_and_evaluated_on_every_test_set() -> None:
+    plan = parse_plan(plan_with(test_sets=TEST_SETS))
+    assert plan.test_set_labels == ["internal", "ph2", "clinic-b"] and plan.internal_test
+    g = build_graph(plan)
+    split = g.of_kind("split")[0]
+    (dataset,) = g.of_kind("dataset")
+    sets = {s.test_set: s for s in g.of_kind("test_set")}
+    assert list(sets) == ["ph2", "clinic-b"]
+    assert all(s.deps == {"training": dataset} for s in sets.values())  # checked against the training data
+    assert sets["ph2"].params == {"label": "ph2", "dataset": {"demo": {"count": 6, "seed": 7, "size": 96}}, "split": ""}
+    assert sets["clinic-b"].params["dataset"]["import"]["size"] == "keep" and sets["clinic-b"].params["split"] == "test"
+    assert sets["clinic-b"].params["dataset"]["fingerprint"]["images"] == {"missing": "b/images"}
+    for kind in ("predict", "evaluate"):
+        steps = g.of_kind(kind)
+        assert len(steps) == len(plan.arms) * len(plan.seeds) * 3
+        for arm in plan.arms:
+            for seed in plan.seeds:
+                mine = {s.test_set: s for s in steps if (s.arm, s.seed) == (arm.name, seed)}
+                assert set(mine) == {"internal", "ph2", "clinic-b"}
+                assert mine["internal"].deps["dataset"] is split and mine["internal"].params["split"] == "test"
+                assert mine["ph2"].deps["dataset"] is sets["ph2"] and mine["ph2"].params["split"] == ""
+                assert mine["clinic-b"].deps["dataset"] is sets["clinic-b"] and mine["clinic-b"].params["split"] == "test"
+                # Labels name the test set (the internal one keeps the plain label).
+                assert mine["internal"].label == f"{kind} arm={arm.name} seed={seed}"
+                assert mine["ph2"].label == f"{kind} arm={arm.name} seed={seed} test_set=ph2"
+                if kind == "evaluate":  # one bootstrap seed per training seed, on every test set
+                    assert len({s.params["settings"].seed for s in mine.values()}) == 1
+                    assert all(s.deps["predictions"].test_set == s.test_set for s in mine.values())
+    report = g.of_kind("report")[0]
+    assert len([r for r in report.deps if r.startswith("evaluation")]) == len(g.of_kind("evaluate"))
+    keys = [s.key for s in g.steps]
+    assert len(set(keys)) == len(keys)
+
+
+def test_adding_a_test_set_recomputes_only_its_steps_and_the_report() -> None:
+    before = {s.key: s.kind for s in build_graph(parse_plan(BASE)).steps}
+    after = build_graph(parse_plan(plan_with(test_sets=TEST_SETS[:1])))
+    new = [s for s in after.steps if s.key not in before]
+    assert {s.kind for s in new} == {"test_set", "predict", "evaluate", "report"}
+    assert all(s.test_set == "ph2" for s in new if s.kind != "report")
+    assert set(before) - {s.key for s in after.steps} == {k for k, kind in before.items() if kind == "report"}
+
+
+def test_without_an_internal_test_split_only_the_test_sets_are_evaluated() -> None:
+    plan = parse_plan(plan_with(split={"train": 0.8, "val": 0.2, "test": 0}, test_sets=TEST_SETS[:1]))
+    assert not plan.internal_test and plan.test_set_labels == ["ph2"]
+    g = build_graph(plan)
+    assert {s.test_set for s in g.of_kind("predict") + g.of_kind("evaluate")} == {"ph2"}
+    existing = parse_plan(plan_with(split={"existing": True, "test": 0}, test_sets=TEST_SETS[:1]))
+    assert not existing.internal_test
+
+
+def test_test_set_import_paths_are_relative_to_the_plan(tmp_path: Path) -> None:
+    import yaml
+
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan_with(test_sets=TEST_SETS)))
+    plan = load_plan(tmp_path / "plan.yaml")
+    imp = plan.test_sets[1].dataset.import_
+    assert imp is not None and (imp.images, imp.masks) == (str(tmp_path / "b" / "images"), str(tmp_path / "b" / "masks"))
+
+
+def test_dry_run_lists_the_test_set_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump(plan_with(test_sets=TEST_SETS[:1], arms=[{"name": "real", "real": 10}])))
+    assert main(["run", str(plan), "--dry-run", "--store", f"file://{tmp_path}/store"]) == 0
+    out = capsys.readouterr().out
+    assert "test set ph2" in out and "evaluate arm=real seed=2 test_set=ph2" in out and "test_set" in out
+
+
+def test_the_out_of_domain_example_evaluates_on_isic_and_an_imported_folder() -> None:
+    plan = load_plan(REPO / "examples" / "isic-ood.yaml")
+    assert plan.dataset.name == "isic-train" and plan.test_set_labels == ["internal", "ph2"]
+    imp = plan.test_sets[0].dataset.import_
+    assert imp is not None and imp.size == "keep" and imp.images == str(REPO / "examples" / "data" / "ph2" / "images")
+    g = build_graph(plan)
+    assert len(g.of_kind("evaluate")) == len(plan.arms) * len(plan.seeds) * 2

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import json
+import threading
+from typing import Any
 
 import pytest
 
 from orchestrator.graph import Step, build_graph
 from orchestrator.plan import parse_plan
 from orchestrator.runner import RunSummary, load_cached, step_cache_key
-from orchestrator.steps import StepTimes, report_request, synthesis_prefix
-from services.common.datasets import Dataset
+from orchestrator.steps import StepContext, StepTimes, check_disjoint, check_known_counts, pin_dataset_names, report_request, run_test_set, synthesis_prefix
+from services.common.datasets import Dataset, register_name
 from services.common.demo_data import DemoConfig, register_demo
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, NotFound
 from services.common.refs import add_output
 from services.common.sampling import nested_order
 from services.common.store import ObjectStore
@@ -36,7 +38,7 @@ def results_by_role(steps: list[Step]) -> dict[str, common_pb2.JobResult]:
             add_output(result, "predictions", ref(f"{s.key}/predictions.json"))
         elif s.kind == "evaluate":
             add_output(result, "evaluation", ref(f"{s.key}/evaluation.json"))
-        elif s.kind in ("dataset", "split", "subset", "compose", "gan_generate"):
+        elif s.kind in ("dataset", "split", "subset", "test_set", "compose", "gan_generate"):
             add_output(result, "dataset", common_pb2.DatasetRef(id=s.key[:32], num_images=20))
         out[s.key] = result
     return out
@@ -151,3 +153,95 @@ def test_the_synthesis_subset_keeps_the_prefix_records_unchanged(file_store: Obj
         synthesis_prefix(split, "train", 9, 77)
     with pytest.raises(InvalidArgument, match=r"has no images with ids \[99\]"):
         split.subset([1, 99], {})
+
+
+# --- external test sets ------------------------------------------------------------------------
+
+TEST_SETS = [
+    {"label": "ph2", "dataset": {"demo": {"count": 6, "seed": 7, "size": 96}}},
+    {"label": "clinic-b", "dataset": {"name": "clinic-b"}, "split": "test"},
+]
+
+
+def report_for(plan_data: dict) -> tuple[Any, Any, dict[str, common_pb2.JobResult], Any]:
+    graph = build_graph(parse_plan(plan_data))
+    results = results_by_role(graph.steps)
+    report = graph.of_kind("report")[0]
+    inputs = {role: results[dep.key] for role, dep in report.deps.items()}
+    return graph, report, results, report_request(report, inputs, results, prefix="runs/x/report", graph=graph, run_id="0123456789abcdef")
+
+
+def test_the_report_gets_one_run_per_arm_seed_and_test_set_and_every_test_sets_truth() -> None:
+    graph, _report, results, request = report_for({**BASE, "test_sets": TEST_SETS})
+    plan = graph.plan
+    assert len(request.runs) == len(plan.arms) * len(plan.seeds) * 3
+    assert {(r.arm, r.seed, r.test_set) for r in request.runs} == {
+        (a.name, s, t) for a in plan.arms for s in plan.seeds for t in ("internal", "ph2", "clinic-b")}
+    sets = {s.test_set: s for s in graph.of_kind("test_set")}
+    assert [(t.label, t.truth.id, t.split) for t in request.test_sets] == [
+        ("ph2", sets["ph2"].key[:32], ""), ("clinic-b", sets["clinic-b"].key[:32], "test")]
+    assert request.truth.id == graph.of_kind("split")[0].key[:32] and request.split == "test"
+    for ev in graph.of_kind("evaluate"):  # each run carries its own test set's evaluation and predictions
+        (run,) = [r for r in request.runs if (r.arm, r.seed, r.test_set) == (ev.arm, ev.seed, ev.test_set)]
+        assert run.evaluation.key == f"{ev.key}/evaluation.json"
+        assert run.predictions.key == f"{ev.deps['predictions'].key}/predictions.json"
+        assert run.training_record.key == f"{ev.deps['predictions'].deps['model'].key}/record.json"
+    # Provenance: each test set's dataset id and label; the steps per test set name it.
+    prov = parse_provenance(request.provenance_json)
+    assert [(d.label, d.id) for d in prov.datasets if d.role == "test_set"] == [
+        ("ph2", results[sets["ph2"].key].dataset_outputs["dataset"].id), ("clinic-b", results[sets["clinic-b"].key].dataset_outputs["dataset"].id)]
+    assert {s.test_set for s in prov.steps if s.kind == "evaluate"} == {"internal", "ph2", "clinic-b"}
+    assert json.loads(request.provenance_json)["test_sets"] == [{"label": "ph2", "split": ""}, {"label": "clinic-b", "split": "test"}]
+
+
+def test_without_an_internal_test_split_the_report_has_no_internal_truth() -> None:
+    _graph, _report, _results, request = report_for({**BASE, "split": {"train": 0.8, "val": 0.2, "test": 0}, "test_sets": TEST_SETS[:1]})
+    assert not request.HasField("truth") and request.split == ""
+    assert {r.test_set for r in request.runs} == {"ph2"} and [t.label for t in request.test_sets] == ["ph2"]
+
+
+def demo(store: ObjectStore, count: int, seed: int, size: int = 48, name: str = "") -> Dataset:
+    ds = Dataset.load(store, register_demo(store, count, seed, DemoConfig(size=size)).dataset_id)
+    if name:
+        register_name(store, name, ds.id)
+    return ds
+
+
+def test_a_test_set_sharing_an_image_with_the_training_data_is_refused_naming_them(file_store: ObjectStore) -> None:
+    training = demo(file_store, 6, seed=3)
+    overlapping = demo(file_store, 8, seed=3)  # the same generator: its first 6 images are the training ones
+    with pytest.raises(InvalidArgument) as info:
+        check_disjoint("ph2", overlapping, "", training)
+    message = str(info.value)
+    assert "test set 'ph2' shares 6 of its 8 images with the training dataset" in message
+    assert "demo_000000.png (id 1) = demo_000000.png (id 1)" in message and "demo_000005.png (id 6) = demo_000005.png (id 6)" in message
+    assert "demo_000006.png" not in message
+    check_disjoint("ph2", demo(file_store, 8, seed=4), "", training)  # other images: accepted
+    with pytest.raises(InvalidArgument, match=r"test set 'ph2': dataset \w+ has no images in split 'test'"):
+        check_disjoint("ph2", demo(file_store, 4, seed=5), "test", training)
+
+
+def test_the_test_set_step_loads_its_data_and_checks_it_against_the_training_data(file_store: ObjectStore) -> None:
+    training = demo(file_store, 6, seed=3, name="train-data")
+    demo(file_store, 8, seed=3, name="same-source")
+    clean = demo(file_store, 5, seed=9, name="clinic-b")
+    plan = parse_plan({**BASE, "dataset": {"name": "train-data"}, "arms": [{"name": "real", "real": 2}],
+                       "test_sets": [{"label": "b", "dataset": {"name": "clinic-b"}}, {"label": "s", "dataset": {"name": "same-source"}}]})
+    graph = build_graph(plan)
+    ctx = StepContext(file_store, None, plan, lambda *a: None, threading.Event(), {}, "r")  # type: ignore[arg-type]
+    inputs = {"training": add_output(common_pb2.JobResult(), "dataset", training.ref())}
+    b, s = graph.of_kind("test_set")
+    assert run_test_set(b, inputs, ctx).result.dataset_outputs["dataset"].id == clean.id
+    with pytest.raises(InvalidArgument, match=r"test set 's' shares 6 of its 8 images"):
+        run_test_set(s, inputs, ctx)
+    # Known before the run (stored datasets): prepare / --dry-run refuse the plan up front.
+    with pytest.raises(InvalidArgument, match=r"test set 's' shares 6 of its 8 images"):
+        check_known_counts(file_store, build_graph(pin_dataset_names(plan, file_store)))
+    # Names are pinned to ids (keys name content); demo data are not known before the run.
+    pinned = pin_dataset_names(plan, file_store)
+    assert (pinned.dataset.name, pinned.test_sets[0].dataset.name) == (training.id, clean.id) and plan.dataset.name == "train-data"
+    unknown = parse_plan({**BASE, "dataset": {"name": "train-data"}, "arms": [{"name": "real", "real": 2}],
+                          "test_sets": [{"label": "d", "dataset": {"demo": {"count": 8, "seed": 3, "size": 48}}}]})
+    check_known_counts(file_store, build_graph(unknown))
+    with pytest.raises(NotFound):
+        pin_dataset_names(parse_plan({**BASE, "test_sets": [{"label": "x", "dataset": {"name": "nowhere"}}]}), file_store)

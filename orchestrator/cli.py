@@ -33,6 +33,7 @@ log = logging.getLogger("synthaug")
 COMMAND_MODULES: tuple[str, ...] = (
     "services.common.cli_data",
     "orchestrator.commands",
+    "orchestrator.model_commands",
     "services.compositor.cli",
     "services.evaluator.cli",
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar
@@ -619,6 +620,24 @@ def _location(loc: tuple[Any, ...]) -> str:
     return out or "plan"
 
 
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    """The field names a plan may spell at `loc` (the model that owns the unknown key)."""
+    model: Any = Plan
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *typing.get_args(annotation)]
+        candidates += [a for c in list(candidates) for a in typing.get_args(c)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
 def parse_plan(data: Any, source: str = "plan") -> Plan:
     """Validate a plan dict; InvalidArgument lists every problem with its field path."""
     if not isinstance(data, dict):
@@ -631,6 +650,10 @@ def parse_plan(data: Any, source: str = "plan") -> Plan:
             msg = err["msg"].removeprefix("Value error, ")
             where = _location(tuple(err["loc"]))
             # Settings errors already start with the field's path (compositor.params.scale …).
+            if err["type"] == "extra_forbidden":
+                known = _known_fields(tuple(err["loc"])[:-1])
+                if known:
+                    msg += f"; known fields: {', '.join(known)}"
             problems.append(msg if re.match(rf"{re.escape(where)}[.:\[]", msg) else f"{where}: {msg}")
         raise InvalidArgument(f"{source}: invalid plan:\n  " + "\n  ".join(problems)) from None
 
@@ -640,6 +663,8 @@ def load_plan_text(text: str, source: str = "plan") -> Plan:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise InvalidArgument(f"{source}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument(f"{source}: nested too deeply to be a plan") from None
     return parse_plan(data, source)
 
 

@@ -31,7 +31,7 @@ from orchestrator.graph import Graph, Step
 from orchestrator.metrics import THROUGHPUT_NAMES, OrchestratorMetrics, loss_components
 from orchestrator.steps import EXECUTORS, StepContext, StepOutput, StepTimes
 from services.common import refs
-from services.common.errors import IntegrityError, JobCancelled, NotFound, SynthaugError
+from services.common.errors import USER_ERROR_CODES, IntegrityError, JobCancelled, NotFound, SynthaugError
 from services.common.events import EventLog
 from services.common.jobs import TERMINAL
 from services.common.store import ObjectStore, canonical_json, sha256_bytes
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 S = common_pb2
 MAX_EVENTS = 10_000
 #: Error codes of a failed step that mean the plan or its data must change (CLI exit 2).
-INPUT_ERROR_CODES = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION")
 
 
 def step_cache_key(step_key: str) -> str:
@@ -158,6 +157,8 @@ class RunTracker:
         self.records = {s.key: StepRecord(s) for s in graph.steps}
         self.state = S.JOB_STATE_QUEUED
         self.error = ""
+        #: Code of a failure outside any step (the run could not start), for failure_code().
+        self.error_code = ""
         self.report: common_pb2.ObjectRef | None = None
         self.started = time.monotonic()
         self.wall_seconds = 0.0
@@ -210,10 +211,18 @@ class RunTracker:
     def status(self) -> orchestrator_pb2.RunStatus:
         st = orchestrator_pb2.RunStatus(run=self.ref, state=self.state, steps=[r.proto() for r in self.records.values()])
         if self.error:
-            st.error.CopyFrom(S.JobError(code="INTERNAL", message=self.error))
+            st.error.CopyFrom(S.JobError(code=self.failure_code(), message=self.error))
         if self.report is not None:
             st.report.CopyFrom(self.report)
         return st
+
+    def failure_code(self) -> str:
+        """The code of a failed run: the failures' own when every one is the caller's to fix
+        (the plan or its data must change: the CLI exits 2), else INTERNAL."""
+        codes = [r.error_code or "INTERNAL" for r in self.records.values() if r.state == S.JOB_STATE_FAILED]
+        if self.error_code:
+            codes.append(self.error_code)
+        return codes[0] if codes and all(c in USER_ERROR_CODES for c in codes) else "INTERNAL"
 
     def watch(self, after: int = 0, is_active: Callable[[], bool] = lambda: True) -> Iterator[orchestrator_pb2.RunEvent]:
         """Events after `after` until the run's final event (or the watcher goes away)."""
@@ -342,7 +351,7 @@ class Runner:
         summary = RunSummary(
             run_id, tracker.state, tracker.wall_seconds, tracker.compute_union(), executed, cached, failed, tracker.report,
             attempt=attempt, forced=sum(1 for r in tracker.records.values() if r.forced and r.state == S.JOB_STATE_SUCCEEDED),
-            steps=steps, input_error=any(r.error_code in INPUT_ERROR_CODES for r in tracker.records.values() if r.state == S.JOB_STATE_FAILED),
+            steps=steps, input_error=tracker.state == S.JOB_STATE_FAILED and tracker.failure_code() in USER_ERROR_CODES,
         )
         self._record(tracker, summary)
         if self.metrics:

@@ -22,9 +22,7 @@ from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.plan import Plan
 from orchestrator.runner import Runner, RunSummary, RunTracker, load_cached, run_id_for, run_status_key, run_summary_key, succeeded_key
 from orchestrator.settings import ServiceAddresses
-from orchestrator.steps import check_known_counts
-from services.common.cli_support import USER_ERROR_CODES
-from services.common.datasets import Dataset
+from orchestrator.steps import check_known_counts, pin_dataset_names
 from services.common.errors import InvalidArgument, NotFound, error_code
 from services.common.events import EventLog, FinishedIndex, Retention
 from services.common.store import FileStore, ObjectStore
@@ -34,12 +32,9 @@ log = logging.getLogger(__name__)
 
 
 def resolve_plan_names(plan: Plan, store: ObjectStore) -> Plan:
-    """A dataset given by name is pinned to its current id, so step keys name content."""
-    if plan.dataset.name is not None:
-        ds = Dataset.load(store, plan.dataset.name)
-        plan = plan.model_copy(deep=True)
-        plan.dataset.name = ds.id
-    return plan
+    """Every dataset given by name (the plan's and its test sets') pinned to its current id,
+    so step keys name content."""
+    return pin_dataset_names(plan, store)
 
 
 @dataclass
@@ -63,8 +58,6 @@ class _Run:
     #: The background thread running it (None: a dry run, or a run in the caller's thread).
     thread: threading.Thread | None = None
     dry_run: bool = False
-    #: Status code of an error that stopped the run outside any step ("" when none).
-    error_code: str = ""
 
 
 class RunManager:
@@ -207,7 +200,7 @@ class RunManager:
             Runner(self.store, self.dispatcher(), self.metrics, self.max_parallel).run(tracker, entry.cancel)
         except Exception as exc:  # reported through the run's status
             log.exception("run %s failed", tracker.run_id)
-            entry.error_code = error_code(exc)
+            tracker.error_code = error_code(exc)
             tracker.state = common_pb2.JOB_STATE_FAILED
             tracker.error = str(exc)
             tracker.update(None)
@@ -221,7 +214,7 @@ class RunManager:
     def status(self, run_id: str) -> orchestrator_pb2.RunStatus:
         entry = self._find(run_id)
         if entry is not None:
-            return with_failure_code(entry.tracker.status(), entry.tracker, entry.error_code)
+            return entry.tracker.status()
         return load_status(self.store, run_id)
 
     def list_runs(self, limit: int = 0) -> list[orchestrator_pb2.RunInfo]:
@@ -262,19 +255,6 @@ class RunManager:
             return load_status(self.store, run_id)
         entry.cancel.set()
         return entry.tracker.status()
-
-
-def with_failure_code(status: orchestrator_pb2.RunStatus, tracker: RunTracker, run_error_code: str = "") -> orchestrator_pb2.RunStatus:
-    """A failed run's error code: the steps' own when every failure is the caller's to fix
-    (the plan or its data must change), else INTERNAL. (The tracker writes INTERNAL.)"""
-    if status.state != common_pb2.JOB_STATE_FAILED:
-        return status
-    codes = [r.error_code or "INTERNAL" for r in tracker.records.values() if r.state == common_pb2.JOB_STATE_FAILED]
-    if run_error_code:
-        codes.append(run_error_code)
-    if codes and all(c in USER_ERROR_CODES for c in codes):
-        status.error.code = codes[0]
-    return status
 
 
 def steps_done(status: orchestrator_pb2.RunStatus) -> int:

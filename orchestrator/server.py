@@ -44,6 +44,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 "(`synthaug import … --name NAME`), send the dataset (`synthaug dataset push NAME --orchestrator ADDR`) "
                 "and use dataset: {name: NAME}"
             )
+        for i, test_set in enumerate(plan.test_sets):
+            if test_set.dataset.import_ is not None:
+                raise InvalidArgument(
+                    f"test_sets[{i}] ({test_set.label}): dataset.import reads local files, which a remote orchestrator cannot "
+                    "see: import them on your machine, `synthaug dataset push NAME --orchestrator ADDR`, and name the dataset"
+                )
         if plan.split.group_csv:
             raise InvalidArgument(
                 "split.group_csv reads a local file, which a remote orchestrator cannot see: import with --metadata/--group-by "

@@ -15,14 +15,13 @@ import logging
 import sys
 from typing import Callable, Iterable
 
-from services.common.errors import SynthaugError
+from services.common.errors import USER_ERROR_CODES, SynthaugError
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[argparse.Namespace], int]
 
 #: Status codes that mean "change the input and try again".
-USER_ERROR_CODES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION"})
 
 
 def exit_code(code: str) -> int:

@@ -73,6 +73,11 @@ class JobCancelled(SynthaugError):
     code = "CANCELLED"
 
 
+#: Status codes that mean "the caller must change something" (the plan, its data, a setting):
+#: the CLI exits 2 for them, 1 for anything else.
+USER_ERROR_CODES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION"})
+
+
 def error_code(exc: BaseException) -> str:
     """The gRPC status code name for an exception (INTERNAL for anything unexpected)."""
     return exc.code if isinstance(exc, SynthaugError) else "INTERNAL"

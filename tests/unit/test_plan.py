@@ -38,7 +38,7 @@ def plan_with(**changes: object) -> dict:
     [
         ({"arms": [{"name": "a", "real": 0}]}, "arms[0].real: Input should be greater than 0"),
         ({"arms": [{"name": "a", "real": 5, "composite": -1}]}, "arms[0].composite"),
-        ({"arms": [{"name": "a", "real": 5, "gann": 3}]}, "arms[0].gann: Extra inputs are not permitted"),
+        ({"arms": [{"name": "a", "real": 5, "gann": 3}]}, "arms[0].gann: Extra inputs are not permitted; known fields: name, real, composite, gan, segmenter"),
         ({"arms": []}, "arms: List should have at least 1 item"),
         ({"arms": [{"name": "a", "real": 5}, {"name": "a", "real": 6}]}, "arm names must be unique; repeated: ['a']"),
         ({"seeds": [1, 1]}, "seeds: seeds must be distinct"),
@@ -49,7 +49,8 @@ def plan_with(**changes: object) -> dict:
         ({"segmenter": {"config": {"epochz": 3}}}, "segmenter.config: unknown field(s) epochz; known fields: architecture, weights, epochs"),
         ({"compositor": {"params": {"blend": "BLEND_MODE_GAUSSIAN"}}}, "compositor.params.blend must be one of hard, gaussian, poisson, got 'BLEND_MODE_GAUSSIAN'"),
         ({"compositor": {"params": {"scale": [0.2, 0.5]}}}, "compositor.params.scale must be a mapping of min, max"),
-        ({"compositor": {"min_area": 16}}, "compositor.min_area: Extra inputs are not permitted"),
+        ({"compositor": {"min_area": 16}}, "compositor.min_area: Extra inputs are not permitted; known fields: foregrounds, backgrounds, params, workers"),
+        ({"dataset": {"demo": {"count": 5}, "improt": {}}}, "dataset.improt: Extra inputs are not permitted; known fields: name, import, demo"),
         ({"name": "bad name!"}, "name: String should match pattern"),
     ],
 )
@@ -66,6 +67,8 @@ def test_yaml_errors() -> None:
         load_plan_text("- a\n- b")
     with pytest.raises(InvalidArgument, match="not found"):
         load_plan("/nonexistent/plan.yaml")
+    with pytest.raises(InvalidArgument, match="nested too deeply"):
+        load_plan_text("[" * 50_000 + "]" * 50_000)
 
 
 def test_graph_shape_and_nesting() -> None:

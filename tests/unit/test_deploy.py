@@ -1258,3 +1258,23 @@ def test_minio_init_reads_every_credential_from_files_as_compose_mounts_them(tmp
     assert calls[0].endswith(f"{root_user} {root_password}")
     access, secret = (secrets_dir / "s3-access-key").read_text(), (secrets_dir / "s3-secret-key").read_text()
     assert f"admin user add store {access} {secret}" in calls
+
+
+def test_cuda_image_installs_the_cpu_image_dependencies_plus_torch() -> None:
+    """Issue 16: the CUDA image's Python dependency set is the CPU image's plus torch and
+    torchvision (the CPU image's services import no torch), both read from pyproject.toml."""
+    script = DOCKER / "pyproject_deps.py"
+
+    def installed(dockerfile: str) -> set[str]:
+        text = (DOCKER / dockerfile).read_text()
+        names: set[str] = set()
+        for args in re.findall(r"pyproject_deps\.py pyproject\.toml([^>]*)>", text):
+            out = subprocess.run([sys.executable, str(script), str(ROOT / "pyproject.toml"), *args.split()],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            names |= {re.split(r"[<>=!~\[; ]", r)[0] for r in out}
+        assert names, f"{dockerfile} installs nothing from pyproject.toml"
+        return names
+
+    cpu, gpu = installed("Dockerfile.cpu"), installed("Dockerfile.gpu")
+    assert gpu - cpu == {"torch", "torchvision"}
+    assert cpu <= gpu

@@ -66,7 +66,7 @@ class EmbeddedServices:
                 proc.kill()
                 proc.wait()
 
-    def __enter__(self) -> "EmbeddedServices":
+    def __enter__(self) -> EmbeddedServices:
         return self
 
     def __exit__(self, *exc: object) -> None:

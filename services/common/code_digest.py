@@ -278,7 +278,7 @@ def default_index() -> CodeIndex:
     return CodeIndex()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def service_digest(service: str) -> str:
     """The code digest of `service` in this process (computed once)."""
     return default_index().service_digest(service).digest

@@ -39,7 +39,7 @@ M = TypeVar("M", bound=Message)
 # --- mappings → dataclasses ------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

@@ -64,7 +64,7 @@ class DemoConfig:
     vignette_probability: float = 0.3
     min_lesion_area: int = 30
 
-    def validate(self) -> "DemoConfig":
+    def validate(self) -> DemoConfig:
         if not 32 <= self.size <= 4096:
             raise InvalidArgument(f"demo size must be in [32, 4096], got {self.size}")
         if not 1 <= self.min_lesions <= self.max_lesions <= 8:
@@ -394,7 +394,7 @@ def write_demo_folder(out: str | Path, count: int, seed: int, config: DemoConfig
 # Registering a demo dataset in the store (through the importers' parallel pipeline)
 
 
-def decode_demo_task(task: "ImportTask") -> "Decoded":
+def decode_demo_task(task: ImportTask) -> Decoded:
     from services.common.importers.pipeline import Decoded
 
     seed, config = task.source
@@ -403,9 +403,9 @@ def decode_demo_task(task: "ImportTask") -> "Decoded":
     return Decoded(sample.image, sample.masks, [1] * n, [False] * n)
 
 
-def register_demo(store: "ObjectStore", count: int, seed: int, config: DemoConfig = DemoConfig(),
-                  options: "ImportOptions | None" = None,
-                  progress: Callable[[int, int], None] | None = None) -> "ImportSummary":
+def register_demo(store: ObjectStore, count: int, seed: int, config: DemoConfig = DemoConfig(),
+                  options: ImportOptions | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> ImportSummary:
     """Generate `count` demo images and register them as a 'real' dataset.
 
     The provenance params carry the generator settings and the seed, so the dataset can be

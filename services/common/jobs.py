@@ -96,7 +96,7 @@ def validate_job_id(job_id: str) -> str:
 class JobContext:
     """What a running job sees: its id, the store, a work prefix, progress and cancellation."""
 
-    def __init__(self, job: "_Job", store: ObjectStore):
+    def __init__(self, job: _Job, store: ObjectStore):
         self._job = job
         self.job_id = job.ref.id
         self.kind = job.ref.kind
@@ -185,7 +185,7 @@ class _Job:
             return st
 
     @classmethod
-    def stored(cls, status: common_pb2.JobStatus) -> "_Job":
+    def stored(cls, status: common_pb2.JobStatus) -> _Job:
         """A finished job as its store records describe it: one final event."""
         job = cls(
             ref=status.job,

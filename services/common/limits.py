@@ -41,7 +41,7 @@ class RequestLimits:
     max_image_size: int = 8192
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "RequestLimits":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RequestLimits:
         env = os.environ if env is None else env
         values: dict[str, int] = {}
         for f in dataclasses.fields(cls):

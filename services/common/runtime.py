@@ -136,12 +136,14 @@ def parse_config(
     p = argparse.ArgumentParser(prog=f"python -m services.{service}", description=f"synthaug {service} gRPC server")
     p.add_argument("--host", default=_env_default(env, "SYNTHAUG_HOST", DEFAULT_HOST, str),
                    help=f"bind address of gRPC and /metrics (default {DEFAULT_HOST}; 0.0.0.0 = every interface) [$SYNTHAUG_HOST]")
-    p.add_argument("--port", type=int, default=_env_default(env, "SYNTHAUG_PORT", DEFAULT_PORTS.get(service, 0), int), help="gRPC port, 0 = any free [$SYNTHAUG_PORT]")
+    p.add_argument("--port", type=int, default=_env_default(env, "SYNTHAUG_PORT", DEFAULT_PORTS.get(service, 0), int),
+                   help="gRPC port, 0 = any free [$SYNTHAUG_PORT]")
     p.add_argument(
         "--metrics-port", type=int, default=_env_default(env, "SYNTHAUG_METRICS_PORT", DEFAULT_METRICS_PORTS.get(service, -1), int),
         help="Prometheus /metrics port; 0 = any free, -1 = off [$SYNTHAUG_METRICS_PORT]",
     )
-    p.add_argument("--store", default=env.get("SYNTHAUG_STORE") or None, help="object store URL: file://ROOT or s3://BUCKET?endpoint=HOST:PORT [$SYNTHAUG_STORE]")
+    p.add_argument("--store", default=env.get("SYNTHAUG_STORE") or None,
+                   help="object store URL: file://ROOT or s3://BUCKET?endpoint=HOST:PORT [$SYNTHAUG_STORE]")
     p.add_argument("--max-message-bytes", type=int, default=_env_default(env, "SYNTHAUG_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, int))
     p.add_argument("--max-workers", type=int, default=_env_default(env, "SYNTHAUG_MAX_WORKERS", 16, int), help="RPC handler threads")
     p.add_argument(
@@ -155,7 +157,8 @@ def parse_config(
                    help="seconds a finished job stays in memory [$SYNTHAUG_KEEP_FINISHED_JOBS_SECONDS]")
     p.add_argument("--max-queued-jobs", type=int, default=_env_default(env, "SYNTHAUG_MAX_QUEUED_JOBS", DEFAULT_MAX_QUEUED_JOBS, int),
                    help="jobs waiting for a slot before Submit answers RESOURCE_EXHAUSTED; 0 = no bound [$SYNTHAUG_MAX_QUEUED_JOBS]")
-    p.add_argument("--tls-cert", default=env.get("SYNTHAUG_TLS_CERT") or None, help="server certificate (PEM); with --tls-key: serve TLS only [$SYNTHAUG_TLS_CERT]")
+    p.add_argument("--tls-cert", default=env.get("SYNTHAUG_TLS_CERT") or None,
+                   help="server certificate (PEM); with --tls-key: serve TLS only [$SYNTHAUG_TLS_CERT]")
     p.add_argument("--tls-key", default=env.get("SYNTHAUG_TLS_KEY") or None, help="server private key (PEM) [$SYNTHAUG_TLS_KEY]")
     p.add_argument("--tls-client-ca", default=env.get("SYNTHAUG_TLS_CLIENT_CA") or None,
                    help="CA (PEM) that must have signed client certificates: mutual TLS [$SYNTHAUG_TLS_CLIENT_CA]")
@@ -311,7 +314,9 @@ class _ServerInterceptor(grpc.ServerInterceptor):
         code = context.code() if hasattr(context, "code") else None
         return code.name if isinstance(code, grpc.StatusCode) else "OK"
 
-    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None], details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         handler = continuation(details)
         if handler is None:
             return None
@@ -550,7 +555,12 @@ class ServiceRuntime:
         return thread
 
 
-def serve(build: Callable[[ServerConfig], ServiceRuntime], service: str, argv: list[str] | None = None, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+def serve(
+    build: Callable[[ServerConfig], ServiceRuntime],
+    service: str,
+    argv: list[str] | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
     """The body of every server's main(): config, logging, build, start, wait for SIGTERM."""
     config = parse_config(service, argv, add_arguments=add_arguments)
     configure_logging(config.log_level, config.log_json)

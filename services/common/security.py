@@ -84,7 +84,7 @@ class ServerSecurity:
         return bool(self.cert_file)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "ServerSecurity":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSecurity:
         env = os.environ if env is None else env
         return cls(
             cert_file=env.get("SYNTHAUG_TLS_CERT") or None,
@@ -147,7 +147,7 @@ class ClientSecurity:
         return bool(self.ca_file)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "ClientSecurity":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ClientSecurity:
         env = os.environ if env is None else env
         return cls(
             ca_file=env.get("SYNTHAUG_TLS_CA") or None,

@@ -48,7 +48,7 @@ class SplitSpec:
             raise InvalidArgument(f"split seed must be a non-negative integer, got {self.seed!r}")
 
     @classmethod
-    def parse(cls, text: str, seed: int = 0, group_by: str = "") -> "SplitSpec | None":
+    def parse(cls, text: str, seed: int = 0, group_by: str = "") -> SplitSpec | None:
         """`"0.8,0.1,0.1"` (train,val,test) or `"none"` → None (leave images unsplit)."""
         if text.strip().lower() in ("none", "", "0"):
             return None
@@ -77,7 +77,7 @@ def split_sizes(n: int, spec: SplitSpec) -> dict[str, int]:
 
 
 def _rank(seed: int, group: str) -> bytes:
-    return hashlib.sha256(f"{seed}\x00{group}".encode("utf-8")).digest()
+    return hashlib.sha256(f"{seed}\x00{group}".encode()).digest()
 
 
 def assign_splits(keys: Sequence[str], spec: SplitSpec, groups: Sequence[str] | None = None) -> list[str]:

@@ -54,7 +54,7 @@ class ForegroundParams:
     # Keep instances cut off by the image border (pasted whole they show a straight edge).
     keep_truncated: bool = False
 
-    def validate(self) -> "ForegroundParams":
+    def validate(self) -> ForegroundParams:
         """Return self, or raise InvalidArgument naming the first bad setting."""
         p = "ForegroundParams"
         if self.min_area < 0:
@@ -85,7 +85,7 @@ class BackgroundParams:
     # Keep a seeded random subset of at most this many backgrounds; 0 = no limit.
     max_backgrounds: int = 0
 
-    def validate(self) -> "BackgroundParams":
+    def validate(self) -> BackgroundParams:
         """Return self, or raise InvalidArgument naming the first bad setting."""
         p = "BackgroundParams"
         if self.method is not None and self.method not in BACKGROUND_METHODS:
@@ -150,7 +150,7 @@ class ComposeParams:
     tone_match: float = 0.8
     image_format: str = "jpeg"
 
-    def validate(self) -> "ComposeParams":
+    def validate(self) -> ComposeParams:
         """Return self, or raise InvalidArgument naming the first bad parameter."""
         p = "ComposeParams"
         if not 8 <= self.output_size <= 8192:

@@ -68,7 +68,7 @@ class EvalConfig:
     lesion_iou: float = 0.5
     coco_ap: bool = True
 
-    def validate(self) -> "EvalConfig":
+    def validate(self) -> EvalConfig:
         """Return self, or raise InvalidArgument naming the first bad setting."""
         p = "EvalConfig"
         if not 0.0 <= self.score_threshold <= 1.0:
@@ -96,7 +96,7 @@ class ReportConfig:
     # Training images per source on the contact sheet; 0 = no sheet.
     contact_images: int = 8
 
-    def validate(self) -> "ReportConfig":
+    def validate(self) -> ReportConfig:
         """Return self, or raise InvalidArgument naming the first bad setting."""
         p = "ReportConfig"
         if not 0 <= self.overlay_images <= MAX_OVERLAY_IMAGES:
@@ -119,7 +119,7 @@ class CompareConfig:
     metric: str = "iou"
     n_bootstrap: int = DEFAULT_BOOTSTRAP
 
-    def validate(self) -> "CompareConfig":
+    def validate(self) -> CompareConfig:
         """Return self, or raise InvalidArgument naming the first bad setting."""
         p = "CompareConfig"
         check_metric(self.metric, f"{p}.")
@@ -148,7 +148,7 @@ class QualityConfig:
     # Closest (synthetic, real training) pairs kept per source for the contact sheet.
     closest_pairs: int = 8
 
-    def validate(self) -> "QualityConfig":
+    def validate(self) -> QualityConfig:
         """Return self, or raise InvalidArgument naming the first bad setting."""
         p = "QualityConfig"
         if not 4 <= self.max_samples <= MAX_QUALITY_SAMPLES:

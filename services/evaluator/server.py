@@ -28,8 +28,8 @@ from services.evaluator.core.features import check_feature_space, decode_feature
 from services.evaluator.core.provenance import parse_provenance
 from services.evaluator.core.quality import SourceInput, assess_quality, check_source_label
 from services.evaluator.core.quality import headline_metrics as quality_metrics
-from services.evaluator.core.report_quality import parse_quality
 from services.evaluator.core.report_inputs import INTERNAL, check_label
+from services.evaluator.core.report_quality import parse_quality
 from services.evaluator.core.reports import (
     ImageSet,
     Report,

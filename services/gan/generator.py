@@ -17,13 +17,13 @@ from torch import nn
 
 from services.common.errors import InvalidArgument
 from services.common.imageio import resize_image, resize_mask
+from services.common.seeding import derive_seed
 from services.gan import rendering
 from services.gan.checkpoint import checkpoint_config
 from services.gan.config import GanConfig, GenerateConfig
 from services.gan.grid import to_uint8
 from services.gan.model import build_model
 from services.gan.rendering import RenderSpec
-from services.common.seeding import derive_seed
 
 
 @dataclass

@@ -11,10 +11,10 @@ from typing import Any, Callable, Mapping, Protocol
 import torch
 from torch import nn
 
+from services.common.seeding import derive_seed
 from services.gan.config import GanConfig
 from services.gan.registry import builder
 from services.gan.rendering import RenderSpec
-from services.common.seeding import derive_seed
 
 
 class GanModel(Protocol):

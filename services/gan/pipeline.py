@@ -164,7 +164,8 @@ def category_map(spec: RenderSpec, categories: Sequence[Mapping[str, Any]], used
         elif not spec.category_names and cid in spec.category_ids:
             out[cid] = cid
         elif cid in used:
-            raise InvalidArgument(f"category {name!r} (id {cid}) of the mask dataset is unknown to the generator, which knows {list(spec.category_names or spec.category_ids)}")
+            known = list(spec.category_names or spec.category_ids)
+            raise InvalidArgument(f"category {name!r} (id {cid}) of the mask dataset is unknown to the generator, which knows {known}")
     return out
 
 
@@ -180,7 +181,8 @@ def generation_plan(ds: Dataset, split: str, state: Mapping[str, Any], cfg: Gene
     if not cfg.resize:
         for r in records:
             if (r["width"], r["height"]) != (size, size):
-                raise InvalidArgument(f"{r['file_name']}: masks are {r['width']}×{r['height']} but the generator was trained at {size}×{size}; set resize to resample them")
+                raise InvalidArgument(f"{r['file_name']}: masks are {r['width']}×{r['height']} but the generator was trained "
+                                      f"at {size}×{size}; set resize to resample them")
     used = {int(a["category_id"]) for r in records for a in ds.annotations_of(r["id"])}
     return records, category_map(RenderSpec.from_dict(state["render"]), ds.categories, used)
 

@@ -45,7 +45,7 @@ class RenderSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RenderSpec":
+    def from_dict(cls, d: dict[str, Any]) -> RenderSpec:
         return cls(
             category_ids=tuple(int(c) for c in d["category_ids"]),
             category_names=tuple(str(n) for n in d.get("category_names", ())),
@@ -55,7 +55,7 @@ class RenderSpec:
         )
 
     @classmethod
-    def for_categories(cls, categories: Sequence[dict[str, Any]], boundary: bool, color_hint: bool, hint_size: int) -> "RenderSpec":
+    def for_categories(cls, categories: Sequence[dict[str, Any]], boundary: bool, color_hint: bool, hint_size: int) -> RenderSpec:
         cats = sorted(categories, key=lambda c: int(c["id"]))
         if not cats:
             raise InvalidArgument("dataset has no categories: nothing to render masks from")

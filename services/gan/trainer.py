@@ -19,13 +19,13 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from services.common.seeding import derive_seed
 from services.gan import rendering
 from services.gan.checkpoint import checkpoint_state
 from services.gan.config import GanConfig
 from services.gan.grid import make_grid, to_uint8, visualize_condition
 from services.gan.model import GanModel, build_model
 from services.gan.rendering import RenderSpec
-from services.common.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 

@@ -231,7 +231,7 @@ def test_bad_requests_map_to_status_codes(server):
          grpc.StatusCode.INVALID_ARGUMENT),
         (report(runs=[run], provenance_json="{}"), "ReportRequest.provenance_json.format", grpc.StatusCode.INVALID_ARGUMENT),
     ]:
-        code, msg = code_of(lambda: stub.SubmitReport(request))
+        code, msg = code_of(lambda request=request: stub.SubmitReport(request))
         assert code == expected and needle in msg, (needle, code, msg)
     # An evaluation reference to something that is not an evaluation fails the job, naming it.
     with pytest.raises(JobFailed) as info:

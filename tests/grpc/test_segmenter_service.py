@@ -16,8 +16,8 @@ from pycocotools.cocoeval import COCOeval
 
 from services.common.client import wait_job
 from services.common.datasets import Dataset, DatasetWriter
-from services.common.sampling import nested_order
 from services.common.refs import output
+from services.common.sampling import nested_order
 from services.common.store import ObjectStore, open_store
 from services.segmenter.core.models import ModelSpec, build_model
 from services.segmenter.server import build

@@ -78,7 +78,7 @@ def test_documented_defaults_equal_the_dataclass(proto: str, message: str, confi
     msg_type = _message_type(proto, message)
     fields = documented_fields(proto, message)
     problems = []
-    for name, (modifier, doc) in fields.items():
+    for name, (_modifier, doc) in fields.items():
         if name in exclude:
             continue
         if name not in config_fields(cls):

@@ -12,8 +12,8 @@ import pytest
 
 from services.common import cli_data
 from services.common.datasets import Dataset, list_datasets
-from services.common.importers import ImportOptions, ImportProblems, MaskOptions, binary_components, import_masks
 from services.common.imageio import resize_mask
+from services.common.importers import ImportOptions, ImportProblems, MaskOptions, binary_components, import_masks
 from services.common.splits import SplitSpec
 from services.common.store import FileStore, ObjectStore
 

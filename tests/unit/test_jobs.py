@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-import pytest
-
 import grpc
+import pytest
 
 from services.common.client import wait_job
 from services.common.errors import IntegrityError, InvalidArgument, NotFound

@@ -11,7 +11,7 @@ import pytest
 
 from services.common.errors import InvalidArgument
 from services.evaluator.config import QualityConfig
-from services.evaluator.core.features import FeatureSet, Features, decode_features, encode_features
+from services.evaluator.core.features import Features, FeatureSet, decode_features, encode_features
 from services.evaluator.core.quality import FLOOR, SourceInput, assess_quality, headline_metrics, summarize_fidelity
 
 D = 16

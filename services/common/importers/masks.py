@@ -58,7 +58,7 @@ class MaskOptions:
     category: str = "lesion"
     mask_threshold: int | None = None  # binary only: foreground = value ≥ threshold (for lossy masks)
 
-    def validate(self) -> "MaskOptions":
+    def validate(self) -> MaskOptions:
         fields = {f for _, f, _, _ in string.Formatter().parse(self.pattern) if f is not None}
         if not fields & {"stem", "name"}:
             raise InvalidArgument(f"--pattern {self.pattern!r} must contain {{stem}} or {{name}}")

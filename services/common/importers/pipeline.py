@@ -61,7 +61,7 @@ class ImportOptions:
     workers: int = 1  # processes for decode/encode; ≤ 1 runs in this process
     replace: bool = False  # let `name` move to a different dataset (not part of the provenance)
 
-    def validate(self) -> "ImportOptions":
+    def validate(self) -> ImportOptions:
         if self.name:
             validate_name(self.name)
         if self.size is not None and not 8 <= self.size <= 8192:
@@ -204,7 +204,7 @@ def _process(task: ImportTask, decode: Callable[[ImportTask], Decoded], size: in
             if not keep.all():  # an instance thinner than a pixel after nearest-neighbour resizing
                 notes["instances_vanished_on_resize"] = notes.get("instances_vanished_on_resize", 0) + int((~keep).sum())
                 masks = masks[keep]
-                labels = [l for l, k in zip(labels, keep) if k]
+                labels = [label for label, k in zip(labels, keep) if k]
                 crowd = [c for c, k in zip(crowd, keep) if k]
         capture = _CaptureStore()
         suffix = KEEP_AS_IS.get(dec.source_suffix.lower(), "")

@@ -124,7 +124,7 @@ class GroundTruth:
     source: str = ""
 
     @classmethod
-    def from_coco(cls, coco: Mapping[str, Any], split: str = "", source: str = "") -> "GroundTruth":
+    def from_coco(cls, coco: Mapping[str, Any], split: str = "", source: str = "") -> GroundTruth:
         """From a COCO instances JSON (a synthaug dataset manifest is one); ``split`` selects
         images whose ``split`` field equals it ('' = all)."""
         for key in ("images", "annotations", "categories"):

@@ -19,8 +19,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from services.common.errors import InvalidArgument, NotFound
 from services.common.datasets import Dataset
+from services.common.errors import InvalidArgument, NotFound
 from services.common.imageio import read_mask
 from services.evaluator.core.coco import GroundTruth, Instance, Predictions, encode_masks, predictions_from_results, to_rle
 

@@ -1,138 +1,276 @@
-"""Compositor throughput: composites per second at 256 px, 3 foregrounds, Gaussian blending,
-written to the store (JPEG blobs + RLE masks + manifest), with 1 and 2 worker processes.
+"""Compositor throughput against the thesis' composition loop, measured in the same run.
 
-Foregrounds and backgrounds come from the real ISIC 2018 training images (loaded straight
-from the folder into a temporary file store). Prints figures; asserts nothing.
+    .venv/bin/python bench/bench_compositor.py [--count 3000] [--workers 1,2] [--repeats 2]
+        [--s3-count 1000] [--images 0] [--backgrounds 400] [--json PATH] [--preview PNG]
 
-    PYTHONPATH=. .venv/bin/python bench/bench_compositor.py [--count 3000] [--workers 1,2]
+Inputs: the ISIC 2018 training images (imported into a file store; foregrounds cut from
+their masks, backgrounds Telea-inpainted), or procedural demo images when the folder is
+absent. Composites: 256 px, 3 foregrounds, Gaussian blending, JPEG (quality 95) + RLE
+masks + one manifest, written to a file:// store and to S3 (moto_server on loopback).
+
+What is measured, per worker count W: each configuration writes into a fresh, empty store
+or folder (no run finds the blobs of another; everything is deleted only at the end, as
+deleting thousands of files slows the file system for whatever runs next); thesis loop and
+synthaug alternate for --repeats rounds, and the best round of each is reported:
+  * synthaug: compose_dataset with W worker processes, from the call to the registered
+    dataset (pool start, every asset decode, every blob, flush, manifest), with the time
+    per stage (compose / encode / hash / put, summed over workers), the commit, and the CPU
+    time of all its processes. With W > 1 the workers fork from a fork server, which a
+    running compositor starts once (at its first such job): it is started before the
+    measurements by a 4-image job into a throwaway store;
+  * the thesis loop (bench/thesis_compositor.py): W processes in parallel, each writing
+    its share of images as PNG + merged mask PNG to a folder; both the Pillow and the
+    OpenCV implementation, and the faster is the baseline (processes warm, no start-up
+    counted).
+The check: synthaug per worker ≥ 2× the baseline per process, at every W, file:// store.
+CPU time per image of both is reported too: on a busy machine the wall-clock figures of
+several processes depend on the CPU share the scheduler gives this session.
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import os
+import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import cv2
-import numpy as np
 
-from services.common.datasets import Dataset, DatasetWriter
-from services.common.store import FileStore
-from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams
-from services.compositor.core.compose import compose_image
-from services.compositor.core.pipeline import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from figures import DEFAULT_ISIC, Results, load_note  # noqa: E402
+from thesis_compositor import run_loop  # noqa: E402
+
+from services.common.datasets import Dataset  # noqa: E402
+from services.common.store import Blob, FileStore, ObjectStore, S3Store  # noqa: E402
+from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams  # noqa: E402
+from services.compositor.core.compose import compose_image  # noqa: E402
+from services.compositor.core.pipeline import (  # noqa: E402
+    STAGES,
     StoreAssets,
     compose_dataset,
     extract_foreground_set,
     harvest_background_set,
 )
-from services.compositor.core.sets import BACKGROUND_KIND, FOREGROUND_KIND, load_set
+from services.compositor.core.sets import BACKGROUND_KIND, FOREGROUND_KIND, load_set, save_set  # noqa: E402
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "isic2018-256" / "train"
-
-
-def load_isic(store: FileStore, root: Path, limit: int) -> Dataset:
-    writer = DatasetWriter(store, "real", [{"id": 1, "name": "lesion"}], name="isic-train")
-    for path in sorted(glob.glob(str(root / "images" / "*.jpg")))[:limit or None]:
-        stem = Path(path).stem
-        image = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
-        mask = cv2.imread(str(root / "masks" / f"{stem}_segmentation.png"), cv2.IMREAD_GRAYSCALE) > 127
-        if mask.any():
-            writer.add(image, mask[None], [1], f"{stem}.jpg", split="train", image_format="jpeg")
-    return Dataset.load(store, writer.finish())
+PARAMS = ComposeParams(output_size=256, min_objects=3, max_objects=3, blend="gaussian")
+S3_ACCESS, S3_SECRET = "bench", "bench-secret"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--count", type=int, default=3000)
+def source_dataset(store: ObjectStore, isic: Path, limit: int, workers: int) -> tuple[Dataset, str]:
+    """ISIC train imported through the real importer, or demo images when it is absent."""
+    from services.common.importers import ImportOptions, MaskOptions, import_masks
+
+    images = isic / "train" / "images"
+    if images.is_dir():
+        src = images
+        if limit:
+            src = Path(tempfile.mkdtemp(prefix="bench-isic-"))
+            for p in sorted(images.glob("*.jpg"))[:limit]:
+                shutil.copyfile(p, src / p.name)  # a copy: the importer refuses links leading out
+        summary = import_masks(store, src, isic / "train" / "masks", MaskOptions(pattern="{stem}_segmentation.png"),
+                               ImportOptions(name="isic-train", workers=workers))
+        return Dataset.load(store, summary.dataset_id), f"ISIC 2018 train ({summary.images} images, {isic})"
+    from services.common.demo_data import register_demo
+    from services.common.importers import ImportOptions
+
+    summary = register_demo(store, limit or 400, seed=0, options=ImportOptions(workers=workers))
+    return Dataset.load(store, summary.dataset_id), f"procedural demo images ({summary.images}; ISIC absent at {isic})"
+
+
+def copy_sets(src: FileStore, dst: ObjectStore, fg_key: str, bg_key: str) -> tuple[str, str]:
+    """The foreground and background sets (manifests and blobs) in another store."""
+    keys = []
+    for key, kind in ((fg_key, FOREGROUND_KIND), (bg_key, BACKGROUND_KIND)):
+        manifest = load_set(src, key, kind, "set")
+        entries = manifest["foregrounds" if kind == FOREGROUND_KIND else "backgrounds"]
+        blobs = [Blob(src.get_bytes(e["key"]), Path(e["key"]).suffix, "image/png") for e in entries]
+        if [b.key for b in blobs] != [e["key"] for e in entries]:
+            raise RuntimeError("set entries are not content-addressed blobs")
+        dst.put_blobs(blobs)
+        keys.append(save_set(dst, manifest).key)
+    return keys[0], keys[1]
+
+
+def fresh_file_store(base: FileStore, root: Path) -> FileStore:
+    """An empty store holding only the sets: the base store's files hard-linked (no copy)."""
+    shutil.copytree(base.root, root, copy_function=os.link)
+    return FileStore(root)
+
+
+def start_moto() -> tuple[subprocess.Popen, str]:
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
+    if exe is None:
+        raise RuntimeError("moto_server not found (pip install 'moto[server]')")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("moto_server did not start")
+
+
+def image_keys(store: ObjectStore, dataset_id: str) -> list[str]:
+    return [img["key"] for img in Dataset.load(store, dataset_id).image_records()]
+
+
+def stage_text(metrics: dict[str, float]) -> str:
+    n = metrics["images"]
+    parts = [f"{s} {metrics[f'seconds_{s}'] / n * 1e3:.2f}" for s in STAGES]
+    return "ms/image summed over workers: " + ", ".join(parts) + f"; commit {metrics['seconds_commit']:.2f} s"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--isic", type=Path, default=DEFAULT_ISIC)
+    ap.add_argument("--count", type=int, default=3000, help="composites per synthaug run (file store)")
+    ap.add_argument("--thesis-count", type=int, default=0, help="images per thesis-loop run (default: count / 3)")
+    ap.add_argument("--s3-count", type=int, default=1000, help="composites per S3 run (0: skip S3)")
     ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--images", type=int, default=0, help="use only the first N training images (0 = all)")
-    ap.add_argument("--backgrounds", type=int, default=400, help="backgrounds to harvest (inpainting)")
+    ap.add_argument("--repeats", type=int, default=2, help="rounds per configuration; the best is reported")
+    ap.add_argument("--images", type=int, default=0, help="use only the first N source images (0 = all)")
+    ap.add_argument("--backgrounds", type=int, default=400, help="backgrounds to harvest (Telea inpainting)")
+    ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--preview", type=Path, default=None, help="write a contact sheet of the composites here")
     args = ap.parse_args()
-    print(f"CPU cores visible: {len(os.sched_getaffinity(0))}; load average {os.getloadavg()[0]:.2f}")
-    with tempfile.TemporaryDirectory(prefix="bench-compositor-") as tmp:
-        store = FileStore(Path(tmp) / "store")
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    thesis_count = args.thesis_count or max(100, args.count // 3)
+    res = Results("compositor")
+    print(f"== compositor ({load_note()})", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-compositor-"))
+    moto = None
+    try:
+        base = FileStore(tmp / "base")
         t = time.perf_counter()
-        real = load_isic(store, args.data, args.images)
-        print(f"import: {len(real)} images in {time.perf_counter() - t:.1f} s")
-        t = time.perf_counter()
-        fg, fg_manifest = extract_foreground_set(store, real, "train", ForegroundParams(min_area=64, feather_sigma=0.0))
-        print(f"ExtractForegrounds: {len(fg_manifest['foregrounds'])} foregrounds "
-              f"(skipped {fg_manifest['skipped']}) in {time.perf_counter() - t:.1f} s")
-        t = time.perf_counter()
-        bg, bg_manifest = harvest_background_set(
-            store, dataset=real, split="train", seed=0,
-            params=BackgroundParams(method="inpaint_telea", max_backgrounds=args.backgrounds))
-        dt = time.perf_counter() - t
-        print(f"HarvestBackgrounds (Telea inpainting): {len(bg_manifest['backgrounds'])} backgrounds in {dt:.1f} s "
-              f"({args.backgrounds / dt:.0f} images/s)")
-        params = ComposeParams(output_size=256, min_objects=3, max_objects=3, blend="gaussian").validate()
+        real, source = source_dataset(base, args.isic, args.images, max(worker_counts))
+        fg, fg_manifest = extract_foreground_set(base, real, "", ForegroundParams(min_area=64, feather_sigma=0.0))
+        bg, bg_manifest = harvest_background_set(base, dataset=real, seed=0,
+                                                 params=BackgroundParams(method="inpaint_telea",
+                                                                         max_backgrounds=args.backgrounds))
+        n_fg, n_bg = len(fg_manifest["foregrounds"]), len(bg_manifest["backgrounds"])
+        print(f"inputs: {source}: {n_fg} foregrounds, {n_bg} backgrounds (set-up {time.perf_counter() - t:.0f} s)")
+        inputs = f"{n_fg} fg / {n_bg} bg from {source.split(' (')[0]}"
+        params = PARAMS.validate()
 
-        # Compose alone (no encoding or store), warm caches: where the time goes.
-        assets = StoreAssets(store, load_set(store, fg.key, FOREGROUND_KIND, "fg")["foregrounds"],
-                             load_set(store, bg.key, BACKGROUND_KIND, "bg")["backgrounds"], params)
+        # The thesis loop reads the same foreground and background PNGs from a folder.
+        asset_dir = tmp / "thesis-assets"
+        asset_dir.mkdir()
+        fg_paths, bg_paths = [], []
+        for entries, paths in ((fg_manifest["foregrounds"], fg_paths), (bg_manifest["backgrounds"], bg_paths)):
+            for e in entries:
+                path = asset_dir / Path(e["key"]).name
+                path.write_bytes(base.get_bytes(e["key"]))
+                paths.append(str(path))
+
+        # Compose alone, one core, warm caches: the ceiling the store path is measured against.
+        assets = StoreAssets(base, fg_manifest["foregrounds"], bg_manifest["backgrounds"], params)
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
         for i in range(assets.num_foregrounds):
             assets.foreground(i)
         for i in range(assets.num_backgrounds):
             assets.background(i)
-        n = 500
+        n = min(500, args.count)
         t = time.perf_counter()
         for i in range(n):
             compose_image(assets, params, 0, i)
-        print(f"compose_image only (1 core, warm): {n / (time.perf_counter() - t):.0f} images/s")
+        cv2.setNumThreads(threads)
+        res.add("compose_image only, warm assets", n / (time.perf_counter() - t), "images/s",
+                f"1 core, {n} images, 256 px, 3 fg, gaussian, no encoding or store; {inputs}; {load_note()}")
 
-        # The issue's reference, measured here under the same load: a thesis-style loop
-        # (read PNG lesion crops, plain paste of 3 without blending or instance masks, PNG out).
-        ref_dir = Path(tmp) / "ref"
-        ref_dir.mkdir()
-        fg_keys = [e["key"] for e in fg_manifest["foregrounds"][:200]]
-        bg_keys = [e["key"] for e in bg_manifest["backgrounds"][:100]]
-        for k in fg_keys + bg_keys:
-            (ref_dir / Path(k).name).write_bytes(store.get_bytes(k))
-        rng = np.random.default_rng(0)
-        t = time.perf_counter()
-        for i in range(n):
-            bgi = cv2.imread(str(ref_dir / Path(bg_keys[i % len(bg_keys)]).name))
-            for _ in range(3):
-                fgi = cv2.imread(str(ref_dir / Path(fg_keys[int(rng.integers(len(fg_keys)))]).name), cv2.IMREAD_UNCHANGED)
-                fgi = cv2.resize(fgi, (96, 96))
-                y, x = (int(v) for v in rng.integers(0, 256 - 96, 2))
-                sel = fgi[..., 3] > 127
-                bgi[y:y + 96, x:x + 96][sel] = fgi[..., :3][sel]
-            cv2.imwrite(str(ref_dir / "out.png"), bgi)
-        ref_rate = n / (time.perf_counter() - t)
-        print(f"reference paste loop (PNG files, no blending, no masks), same conditions: {ref_rate:.0f} images/s")
+        if max(worker_counts) > 1:  # start the fork server, once per process as in a running service
+            warm = fresh_file_store(base, tmp / "store-warm-up")
+            compose_dataset(warm, fg.key, bg.key, 4, seed=99, params=params, workers=2)
+        images_of: dict[str, list[str]] = {}  # run → image keys, in order
+        best: dict[tuple[str, int], float] = {}  # per-worker images/s, best round
+        cpu_ms: dict[tuple[str, int], float] = {}  # CPU ms per image, best round
+        metrics_of: dict[int, dict[str, float]] = {}
+        for w in worker_counts:
+            for r in range(args.repeats):
+                for kind in ("cv2", "pil"):
+                    count = thesis_count if kind == "cv2" else max(50, thesis_count // 4)
+                    out = tmp / f"thesis-{kind}-{w}-{r}"
+                    run = run_loop(kind, fg_paths, bg_paths, out, count, processes=w)
+                    best[(kind, w)] = max(best.get((kind, w), 0.0), run.images_per_s / w)
+                    cpu_ms[(kind, w)] = min(cpu_ms.get((kind, w), 1e9), 1e3 * run.cpu_seconds / count)
+                store = fresh_file_store(base, tmp / f"store-{w}-{r}")
+                ref, metrics = compose_dataset(store, fg.key, bg.key, args.count, seed=1, params=params, workers=w)
+                images_of[f"file, {w} worker(s), round {r + 1}"] = image_keys(store, ref.id)
+                rate = metrics["images_per_s"] / w
+                cpu_ms[("synthaug", w)] = min(cpu_ms.get(("synthaug", w), 1e9), 1e3 * metrics["cpu_seconds"] / args.count)
+                if rate > best.get(("synthaug", w), 0.0):
+                    best[("synthaug", w)] = rate
+                    metrics_of[w] = metrics
+                if args.preview and w == worker_counts[-1] and r == 0:
+                    from services.common.imageio import write_png
+                    from services.compositor.contact_sheet import draw_contact_sheet
 
-        ids = set()
-        rates = {}
-        for workers in [int(w) for w in args.workers.split(",")]:
-            cpu = time.process_time()  # this process only (with one worker it composes here too)
-            ref, metrics = compose_dataset(store, fg.key, bg.key, args.count, seed=1, params=params, workers=workers)
-            cpu = time.process_time() - cpu
-            ids.add(ref.id)
-            rates[workers] = metrics["images_per_s"]
-            print(f"Compose → store, {workers} worker(s): {args.count} composites, {int(metrics['instances'])} instances, "
-                  f"{metrics['seconds']:.1f} s → {metrics['images_per_s']:.0f} composites/s "
-                  f"({metrics['images_per_s'] / workers:.0f} per worker; includes pool start and first decodes); "
-                  f"parent process CPU {cpu:.1f} s")
-        for w, r in rates.items():
-            print(f"  {w} worker(s): {r / w / ref_rate:.2f}× the reference loop per worker")
-        if 1 in rates and len(rates) > 1:
-            for w, r in rates.items():
-                if w != 1:
-                    print(f"scaling 1 → {w} workers: ×{r / rates[1]:.2f}")
-        print(f"identical output for every worker count: {len(ids) == 1}")
-        print("reference: plain thesis-style paste loop ≈ 165 images/s on one core (issue 3); target ≥ 330/worker")
-        if args.preview:
-            from services.common.imageio import write_png
-            from services.compositor.contact_sheet import draw_contact_sheet
-            write_png(args.preview, draw_contact_sheet(Dataset.load(store, ref.id), count=16, columns=4))
-            print(f"contact sheet: {args.preview}")
+                    write_png(args.preview, draw_contact_sheet(Dataset.load(store, ref.id), count=16, columns=4))
+            cond = (f"{w} process(es), best of {args.repeats} rounds, thesis loops warm; {inputs}; "
+                    f"256 px, 3 fg, PNG + mask PNG to a folder; {load_note()}")
+            res.add(f"thesis loop (OpenCV), {w} process(es), per process", best[("cv2", w)], "images/s",
+                    f"{thesis_count} images, {cond}")
+            res.add(f"thesis loop (Pillow), {w} process(es), per process", best[("pil", w)], "images/s",
+                    f"{max(50, thesis_count // 4)} images, {cond}")
+            m = metrics_of[w]
+            res.add(f"synthaug → file:// store, {w} worker(s), per worker", best[("synthaug", w)], "images/s",
+                    f"{args.count} composites, fresh store per run, best of {args.repeats}, incl. pool start; "
+                    f"{stage_text(m)}; {load_note()}")
+            baseline = max(best[("cv2", w)], best[("pil", w)])
+            ratio = best[("synthaug", w)] / baseline
+            res.add(f"synthaug / thesis loop per worker, {w} worker(s)", ratio, "×",
+                    f"against the faster thesis loop ({'OpenCV' if best[('cv2', w)] >= best[('pil', w)] else 'Pillow'}) "
+                    f"at {w} process(es)")
+            res.check(f"≥ 2× the thesis loop per worker at {w} worker(s), file:// store", ratio >= 2.0,
+                      f"{best[('synthaug', w)]:.0f} vs {baseline:.0f} images/s per worker = {ratio:.2f}×")
+            # CPU time per image: what each costs whatever else runs on the machine (a
+            # cross-check of the wall-clock ratio on a busy machine)
+            thesis_cpu = min(cpu_ms[("cv2", w)], cpu_ms[("pil", w)])
+            res.add(f"CPU per image, thesis loop / synthaug, {w} worker(s)", thesis_cpu / cpu_ms[("synthaug", w)], "×",
+                    f"synthaug {cpu_ms[('synthaug', w)]:.2f} ms (all processes: workers and parent), thesis loop "
+                    f"{thesis_cpu:.2f} ms (the cheaper implementation), best rounds; higher is better")
+
+        if args.s3_count:
+            moto, endpoint = start_moto()
+            os.environ["SYNTHAUG_S3_ACCESS_KEY"], os.environ["SYNTHAUG_S3_SECRET_KEY"] = S3_ACCESS, S3_SECRET
+            for w in worker_counts:
+                s3 = S3Store(f"bench-{uuid.uuid4().hex[:10]}", endpoint, S3_ACCESS, S3_SECRET)
+                fg_key, bg_key = copy_sets(base, s3, fg.key, bg.key)
+                ref, m = compose_dataset(s3, fg_key, bg_key, args.s3_count, seed=1, params=params, workers=w)
+                images_of[f"S3, {w} worker(s)"] = image_keys(s3, ref.id)
+                res.add(f"synthaug → S3 (moto_server), {w} worker(s), per worker", m["images_per_s"] / w, "images/s",
+                        f"{args.s3_count} composites, fresh bucket, moto_server on loopback sharing the cores, "
+                        f"{S3Store.CONCURRENT_PUTS} concurrent PUTs per worker; {stage_text(m)}; {load_note()}")
+        # Every run composes images 0, 1, … of the same sequence: the same bytes (keys name
+        # their sha256) wherever two runs overlap.
+        runs = list(images_of.values())
+        shortest = min(len(k) for k in runs)
+        same = all(k[:shortest] == runs[0][:shortest] for k in runs)
+        res.check("byte-identical composites for every worker count, round and store", same,
+                  f"{len(runs)} runs ({', '.join(images_of)}), first {shortest} images compared by sha256")
+    finally:
+        if moto is not None:
+            moto.terminate()
+            moto.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    res.finish(args.json)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,7 +3,7 @@ evaluation (per-image metrics, lesion matching, bootstrap, COCO mask + box AP) o
 and with --report the time of a full report (7 arms × 3 seeds × 2 test sets: statistics,
 tables, figures in PNG/SVG/PDF).
 
-    PYTHONPATH=. python bench/bench_evaluator.py [--images 1000] [--isic PATH] [--report]
+    .venv/bin/python bench/bench_evaluator.py [--images 1000] [--isic PATH] [--report] [--json PATH]
 
 Uses ISIC 2018 masks (resized to 256 px) when present, else procedural masks. Predictions
 are the truth masks shifted and eroded/dilated by a few pixels plus a spurious blob on
@@ -19,6 +19,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +33,9 @@ from services.evaluator.core.coco import GroundTruth, coco_ap, predictions_from_
 from services.evaluator.core.evaluate import evaluate
 from services.evaluator.core.metrics import pixel_scores, union_of_instances
 from services.evaluator.core.reports import RunInput, build_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import Results, load_note  # noqa: E402
 
 SIZE = 256
 DEFAULT_ISIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic2018-256"
@@ -78,23 +82,26 @@ def main() -> None:
     p.add_argument("--isic", type=Path, default=DEFAULT_ISIC)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--report", action="store_true", help="also time a full report of 7 arms × 3 seeds × 2 test sets")
+    p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    res = Results("evaluator")
     n = args.images
     truth, source = truth_masks(n, args.isic)
     pred = perturb(truth)
-    print(f"data: {n} images at {SIZE}×{SIZE} px, {source}; one core (OMP/BLAS threads = 1)")
+    print(f"== evaluator (data: {n} images at {SIZE}×{SIZE} px, {source}; one core (OMP/BLAS threads = 1); {load_note()})")
+    cond = f"{n} masks at {SIZE} px ({source.split(' (')[0]}), 1 core, best of {args.repeats}; {load_note()}"
 
     # 1. Dense pixel metrics, batched (what the segmenter's validation calls).
     t = best_of(lambda: pixel_scores(pred, truth), args.repeats)
     s = pixel_scores(pred, truth)
-    print(f"pixel_scores, batch of {n}:           {n / t:10.0f} images/s  ({t * 1e3:.1f} ms; mean IoU {s.iou.mean():.4f})")
+    res.add(f"pixel_scores, batch of {n}", n / t, "images/s", f"{cond}; mean IoU {s.iou.mean():.4f}")
     t = best_of(lambda: [pixel_scores(pred[i], truth[i]) for i in range(n)], args.repeats)
-    print(f"pixel_scores, one image per call:      {n / t:10.0f} images/s")
+    res.add("pixel_scores, one image per call", n / t, "images/s", cond)
     inst = np.stack([pred, np.roll(pred, 5, axis=1), np.zeros_like(pred)], axis=1).astype(np.float32) * 0.9
     scores = np.array([0.9, 0.6, 0.1], np.float32)
     t = best_of(lambda: [pixel_scores(union_of_instances(inst[i], scores, 0.5), truth[i]) for i in range(n)], args.repeats)
-    print(f"union of 3 float instances + scores:   {n / t:10.0f} images/s")
+    res.add("union of 3 float instances + scores, then pixel_scores", n / t, "images/s", cond)
 
     # 2. The evaluation from COCO structures (RLE), as the service runs it.
     rng = np.random.default_rng(2)
@@ -115,22 +122,24 @@ def main() -> None:
     print(f"predictions: {len(results)} instances")
     cfg = EvalConfig(coco_ap=False, n_bootstrap=2000)
     t = best_of(lambda: evaluate(gt, preds, cfg), args.repeats)
-    print(f"evaluate() without COCO AP ({n} images, 2000 bootstrap): {t:.2f} s  ({n / t:.0f} images/s)")
+    res.add("evaluate() without COCO AP", t, "s", f"{cond}; {len(results)} predicted instances, 2000 bootstrap resamples")
     t0 = time.perf_counter()
     ap = coco_ap(gt, preds)
     t_ap = time.perf_counter() - t0
-    print(f"COCO mask + box AP ({n} images):       {t_ap:.2f} s  (mask AP {ap['segm']['AP']:.4f}, box AP {ap['bbox']['AP']:.4f})")
+    res.add("COCO mask + box AP", t_ap, "s", f"{cond.replace(f', best of {args.repeats}', ', once')}; "
+            f"mask AP {ap['segm']['AP']:.4f}, box AP {ap['bbox']['AP']:.4f}")
     t0 = time.perf_counter()
     ev = evaluate(gt, preds, EvalConfig(n_bootstrap=2000))
     t_all = time.perf_counter() - t0
-    print(f"full evaluate() ({n} images):          {t_all:.2f} s  (mean IoU {ev['mean_iou']:.4f} "
-          f"[{ev['metrics']['iou']['ci_low']:.4f}, {ev['metrics']['iou']['ci_high']:.4f}], ES {ev['es']:.4f}, "
-          f"thr. Jaccard {ev['thresholded_jaccard']:.4f}, lesion recall {ev['lesion_recall']:.3f}, FP/img {ev['fp_per_image']:.3f})")
+    res.add("full evaluate() with COCO AP", t_all, "s",
+            f"{cond.replace(f', best of {args.repeats}', ', once')}; 2000 bootstrap resamples; mean IoU {ev['mean_iou']:.4f} "
+            f"[{ev['metrics']['iou']['ci_low']:.4f}, {ev['metrics']['iou']['ci_high']:.4f}], ES {ev['es']:.4f}")
     if args.report:
-        bench_report(gt, truth)
+        bench_report(res, gt, truth)
+    res.finish(args.json)
 
 
-def bench_report(gt: GroundTruth, truth: np.ndarray) -> None:
+def bench_report(res: Results, gt: GroundTruth, truth: np.ndarray) -> None:
     """A thesis-sized study's report: 7 arms × 3 seeds × 2 test sets (the same images twice)."""
     arms = [("real", 1000, 0, 0), ("comp-2k", 1000, 2000, 0), ("comp-14k", 1000, 14000, 0), ("gan-2k", 1000, 0, 2000),
             ("gan-14k", 1000, 0, 14000), ("hybrid-2k", 1000, 1000, 1000), ("hybrid-14k", 1000, 7000, 7000)]
@@ -147,8 +156,8 @@ def bench_report(gt: GroundTruth, truth: np.ndarray) -> None:
     report = build_report(runs, config=ReportConfig(overlay_images=0))
     t = time.perf_counter() - t0
     size = sum(len(v) for v in report.files.values()) / 1e6
-    print(f"build_report, 7 arms × 3 seeds × 2 test sets × {len(gt.images)} images, no overlays: {t:.1f} s "
-          f"({len(report.files)} files, {size:.1f} MB)")
+    res.add("build_report", t, "s", f"7 arms × 3 seeds × 2 test sets × {len(gt.images)} images, no overlays: "
+            f"{len(report.files)} files, {size:.1f} MB; {load_note()}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """GAN service benchmark: prints figures, asserts nothing.
 
-  python bench/bench_gan.py [--threads N] [--iters K] [--isic DIR] [--pairs P] [--size S] [--epochs E] [--out DIR]
+  python bench/bench_gan.py [--threads N] [--iters K] [--skip-isic] [--isic DIR] [--pairs P] [--size S]
+      [--epochs E] [--out DIR] [--json PATH]
 
 1. pix2pix training iterations/s at 256 px (U-Net-256, ngf 64, 70×70 PatchGAN), batch 1 and 8,
-   on CPU; on CUDA also fp32 vs AMP (bf16) at batch 1, the reference configuration.
-2. Generation images/s at 256 px (batch 1 and 8).
+   on CPU; on CUDA also fp32 vs AMP (bf16) at batch 1, the reference configuration. Every
+   configuration: one untimed warm-up iteration, then --iters (≥ 5) timed iterations.
+2. Generation images/s at 256 px (batch 1 and 8), --iters timed batches each.
 3. A short real-data run on ISIC 2018 (train split) at reduced size: plain pix2pix and the
    colour-hint remedy, each trained the same way; a sample grid PNG (mask | real | plain |
    remedy) and the diversity figures of real val images, plain output and remedy output.
@@ -13,11 +15,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import DEFAULT_ISIC, Results, load_note  # noqa: E402
 
 from services.common.imageio import read_image, read_mask, resize_image, resize_mask, write_png
 from services.gan.config import GanConfig, GenerateConfig
@@ -28,7 +34,7 @@ from services.gan.model import build_model
 from services.gan.rendering import RenderSpec, render_condition
 from services.gan.trainer import TrainHooks, TrainingRun, TrainPair, train
 
-REPO = Path(__file__).resolve().parent.parent
+MIN_ITERS = 5
 
 
 def bench_train_step(device: str, batch: int, iters: int, amp: str = "none") -> float:
@@ -109,8 +115,8 @@ def isic_run(args: argparse.Namespace, out: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--isic", type=Path, default=REPO.parent / "shared" / "data" / "isic2018-256")
+    p.add_argument("--iters", type=int, default=MIN_ITERS, help=f"timed iterations per configuration (≥ {MIN_ITERS})")
+    p.add_argument("--isic", type=Path, default=DEFAULT_ISIC)
     p.add_argument("--pairs", type=int, default=300)
     p.add_argument("--val", type=int, default=100)
     p.add_argument("--size", type=int, default=64)
@@ -120,33 +126,46 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("/tmp/synthaug-bench-gan"))
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-isic", action="store_true")
+    p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
+    if args.iters < MIN_ITERS:
+        p.error(f"--iters must be ≥ {MIN_ITERS}: fewer timed iterations measure noise")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"torch {torch.__version__}, {args.threads} CPU threads, CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")
+    res = Results("gan")
+    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+    print(f"== gan (torch {torch.__version__}, {args.threads} CPU threads, CUDA {cuda or 'no'}, {load_note()})")
+    net = "U-Net-256 ngf 64 + 70×70 PatchGAN ndf 64, 256 px, fp32"
     if not args.skip_speed:
-        print("\n== training iterations/s at 256 px (U-Net-256 ngf 64, PatchGAN ndf 64) ==")
         for batch in (1, 8):
-            r = bench_train_step("cpu", batch, args.iters if batch == 1 else max(1, args.iters // 2))
-            print(f"cpu  batch {batch}: {r:.3f} it/s = {r * batch:.2f} pairs/s")
-        if torch.cuda.is_available():
+            r = bench_train_step("cpu", batch, args.iters)
+            res.add(f"pix2pix training, CPU, batch {batch}", r * batch, "pairs/s",
+                    f"{net}; {r:.3f} it/s; {args.iters} timed iterations after 1 warm-up; {args.threads} threads; "
+                    f"{load_note()}")
+        if cuda:
             torch.backends.cudnn.benchmark = True
             for amp in ("none", "bf16", "fp16"):
-                r = bench_train_step("cuda", 1, 50, amp)
-                print(f"cuda batch 1 amp={amp}: {r:.1f} it/s")
-            r = bench_train_step("cuda", 8, 20, "bf16")
-            print(f"cuda batch 8 amp=bf16: {r:.1f} it/s = {r * 8:.0f} pairs/s")
-        print("\n== generation images/s at 256 px ==")
+                r = bench_train_step("cuda", 1, max(50, args.iters), amp)
+                res.add(f"pix2pix training, CUDA, batch 1, amp {amp}", r, "it/s",
+                        f"{net.replace(', fp32', '')}; {max(50, args.iters)} timed iterations; {cuda}")
+            r = bench_train_step("cuda", 8, max(20, args.iters), "bf16")
+            res.add("pix2pix training, CUDA, batch 8, bf16", r * 8, "pairs/s",
+                    f"{net.replace(', fp32', '')}; {max(20, args.iters)} timed iterations; {cuda}")
         for batch in (1, 8):
-            print(f"cpu  batch {batch}: {bench_generate('cpu', batch, args.iters):.2f} images/s")
-        if torch.cuda.is_available():
-            print(f"cuda batch 8: {bench_generate('cuda', 8, 50):.0f} images/s")
+            r = bench_generate("cpu", batch, args.iters)
+            res.add(f"generation, CPU, batch {batch}", r, "images/s",
+                    f"U-Net-256 ngf 64, 256 px; {args.iters} timed batches after 1 warm-up; {args.threads} threads; "
+                    f"{load_note()}")
+        if cuda:
+            res.add("generation, CUDA, batch 8", bench_generate("cuda", 8, max(50, args.iters)), "images/s",
+                    f"U-Net-256 ngf 64, 256 px; {max(50, args.iters)} timed batches; {cuda}")
     if not args.skip_isic:
         if not (args.isic / "train").is_dir():
-            print(f"\nISIC data not found at {args.isic}: skipping the real-data run")
+            res.note(f"ISIC data not found at {args.isic}: the real-data run was skipped")
         else:
             isic_run(args, args.out)
+    res.finish(args.json)
     return 0
 
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
@@ -49,9 +50,16 @@ def masks_to_rle(masks: np.ndarray) -> list[dict[str, Any]]:
         raise InvalidArgument(f"masks must be N×H×W, got shape {masks.shape}")
     if masks.shape[0] == 0:
         return []
-    # bool shares uint8's layout: a view, then one copy into the column-major order RLE needs
-    as_uint8 = masks.view(np.uint8) if masks.dtype in (np.bool_, np.uint8) else masks.astype(np.uint8)
-    encoded = mask_utils.encode(np.asfortranarray(as_uint8.transpose(1, 2, 0)))
+    # Column-major order, as RLE needs: zeros, then each mask's bounding box copied in (an
+    # instance covers a small part of the image; a transposing copy of it all costs more
+    # than encoding). bool shares uint8's layout: a view, not a conversion.
+    as_uint8 = masks.view(np.uint8) if masks.dtype in (np.bool_, np.uint8) else (masks != 0).view(np.uint8)
+    n, h, w = masks.shape
+    columns = np.zeros((h, w, n), np.uint8, order="F")
+    for k in range(n):
+        x, y, bw, bh = cv2.boundingRect(np.ascontiguousarray(as_uint8[k]))
+        columns[y:y + bh, x:x + bw, k] = as_uint8[k, y:y + bh, x:x + bw]
+    encoded = mask_utils.encode(columns)
     return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in encoded]
 
 
@@ -157,25 +165,6 @@ def check_sample(image: np.ndarray, masks: np.ndarray, labels: Sequence[int], fi
     _check_sample(image, masks, labels, file_name)
     if split not in SPLITS:
         raise InvalidArgument(f"{file_name}: unknown split {split!r}; expected one of {SPLITS[1:]} or ''")
-
-
-def prepare_sample(
-    image: np.ndarray,
-    masks: np.ndarray,
-    labels: Sequence[int],
-    file_name: str,
-    split: str = "",
-    extra: dict[str, Any] | None = None,
-    iscrowd: Sequence[bool] | None = None,
-    image_format: str = "png",
-    jpeg_quality: int = 95,
-) -> EncodedSample:
-    """`encode_sample` without the store write: checked, encoded, hashed."""
-    check_sample(image, masks, labels, file_name, split)
-    annotations = encode_annotations(masks, labels, file_name, iscrowd)
-    data, suffix, content_type = encode_image(image, image_format, jpeg_quality)
-    return EncodedSample(Blob(data, suffix, content_type), file_name, int(image.shape[1]), int(image.shape[0]),
-                         annotations, split, dict(extra or {}))
 
 
 def encode_sample(

@@ -310,7 +310,9 @@ class ObjectStore(ABC):
     def put_blobs(self, blobs: Sequence[Blob]) -> list[ObjectInfo]:
         """Store many blobs at once (what a worker made for a chunk of images), in the way
         cheapest for the backend; returns their infos in order. Like `put_blob`, the blobs
-        are not durable before `flush()`."""
+        are not durable before `flush()`. Every key is checked before anything is written."""
+        for blob in blobs:
+            validate_key(blob.key)
         infos = []
         for blob in blobs:
             if not self.exists(blob.key):
@@ -382,6 +384,8 @@ class FileStore(ObjectStore):
         return self._write_blob(Blob(data, suffix, content_type))
 
     def put_blobs(self, blobs: Sequence[Blob]) -> list[ObjectInfo]:
+        for blob in blobs:  # every key is checked before anything is written
+            validate_key(blob.key)
         return [self._write_blob(blob) for blob in blobs]
 
     def _write_blob(self, blob: Blob) -> ObjectInfo:

@@ -83,6 +83,26 @@ def test_rotation_keeps_the_whole_foreground(angle: float) -> None:
     assert out[..., :3].min() == 200
 
 
+@pytest.mark.parametrize("angle", [0.0, 90.0, 37.0, 133.0, -71.5, 180.0])
+def test_trimmed_rotation_keeps_every_visible_pixel_and_the_feathering_room(angle: float) -> None:
+    """trim=True makes only the window of the expanded canvas that can show: the same
+    object, with at least `margin` + 1 transparent pixels on every side, on a smaller canvas."""
+    rgba = np.zeros((60, 90, 4), np.uint8)
+    rgba[..., :3] = (180, 120, 90)
+    cv2.ellipse(rgba, (45, 30), (30, 12), 20.0, 0, 360, (90, 50, 30, 255), -1)  # a lesion in its context
+    margin = 6
+    full = rotate_expand(rgba, angle, margin)
+    trimmed = rotate_expand(rgba, angle, margin, trim=True)
+    assert trimmed.shape[0] * trimmed.shape[1] < full.shape[0] * full.shape[1]
+    # the same visible object (up to the warp's rounding, which depends on the window's origin)
+    assert abs(int(trimmed[..., 3].astype(int).sum()) - int(full[..., 3].astype(int).sum())) <= 0.002 * full[..., 3].sum()
+    assert np.count_nonzero(trimmed[..., 3] >= 128) == pytest.approx(np.count_nonzero(full[..., 3] >= 128), abs=4)
+    room = margin + 1  # a blur of radius `margin` is never cut by the window's edge
+    alpha = trimmed[..., 3]
+    assert alpha[:room].max() == alpha[-room:].max() == alpha[:, :room].max() == alpha[:, -room:].max() == 0
+    assert trimmed[..., :3].min() > 0  # transparent pixels still carry the object's colours
+
+
 # --- params ---------------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.common.datasets import Dataset, DatasetWriter
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import IntegrityError, InvalidArgument, NotFound
 from services.common.imageio import encode_png
 from services.common.store import ObjectStore
 from services.compositor.config import (
@@ -100,6 +100,10 @@ def test_composite_dataset_is_identical_for_1_and_2_workers(file_store: ObjectSt
     two, m2 = compose_dataset(file_store, fg.key, bg.key, 10, 5, params, workers=2, name="comp")
     assert one.id == two.id  # same manifest: same image bytes (sha256) and masks (RLE)
     assert m2["workers"] == 2
+    for m in (m1, m2):  # where the time went, per stage (summed over workers), and the commit
+        assert {"seconds_compose", "seconds_encode", "seconds_hash", "seconds_put", "seconds_commit", "cpu_seconds"} <= set(m)
+        assert m["seconds_compose"] > 0 and m["seconds_encode"] > 0 and m["seconds_put"] > 0
+        assert m["cpu_seconds"] > 0
     comp = Dataset.load(file_store, one)
     assert comp.kind == "composite" and comp.provenance["parents"] == [ds.id]
     assert comp.provenance["seed"] == 5 and comp.provenance["params"]["count"] == 10
@@ -113,6 +117,11 @@ def test_composite_dataset_is_identical_for_1_and_2_workers(file_store: ObjectSt
         assert sample.image.shape == (64, 64, 3)
         assert sample.masks.sum(axis=0).max(initial=0) <= 1
         assert sorted(sample.labels.tolist()) == sorted(o["category_id"] for o in kept)
+        for ann, mask in zip(comp.annotations_of(record["id"]), sample.masks):  # areas and boxes from the RLE
+            ys, xs = np.nonzero(mask)
+            assert ann["area"] == len(ys) > 0
+            assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+        assert record["file_name"] == f"composite_{record['id'] - 1:06d}.jpg"
         total += len(kept)
     assert total == m1["instances"] == one.num_instances
     other, _ = compose_dataset(file_store, fg.key, bg.key, 10, 6, params, workers=1)
@@ -134,3 +143,73 @@ def test_compose_rejects_empty_and_missing_sets(file_store: ObjectStore) -> None
         compose_dataset(file_store, bad.key, bg.key, 1, 0)
     with pytest.raises(InvalidArgument, match="min_objects"):
         compose_dataset(file_store, empty_fg.key, bg.key, 1, 0, ComposeParams(min_objects=0))
+
+
+def test_a_failing_worker_fails_the_job_and_registers_nothing(file_store: ObjectStore) -> None:
+    ds = make_real_dataset(file_store)
+    fg, fg_manifest = extract_foreground_set(file_store, ds, "train", ForegroundParams(min_area=50))
+    bg, _ = harvest_background_set(file_store, dataset=ds, split="train", params=BackgroundParams(dilate_px=3))
+    for entry in fg_manifest["foregrounds"]:  # every foreground corrupt on disk
+        path = file_store.root / entry["key"]
+        path.write_bytes(path.read_bytes()[:-1] + b"x")
+    before = set(file_store.list(""))
+    with pytest.raises(IntegrityError, match="is corrupt"):
+        compose_dataset(file_store, fg.key, bg.key, 12, 5, ComposeParams(output_size=64), workers=2, name="broken")
+    assert not [k for k in set(file_store.list("")) - before if not k.startswith("blobs/")]  # no manifest, no name
+
+
+def test_a_cancelled_job_stops_its_workers_and_registers_nothing(file_store: ObjectStore) -> None:
+    import multiprocessing
+
+    ds = make_real_dataset(file_store)
+    fg, _ = extract_foreground_set(file_store, ds, "train", ForegroundParams(min_area=50))
+    bg, _ = harvest_background_set(file_store, dataset=ds, split="train", params=BackgroundParams(dilate_px=3))
+
+    class Cancelled(Exception):
+        pass
+
+    seen: list[float] = []
+
+    def progress(fraction: float, message: str = "", metrics: dict | None = None) -> None:
+        seen.append(fraction)
+        raise Cancelled()  # as JobContext.progress does when the job is cancelled
+
+    before = set(file_store.list(""))
+    with pytest.raises(Cancelled):
+        compose_dataset(file_store, fg.key, bg.key, 64, 5, ComposeParams(output_size=64), workers=2,
+                        name="cancelled", progress=progress)
+    assert len(seen) == 1 and 0 < seen[0] < 1  # stopped at the first chunk
+    assert multiprocessing.active_children() == []  # the pool's workers are gone
+    assert not [k for k in set(file_store.list("")) - before if not k.startswith("blobs/")]
+
+
+def test_workers_open_the_store_with_the_environment_of_the_job(file_store: ObjectStore, s3_endpoint: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers come from a fork server started by an earlier job (here: one on a file
+    store, without S3 credentials); they must still see the credentials of this job."""
+    from services.common.store import S3Store, open_store
+    from tests.conftest import S3_ACCESS, S3_SECRET
+
+    ds = make_real_dataset(file_store)
+    fg, _ = extract_foreground_set(file_store, ds, "train", ForegroundParams(min_area=50))
+    bg, _ = harvest_background_set(file_store, dataset=ds, split="train", params=BackgroundParams(dilate_px=3))
+    params = ComposeParams(output_size=64)
+    on_file, _ = compose_dataset(file_store, fg.key, bg.key, 6, 5, params, workers=2)
+
+    # S3 credentials given to the store object but absent from the environment: the workers,
+    # which open the store from its URL, fail, and the job fails with their error.
+    s3 = S3Store("compose-env-test", s3_endpoint, S3_ACCESS, S3_SECRET, secure=False)
+    monkeypatch.delenv("SYNTHAUG_S3_ACCESS_KEY", raising=False)
+    monkeypatch.delenv("SYNTHAUG_S3_SECRET_KEY", raising=False)
+    ds3 = make_real_dataset(s3)
+    fg3, _ = extract_foreground_set(s3, ds3, "train", ForegroundParams(min_area=50))
+    bg3, _ = harvest_background_set(s3, dataset=ds3, split="train", params=BackgroundParams(dilate_px=3))
+    with pytest.raises(InvalidArgument, match="S3 store needs credentials"):
+        compose_dataset(s3, fg3.key, bg3.key, 6, 5, params, workers=2)
+
+    monkeypatch.setenv("SYNTHAUG_S3_ACCESS_KEY", S3_ACCESS)
+    monkeypatch.setenv("SYNTHAUG_S3_SECRET_KEY", S3_SECRET)
+    on_s3, _ = compose_dataset(open_store(s3.url), fg3.key, bg3.key, 6, 5, params, workers=2)
+    keys = [r["key"] for r in Dataset.load(s3, on_s3).image_records()]
+    assert keys == [r["key"] for r in Dataset.load(file_store, on_file).image_records()]  # same bytes on both stores
+    assert all(s3.exists(k) for k in keys)

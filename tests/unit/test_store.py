@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import InvalidArgument, NotFound
-from services.common.store import FileStore, ObjectStore, S3Store, blob_key, open_store, validate_key
+from services.common.store import Blob, FileStore, ObjectStore, S3Store, blob_key, open_store, validate_key
 
 
 def test_round_trip_and_stat(store: ObjectStore) -> None:
@@ -64,6 +64,36 @@ def test_blob_is_content_addressed_and_written_once(store: ObjectStore) -> None:
     assert a == b
     assert a.key == blob_key(hashlib.sha256(b"pixels").hexdigest(), ".png")
     assert store.get_bytes(a.key) == b"pixels"
+
+
+def test_put_blobs_stores_a_batch_under_content_hashes(store: ObjectStore) -> None:
+    blobs = [Blob(b"one", ".jpg", "image/jpeg"), Blob(b"two", "png"), Blob(b"one", ".jpg", "image/jpeg")]
+    assert blobs[0].sha256 == hashlib.sha256(b"one").hexdigest()
+    assert blobs[1].key == blob_key(hashlib.sha256(b"two").hexdigest(), ".png")
+    infos = store.put_blobs(blobs)
+    assert [i.key for i in infos] == [b.key for b in blobs]  # in order, duplicates included
+    assert [i.sha256 for i in infos] == [b.sha256 for b in blobs] and [i.size for i in infos] == [3, 3, 3]
+    assert store.get_bytes(infos[0].key) == b"one" and store.get_bytes(infos[1].key) == b"two"
+    assert store.put_blob(b"two", ".png") == infos[1]  # the same object as one put_blob writes
+    assert sorted(store.list("blobs/")) == sorted({b.key for b in blobs})
+    assert store.put_blobs([]) == []
+
+
+def test_put_blobs_checks_keys_before_writing(store: ObjectStore) -> None:
+    with pytest.raises(InvalidArgument, match=r"'\.\.'"):
+        store.put_blobs([Blob(b"fine", ".png"), Blob(b"escape", "/../../outside")])
+    assert store.list("") == []  # nothing written: every key is checked first
+
+
+def test_file_store_put_blobs_keeps_an_existing_blob(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    first = store.put_blobs([Blob(b"pixels", ".png")])[0]
+    path = store.root / first.key
+    before = path.stat()
+    assert store.put_blobs([Blob(b"pixels", ".png")])[0] == first
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not rewritten
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]  # no temporary left
 
 
 def test_json_helpers(store: ObjectStore) -> None:

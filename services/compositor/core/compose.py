@@ -254,7 +254,7 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
         stats = assets.foreground_stats(fi, p.dark_threshold)
         # colour is applied after placement, in one pass with the tone gains (it never
         # changes alpha, so placement does not depend on it)
-        fg = rotate_expand(flip_rgba(small, hflip, vflip), angle, margin)
+        fg = rotate_expand(flip_rgba(small, hflip, vflip), angle, margin, trim=True)
         alpha8 = cv2.extractChannel(fg, 3)
         hard = alpha8 >= 128
         tx0, ty0, tw, th = cv2.boundingRect(hard.view(np.uint8))  # tight box of the object

@@ -24,13 +24,41 @@ parts                                            stream
 (data_seed or training seed, "gan")              GAN training (shared, or per seed)
 (GAN seed, "generate")                           GAN generation
 (training seed, "bootstrap")                     the evaluation's bootstrap (the same on
-                                                 every test set of that seed)
+                                                 every test set of that seed, and on the
+                                                 mask-fidelity evaluations of that seed)
+(training seed, "quality")                       the quality job's subsamples, train halves
+                                                 and KID subsets (every feature space of that
+                                                 seed's real-only model alike)
 ===============================================  ==========================================
 
 Test sets: every arm × seed is predicted and evaluated on the internal test split (the
 split step's "test", unless `split.test` is 0) and on each of the plan's `test_sets`, each
 loaded (or imported) and checked against the training dataset by a local `test_set` step.
 The steps per test set carry its label (`Step.test_set`, in their labels for external ones).
+
+Synthetic-data quality (`quality`, QualityPlan) and filters (`arms[].filter`), measured with
+the first real-only arm's model:
+
+* **sources**: the synthetic pools, labelled "composite" and "gan" (one GAN), or "gan-s<seed>"
+  (a GAN per seed);
+* **mask fidelity** per source and seed: `fidelity_predict` (the real-only model of that seed
+  predicts every pool image) and `fidelity_evaluate` (scored against the pool's own masks);
+* **features** (segmenter job): sets "real_train" = the synthesis prefix (the real images the
+  synthetic data derive from: a generator that copies copies these, so memorisation and the
+  "vs train" figures are measured against exactly them, and realism ranks against training
+  images every synthetic arm has), "real_test" = the internal test split, and every pool in
+  full; in the real-only model's FPN space (per seed) and, with `inception_weights`, in
+  Inception-v3's (one for the plan: it depends on no model);
+* **quality** (evaluator job) per feature space, with every source's fidelity evaluation;
+* the **report** gets the quality of the first seed's real-only model (one result per feature
+  space), and each arm × seed the label of the one source it trained on ("" for real-only,
+  hybrid and filtered arms, whose data are not one pool);
+* a **filter** (local step, per filtered arm, source and seed) takes the first
+  ceil(count / keep) images of its pool's nested order (the prefix an unfiltered arm of the
+  same count draws from; pools grow to hold it), ranks them by the fidelity evaluation's
+  per-image IoU or by the quality's per-image realism (computed from training images only),
+  both with the real-only model of the same seed, and keeps the top `count` as a subset
+  dataset the arm trains on.
 """
 from __future__ import annotations
 
@@ -40,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from orchestrator.plan import INTERNAL_TEST_SET, DatasetSpec, Plan
+from orchestrator.plan import INCEPTION, INTERNAL_TEST_SET, SEGMENTER_FPN, ArmPlan, DatasetSpec, Plan, pool_size
 from services.common.config import config_to_mapping, replace_config
 from services.common.errors import InvalidArgument
 from services.common.seeding import derive_seed
@@ -60,8 +88,31 @@ STEP_SERVICE = {
     "segment_train": "segmenter",
     "predict": "segmenter",
     "evaluate": "evaluator",
+    "fidelity_predict": "segmenter",
+    "fidelity_evaluate": "evaluator",
+    "features": "segmenter",
+    "quality": "evaluator",
+    "filter": "local",
     "report": "evaluator",
 }
+#: Source labels of the synthetic pools in quality results and filters.
+COMPOSITE_SOURCE = "composite"
+#: The feature sets of the real images (services/evaluator/core/features.py REAL_SETS).
+REAL_TRAIN, REAL_TEST = "real_train", "real_test"
+
+
+def gan_source(seed: int | None) -> str:
+    """The label of a GAN's pool: "gan" (one GAN), "gan-s<seed>" (a GAN per seed)."""
+    return "gan" if seed is None else f"gan-s{seed}"
+
+
+def quality_source(plan: Plan, arm: ArmPlan, seed: int) -> str:
+    """The one synthetic source `arm` × `seed` trained on, for the report's gain-against-
+    distance figure: "" for real-only and hybrid arms, and for filtered arms (they train on a
+    chosen part of the pool, not on the pool the figures describe)."""
+    if arm.filter is not None or not arm.synthetic or (arm.composite and arm.gan):
+        return ""
+    return COMPOSITE_SOURCE if arm.composite else gan_source(seed if plan.gan.per_seed else None)
 
 
 @dataclass
@@ -192,9 +243,14 @@ def build_graph(plan: Plan, code_digests: Mapping[str, str] | None = None) -> Gr
         code_digests = {kind: d.digest for kind, d in current().items()}
     digests = code_digests
     steps: list[Step] = []
+    by_key: dict[str, Step] = {}
 
     def add(step: Step) -> Step:
-        step.compute_key(digests[step.kind])
+        """Key `step` and append it; a step with the same key is the same step (returned)."""
+        key = step.compute_key(digests[step.kind])
+        if key in by_key:
+            return by_key[key]
+        by_key[key] = step
         steps.append(step)
         return step
 
@@ -213,7 +269,8 @@ def build_graph(plan: Plan, code_digests: Mapping[str, str] | None = None) -> Gr
     order_seed = training_order_seed(plan)
 
     compose = gan_masks = synthesis = None
-    if plan.max_composite > 0 or plan.max_gan > 0:
+    composite_pool, gan_pool = plan.composite_pool, plan.gan_pool
+    if composite_pool > 0 or gan_pool > 0:
         n = plan.synthesis_real
         assert n is not None
         # The only real images synthesis may read: the first N of the arms' training order.
@@ -224,53 +281,109 @@ def build_graph(plan: Plan, code_digests: Mapping[str, str] | None = None) -> Gr
         backgrounds = replace_config(c.backgrounds, method=c.backgrounds.method_for(from_dataset=True))
         bg = add(Step("backgrounds", "backgrounds", {"settings": backgrounds, "seed": derive_seed(plan.data_seed, "backgrounds")}, {"dataset": synthesis}))
         layers = {"foregrounds": fg, "backgrounds": bg}
-        if plan.max_composite > 0:
+        if composite_pool > 0:
             compose = add(
-                Step("compose", "compose composites", {"count": plan.max_composite, "seed": derive_seed(plan.data_seed, "composite"), "params": c.params, "role": "composite"}, layers)
+                Step("compose", "compose composites", {"count": composite_pool, "seed": derive_seed(plan.data_seed, "composite"), "params": c.params, "role": "composite"}, layers)
             )
-        if plan.max_gan > 0:
+        if gan_pool > 0:
             # GAN images come from their own composite masks, so a hybrid arm never sees one layout twice.
             gan_masks = add(
-                Step("compose", "compose GAN masks", {"count": plan.max_gan, "seed": derive_seed(plan.data_seed, "gan-masks"), "params": c.params, "role": "gan_masks"}, layers)
+                Step("compose", "compose GAN masks", {"count": gan_pool, "seed": derive_seed(plan.data_seed, "gan-masks"), "params": c.params, "role": "gan_masks"}, layers)
             )
 
     gan_by_seed: dict[int | None, Step] = {}
-    if plan.max_gan > 0:
+    if gan_pool > 0:
         assert gan_masks is not None and synthesis is not None
         train_seeds: list[int | None] = list(plan.seeds) if plan.gan.per_seed else [None]
-        generate = replace_config(plan.gan.generate, count=plan.max_gan)
+        generate = replace_config(plan.gan.generate, count=gan_pool)
         for seed in train_seeds:
             gseed = derive_seed(plan.data_seed if seed is None else seed, "gan")
             tag = "" if seed is None else f" seed={seed}"
             gt = add(Step("gan_train", "train GAN" + tag, {"config": plan.gan.config, "seed": gseed}, {"dataset": synthesis}, seed=seed))
             gg = add(Step("gan_generate", "generate GAN images" + tag, {"settings": generate, "seed": derive_seed(gseed, "generate")}, {"generator": gt, "masks": gan_masks}, seed=seed))
             gan_by_seed[seed] = gg
+    # The synthetic pools, by source label (quality results and filters name them so).
+    pools: dict[str, Step] = {}
+    if compose is not None:
+        pools[COMPOSITE_SOURCE] = compose
+    for gan_seed, gan_images in gan_by_seed.items():
+        pools[gan_source(gan_seed)] = gan_images
 
     # Predictions keep every detection above the export threshold; masks are read at the
     # threshold they were cut at (Plan checks an explicit one agrees).
     predict_settings = replace_config(plan.segmenter.predict, export_threshold=plan.evaluation.export_threshold)
     evaluate_settings = replace_config(plan.evaluation.evaluate, mask_threshold=predict_settings.mask_threshold)
+    real_arm = plan.real_only_arm
+
+    def train_step(arm: ArmPlan, seed: int) -> Step:
+        deps: dict[str, Step] = {"real": split}
+        if arm.composite:
+            assert compose is not None
+            deps["composite"] = filtered(arm, COMPOSITE_SOURCE, arm.composite, seed) if arm.filter else compose
+        if arm.gan:
+            label = gan_source(seed if plan.gan.per_seed else None)
+            deps["gan"] = filtered(arm, label, arm.gan, seed) if arm.filter else pools[label]
+        return add(
+            Step(
+                "segment_train",
+                f"train arm={arm.name} seed={seed}",
+                {"real": arm.real, "composite": arm.composite, "gan": arm.gan, "config": plan.arm_segmenter(arm), "seed": seed, "order_seed": order_seed},
+                deps,
+                arm=arm.name,
+                seed=seed,
+            )
+        )
+
+    def real_model(seed: int) -> Step:
+        assert real_arm is not None
+        return train_step(real_arm, seed)
+
+    def fidelity(label: str, seed: int) -> Step:
+        """The real-only model's (of `seed`) evaluation on every image of pool `label`."""
+        assert real_arm is not None
+        pool, tag = pools[label], f"source={label} seed={seed}"
+        predict_params = {"settings": predict_settings, "split": ""}
+        model = real_model(seed)
+        predict = add(Step("fidelity_predict", f"predict mask fidelity {tag}", predict_params, {"model": model, "dataset": pool}, real_arm.name, seed))
+        evaluate_params = {"settings": replace_config(evaluate_settings, seed=derive_seed(seed, "bootstrap")), "split": ""}
+        return add(Step("fidelity_evaluate", f"evaluate mask fidelity {tag}", evaluate_params, {"predictions": predict, "dataset": pool}, real_arm.name, seed))
+
+    def features(space: str, seed: int) -> Step:
+        """Features of the real prefix, the internal test split and every pool in `space`."""
+        assert real_arm is not None and synthesis is not None
+        sets = [{"label": REAL_TRAIN, "dep": REAL_TRAIN, "split": "train", "count": 0}, {"label": REAL_TEST, "dep": REAL_TEST, "split": "test", "count": 0}]
+        sets += [{"label": label, "dep": f"source:{label}", "split": "", "count": 0} for label in pools]
+        deps = {REAL_TRAIN: synthesis, REAL_TEST: split, **{f"source:{label}": pool for label, pool in pools.items()}}
+        params = {"extractor": space, "weights": plan.quality.inception_weights or "" if space == INCEPTION else "", "sets": sets,
+                  "settings": plan.quality.features, "order_seed": order_seed}
+        if space == SEGMENTER_FPN:  # the real-only model's own space
+            return add(Step("features", f"features {space} seed={seed}", params, {**deps, "model": real_model(seed)}, real_arm.name, seed))
+        return add(Step("features", f"features {space}", params, deps))
+
+    def quality(space: str, seed: int) -> Step:
+        """Every pool's quality in `space`, with its mask fidelity (the real-only model of `seed`)."""
+        assert real_arm is not None
+        deps = {"features": features(space, seed), **{f"fidelity:{label}": fidelity(label, seed) for label in pools}}
+        params = {"feature_space": space, "sources": list(pools), "settings": plan.quality.settings, "seed": derive_seed(seed, "quality")}
+        return add(Step("quality", f"quality {space} seed={seed}", params, deps, real_arm.name, seed))
+
+    def filtered(arm: ArmPlan, label: str, count: int, seed: int) -> Step:
+        """The best `count` images of pool `label` by the arm's filter, ranked with the
+        real-only model of `seed`."""
+        f = arm.filter
+        assert f is not None
+        ranking = fidelity(label, seed) if f.by == "mask_fidelity" else quality(SEGMENTER_FPN, seed)
+        # The candidates: the first ceil(count / keep) of the pool's nested order — the prefix
+        # an unfiltered arm draws its `count` from — so filtering is the only difference.
+        params = {"by": f.by, "keep": f.keep, "count": count, "candidates": pool_size(count, f.keep), "order_seed": order_seed, "source": label}
+        deps = {"pool": pools[label], "ranking": ranking}
+        return add(Step("filter", f"filter {label} by {f.by} keep={f.keep:g} count={count} seed={seed}", params, deps, arm.name, seed))
+
     evaluations = []
     for arm in plan.arms:
-        config = plan.arm_segmenter(arm)
         for seed in plan.seeds:
-            deps: dict[str, Step] = {"real": split}
-            if arm.composite:
-                assert compose is not None
-                deps["composite"] = compose
-            if arm.gan:
-                deps["gan"] = gan_by_seed[seed if plan.gan.per_seed else None]
+            train = train_step(arm, seed)
             tag = f"arm={arm.name} seed={seed}"
-            train = add(
-                Step(
-                    "segment_train",
-                    f"train {tag}",
-                    {"real": arm.real, "composite": arm.composite, "gan": arm.gan, "config": config, "seed": seed, "order_seed": order_seed},
-                    deps,
-                    arm=arm.name,
-                    seed=seed,
-                )
-            )
             evaluate = replace_config(evaluate_settings, seed=derive_seed(seed, "bootstrap"))
             for label, (source, test_split) in test_sources.items():
                 on = "" if label == INTERNAL_TEST_SET else f" test_set={label}"
@@ -283,12 +396,19 @@ def build_graph(plan: Plan, code_digests: Mapping[str, str] | None = None) -> Gr
     report_deps: dict[str, Step] = {"dataset": split}
     for i, e in enumerate(evaluations):
         report_deps[f"evaluation{i:04d}"] = e
+    quality_sources: list[list[Any]] = []
+    if plan.quality_runs:
+        # The report's quality: the first seed's real-only model, one result per feature space.
+        for space in plan.quality.feature_spaces:
+            report_deps[f"quality:{space}"] = quality(space, plan.seeds[0])
+        quality_sources = [[a.name, s, quality_source(plan, a, s)] for a in plan.arms for s in plan.seeds if quality_source(plan, a, s)]
     report = {
         "title": plan.description or plan.name,
         "settings": plan.evaluation.report,
         "arms": [a.model_dump() for a in plan.arms],
         "synthesis_real": plan.synthesis_real,
         "budget": plan.budget.describe(),
+        "quality_sources": quality_sources,
     }
     add(Step("report", "report", report, report_deps))
     return Graph(plan, steps)

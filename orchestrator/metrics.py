@@ -1,8 +1,9 @@
 """Prometheus metrics of the orchestrator: where every run stands, at low cardinality.
 
 Labels are plan, arm, step kind and, for evaluation scores, the test set ("internal" or an
-external test set's label: a handful per plan) — never step keys or seeds, so a dashboard
-stays cheap however many runs there are.
+external test set's label: a handful per plan), for synthetic-data quality the feature space
+and the source (a handful per plan) — never step keys or seeds, so a dashboard stays cheap
+however many runs there are.
 """
 from __future__ import annotations
 
@@ -40,6 +41,11 @@ class OrchestratorMetrics:
             "synthaug_evaluation_score", "Evaluation score per arm and test set (mean over the seeds finished so far)",
             ["plan", "arm", "test_set", "metric"], registry=r,
         )
+        self.quality = Gauge(
+            "synthaug_synthetic_quality", "Synthetic-data quality of each source (and the real-vs-real floor) against the real test images, "
+            "as the report shows it (fd_test, kid_test, precision_test, recall_test, density_test, coverage_test, near_copy_share, mask_fidelity)",
+            ["plan", "feature_space", "source", "metric"], registry=r,
+        )
         self.overhead = Gauge(
             "synthaug_run_overhead_fraction", "Orchestration overhead (dispatch + result handling) of the last run, as a share of its summed step time", ["plan"], registry=r
         )
@@ -62,4 +68,15 @@ def loss_components(metrics: dict[str, float]) -> dict[str, float]:
             out[name[len("loss/"):]] = value
         elif name in GAN_LOSSES:
             out[name] = value
+    return out
+
+
+def quality_figures(metrics: dict[str, float]) -> dict[tuple[str, str], float]:
+    """(source, metric) → value of a quality job's metrics ("<label>.<metric>"; the
+    evaluator's quality.headline_metrics), its sample size aside."""
+    out = {}
+    for name, value in metrics.items():
+        label, dot, metric = name.rpartition(".")
+        if dot and label:
+            out[(label, metric)] = value
     return out

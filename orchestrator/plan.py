@@ -23,9 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, InstanceOf, ValidationError, 
 from services.common.config import config_fields, config_from_mapping, config_to_mapping, replace_config
 from services.common.errors import InvalidArgument
 from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams
-from services.evaluator.config import EvalConfig, ReportConfig
+from services.evaluator.config import EvalConfig, QualityConfig, ReportConfig
 from services.gan.config import GanConfig, GenerateConfig
-from services.segmenter.config import PredictConfig, SegmenterConfig
+from services.segmenter.config import FeaturesConfig, PredictConfig, SegmenterConfig
+from services.segmenter.weights import parse_local_weights
 from synthaug.v1 import compositor_pb2, evaluator_pb2, gan_pb2, segmenter_pb2
 
 T = TypeVar("T")
@@ -284,6 +285,93 @@ class EvaluationPlan:
         )
 
 
+#: The feature spaces of the quality section: the real-only segmenter's own (always) and
+#: Inception-v3 (when the plan gives its weights).
+SEGMENTER_FPN = "segmenter_fpn"
+INCEPTION = "inception"
+
+
+@dataclass(frozen=True)
+class QualityPlan:
+    """The plan's `quality` section, one flat mapping: `enabled`, `inception_weights`, the
+    fields of the evaluator's QualityConfig (how synthetic images are compared with real ones)
+    and of the segmenter's FeaturesConfig (`batch_size` of the feature extraction).
+
+    `enabled` unset: on when an arm uses synthetic data and the plan can measure it (a
+    real-only arm whose model gives the feature space and the mask fidelity, an internal test
+    split to compare against, and enough images for one common sample size: Plan.quality_skipped);
+    otherwise the section is skipped and the provenance says why. `enabled: true` makes those
+    requirements errors. `inception_weights` (`file:NAME`
+    inside SYNTHAUG_WEIGHTS_DIR of the segmenter, or `store:KEY`; never downloaded) adds the
+    Inception-v3 feature space."""
+
+    enabled: bool | None = None
+    inception_weights: str | None = None
+    settings: QualityConfig = field(default_factory=QualityConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+
+    @classmethod
+    def from_mapping(cls, values: Any) -> "QualityPlan":
+        where = "quality"
+        if isinstance(values, cls):
+            return values
+        if values is None:
+            return cls()
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{where} must be a mapping, got {values!r}")
+        quality = settable(QualityConfig, evaluator_pb2.QualityRequest)
+        features = settable(FeaturesConfig, segmenter_pb2.FeaturesRequest)
+        known = ["enabled", "inception_weights", *quality, *features]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {', '.join(map(str, unknown))}; known fields: {', '.join(known)}")
+        enabled = values.get("enabled")
+        if enabled is not None and not isinstance(enabled, bool):
+            raise ValueError(f"{where}.enabled must be true or false, got {enabled!r}")
+        weights = values.get("inception_weights")
+        if weights is not None:
+            if not isinstance(weights, str):
+                raise ValueError(f"{where}.inception_weights must be a string (file:NAME or store:KEY), got {weights!r}")
+            try:
+                parse_local_weights(weights, f"{where}.inception_weights")
+            except InvalidArgument as exc:
+                raise ValueError(str(exc)) from None
+        return cls(
+            enabled=enabled,
+            inception_weights=weights,
+            settings=settings(QualityConfig, evaluator_pb2.QualityRequest, {k: v for k, v in values.items() if k in quality}, where),
+            features=settings(FeaturesConfig, segmenter_pb2.FeaturesRequest, {k: v for k, v in values.items() if k in features}, where),
+        )
+
+    @property
+    def feature_spaces(self) -> list[str]:
+        return [SEGMENTER_FPN] + ([INCEPTION] if self.inception_weights else [])
+
+
+class FilterPlan(_Strict):
+    """FreeMask-style filtering of an arm's synthetic data: of the first ceil(count / keep)
+    images of its source's pool (the nested-order prefix an unfiltered arm takes its `count`
+    from; the pool grows to hold them), the arm trains on the best `count` — the best `keep`
+    share — so it still gets its count and differs from an unfiltered arm only by the filter.
+
+    * `mask_fidelity`: the real-only model's pixel IoU on each synthetic image against the
+      mask it was made from (does the image show what its mask says?);
+    * `realism`: the realism score of each image against the real *training* images in the
+      real-only model's feature space (quality.py; never anything that uses the test set).
+
+    Rankings use the real-only arm's model of the same seed, so each seed's filtered training
+    set is chosen by that seed's real-only model."""
+
+    by: Literal["mask_fidelity", "realism"]
+    keep: float = Field(gt=0, lt=1)
+
+
+def pool_size(count: int, keep: float) -> int:
+    """The pool a filtered source needs: ceil(count / keep) (rounding noise aside: 7 / 0.7
+    is 10, not 11)."""
+    return math.ceil(round(count / keep, 9))
+
+
 class ArmPlan(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
     real: int = Field(gt=0)
@@ -293,6 +381,9 @@ class ArmPlan(_Strict):
     #: `iterations`; `epochs` without `iterations` makes this arm train by epochs). The
     #: report shows them.
     segmenter: dict[str, Any] = Field(default_factory=dict)
+    #: Train on the best `keep` share of a larger synthetic pool (FilterPlan); None: the
+    #: first `composite` / `gan` images of the pool's nested order, as every arm.
+    filter: FilterPlan | None = None
 
     @field_validator("segmenter", mode="before")
     @classmethod
@@ -319,6 +410,16 @@ class ArmPlan(_Strict):
     @property
     def synthetic(self) -> bool:
         return self.composite > 0 or self.gan > 0
+
+    @model_validator(mode="after")
+    def _filter_needs_synthetic_data(self) -> "ArmPlan":
+        if self.filter is not None and not self.synthetic:
+            raise ValueError("filter: this arm has no synthetic data to filter (give it composite or gan images)")
+        return self
+
+    def pool_needed(self, count: int) -> int:
+        """The pool size this arm needs of a source it takes `count` images of."""
+        return pool_size(count, self.filter.keep) if self.filter is not None and count else count
 
 
 #: The label of the internal test set (the test split of the plan's own dataset) in step
@@ -417,6 +518,8 @@ class Plan(_Strict):
     gan: GanPlan = Field(default_factory=GanPlan)
     segmenter: SegmenterPlan = Field(default_factory=SegmenterPlan)
     evaluation: InstanceOf[EvaluationPlan] = Field(default_factory=EvaluationPlan)
+    #: Synthetic-data quality: distance to real data, memorisation, mask fidelity (QualityPlan).
+    quality: InstanceOf[QualityPlan] = Field(default_factory=QualityPlan)
     arms: list[ArmPlan] = Field(min_length=1)
 
     @model_validator(mode="before")
@@ -459,6 +562,11 @@ class Plan(_Strict):
     @classmethod
     def _evaluation(cls, v: Any) -> EvaluationPlan:
         return EvaluationPlan.from_mapping(v)
+
+    @field_validator("quality", mode="before")
+    @classmethod
+    def _quality(cls, v: Any) -> QualityPlan:
+        return QualityPlan.from_mapping(v)
 
     @field_validator("seeds")
     @classmethod
@@ -531,6 +639,29 @@ class Plan(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _quality_and_filters_can_be_measured(self) -> "Plan":
+        """Filters rank with the real-only model; realism comes from the quality job, which must
+        be able to run; so must an explicit `quality.enabled: true`."""
+        for i, arm in enumerate(self.arms):
+            if arm.filter is None:
+                continue
+            if self.real_only_arm is None:
+                raise ValueError(f"arms[{i}] ({arm.name}).filter ranks the synthetic images with the real-only arm's model, "
+                                 "and the plan has no real-only arm; add one (e.g. {name: real, real: N})")
+            reason = self.quality_skipped if arm.filter.by == "realism" else ""
+            if reason:
+                raise ValueError(f"arms[{i}] ({arm.name}).filter by realism: realism comes from the quality job, which cannot run: "
+                                 f"{reason}; use by: mask_fidelity")
+        q = self.quality
+        if q.enabled is True:
+            reason = self.quality_skipped
+            if reason:
+                raise ValueError(f"quality.enabled is true, but {reason}; remove quality.enabled to skip the section")
+        if q.enabled is False and q.inception_weights:
+            raise ValueError("quality.inception_weights has no effect with quality.enabled: false; remove one of them")
+        return self
+
+    @model_validator(mode="after")
     def _arm_settings_are_valid(self) -> "Plan":
         for arm in self.arms:
             self.arm_segmenter(arm)  # InvalidArgument → ValueError below names the arm
@@ -557,6 +688,59 @@ class Plan(_Strict):
     @property
     def max_real(self) -> int:
         return max(a.real for a in self.arms)
+
+    @property
+    def composite_pool(self) -> int:
+        """Composites to make: the most any arm takes, ceil(count / keep) for a filtered arm."""
+        return max(a.pool_needed(a.composite) for a in self.arms)
+
+    @property
+    def gan_pool(self) -> int:
+        """GAN images to generate (per GAN): the most any arm takes, ceil(count / keep) for a
+        filtered arm."""
+        return max(a.pool_needed(a.gan) for a in self.arms)
+
+    @property
+    def real_only_arm(self) -> ArmPlan | None:
+        """The first real-only arm: its model measures the synthetic data (feature space, mask
+        fidelity) and ranks them for filters. None when every arm uses synthetic data."""
+        return next((a for a in self.arms if not a.synthetic), None)
+
+    @property
+    def quality_skipped(self) -> str:
+        """Why the quality section cannot run ("" when it can)."""
+        if not any(a.synthetic for a in self.arms):
+            return "no arm uses synthetic data"
+        if self.real_only_arm is None:
+            return "the plan has no real-only arm (its model gives the feature space and the mask fidelity)"
+        if not self.internal_test:
+            return "the plan has no internal test split (split.test is 0) to compare the synthetic images with"
+        # Every set is scored at one sample size, at most half the real prefix and each pool's
+        # size, and FD, KID and k-NN figures need at least max(nearest_k + 1, 4) images
+        # (services/evaluator/core/quality.py; the test split's size is checked by the job).
+        k = self.quality.settings.nearest_k
+        need = max(k + 1, 4)
+        synthesis = self.synthesis_real or 0
+        sizes = {f"half the synthesis prefix ({synthesis} real images)": synthesis // 2}
+        if self.composite_pool:
+            sizes["the composite pool"] = self.composite_pool
+        if self.gan_pool:
+            sizes["the GAN pool"] = self.gan_pool
+        small = [f"{name} has {n}" for name, n in sizes.items() if n < need]
+        if small:
+            return (f"too few images for the quality figures: every set is scored at one sample size, which needs at least "
+                    f"{need} images with nearest_k = {k}, but {' and '.join(small)}")
+        return ""
+
+    @property
+    def quality_runs(self) -> bool:
+        """Whether the report gets the quality section (see QualityPlan)."""
+        return not self.quality_note
+
+    @property
+    def quality_note(self) -> str:
+        """Why the report has no quality section ("" when it has one)."""
+        return "quality.enabled is false" if self.quality.enabled is False else self.quality_skipped
 
     @property
     def synthesis_real(self) -> int | None:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 from orchestrator.dispatch import Dispatcher
 from orchestrator.graph import Graph, Step
-from orchestrator.metrics import THROUGHPUT_NAMES, OrchestratorMetrics, loss_components
+from orchestrator.metrics import THROUGHPUT_NAMES, OrchestratorMetrics, loss_components, quality_figures
 from orchestrator.steps import EXECUTORS, StepContext, StepOutput, StepTimes
 from services.common import refs
 from services.common.errors import USER_ERROR_CODES, IntegrityError, JobCancelled, NotFound, SynthaugError
@@ -544,6 +544,10 @@ class Runner:
             self.metrics.images.labels(plan, kind).inc(refs.dataset_output(rec.result, "dataset", f"step {rec.step.label}").num_images)
         if kind == "evaluate":
             self._score(tracker, rec)
+        if kind == "quality" and rec.step.key in {d.key for d in tracker.graph.of_kind("report")[0].deps.values()}:
+            space = str(rec.step.params["feature_space"])
+            for (source, metric), value in quality_figures(dict(rec.result.metrics)).items():
+                self.metrics.quality.labels(plan, space, source, metric).set(value)
 
     def _score(self, tracker: RunTracker, rec: StepRecord) -> None:
         """The mean of each metric over the seeds of this evaluation's arm and test set so far."""

@@ -1,4 +1,4 @@
-"""What each step kind does: local work (dataset, split, subset, test_set) or a service job.
+"""What each step kind does: local work (dataset, split, subset, test_set, filter) or a service job.
 
 Each executor turns a step's parameters and its dependencies' results into one request
 (or one local call) and returns a StepOutput; the runner handles caching, concurrency,
@@ -438,8 +438,84 @@ def run_evaluate(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
     return ctx.job("evaluator", "SubmitEvaluate", req)
 
 
+def run_features(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
+    """Features of the real prefix, the internal test split and every synthetic pool, in the
+    real-only model's space (its model file) or Inception-v3's (the plan's weights)."""
+    p = step.params
+    model = {"checkpoint": _output(inputs, "model", "model")} if "model" in inputs else {}
+    req = config_to_proto(p["settings"], segmenter_pb2.FeaturesRequest, extractor=p["extractor"], weights=p["weights"], seed=p["order_seed"], **model)
+    req.sets.extend(
+        segmenter_pb2.FeatureSet(label=s["label"], dataset=_dataset(inputs, s["dep"]), split=s["split"], count=s["count"]) for s in p["sets"]
+    )
+    return ctx.job("segmenter", "SubmitFeatures", req)
+
+
+def run_quality(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
+    """Every pool's quality in one feature space, each with its mask-fidelity evaluation."""
+    p = step.params
+    req = config_to_proto(p["settings"], evaluator_pb2.QualityRequest, features=_output(inputs, "features", "features"),
+                          feature_space=p["feature_space"], seed=p["seed"])
+    req.sources.extend(
+        evaluator_pb2.QualitySource(label=label, mask_fidelity=_output(inputs, f"fidelity:{label}", "evaluation")) for label in p["sources"]
+    )
+    return ctx.job("evaluator", "SubmitQuality", req)
+
+
+def ranking_scores(document: Any, by: str, source: str, pool: Dataset, what: str) -> dict[int, float]:
+    """Image id → score (higher is better) of every image of `pool`: its mask-fidelity IoU
+    (an evaluation JSON of the pool) or its realism against the real training images (a
+    quality JSON with the pool as source `source`). InvalidArgument naming `what` when the
+    ranking is not of this pool or misses an image."""
+    if by == "mask_fidelity":
+        if not isinstance(document, dict) or document.get("truth_dataset") != pool.id:
+            raise InvalidArgument(f"{what}: the fidelity evaluation is not of dataset {pool.id}")
+        scores = {int(row["image_id"]): float(row["iou"]) for row in document["per_image"]}
+    else:
+        rows = [r for r in (document.get("rows") or []) if r.get("label") == source] if isinstance(document, dict) else []
+        if not rows or rows[0].get("dataset") != pool.id or source not in (document.get("per_image") or {}):
+            raise InvalidArgument(f"{what}: the quality result has no source {source!r} of dataset {pool.id}")
+        per_image = document["per_image"][source]
+        scores = {int(i): float(r) for i, r in zip(per_image["image_id"], per_image["realism"])}
+    missing = sorted({int(r["id"]) for r in pool.image_records()} - set(scores))
+    if missing:
+        raise InvalidArgument(f"{what}: the {by} ranking misses {len(missing)} images of dataset {pool.id} (e.g. ids {missing[:5]})")
+    return scores
+
+
+def top_ranked(scores: Mapping[int, float], count: int) -> list[int]:
+    """The `count` best image ids: highest score first, ties by ascending id."""
+    return [i for i, _ in sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:count]]
+
+
+def filter_candidates(pool: Dataset, candidates: int, order_seed: int) -> list[int]:
+    """The images a filter ranks: the first `candidates` of the pool's nested order (the
+    prefix an unfiltered arm takes its images from, services/common/sampling.py)."""
+    ids = [int(r["id"]) for r in pool.image_records()]
+    if candidates > len(ids):
+        raise InvalidArgument(f"dataset {pool.id} has {len(ids)} images, fewer than the {candidates} a filter ranks")
+    return nested_order(order_seed, pool.id, "", ids)[:candidates]
+
+
+def run_filter(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
+    """A filtered arm's synthetic data: of the first ceil(count / keep) images of its source's
+    pool (filter_candidates), the best `count` by the ranking (mask fidelity or realism, from
+    the real-only model of the arm's seed), as a subset dataset of their unchanged records;
+    its provenance names the ranking."""
+    ctx.started()
+    p = step.params
+    pool = Dataset.load(ctx.store, _dataset(inputs, "pool"))
+    ranking = _output(inputs, "ranking", "evaluation" if p["by"] == "mask_fidelity" else "quality")
+    scores = ranking_scores(ctx.store.get_json(ranking.key), p["by"], p["source"], pool, f"step {step.label}")
+    candidates = filter_candidates(pool, p["candidates"], p["order_seed"])
+    chosen = top_ranked({i: scores[i] for i in candidates}, p["count"])
+    params = {"filter": {"by": p["by"], "keep": p["keep"], "count": p["count"], "candidates": p["candidates"], "order_seed": p["order_seed"],
+                         "source": p["source"], "ranking": ranking.key, "lowest_kept_score": scores[chosen[-1]]}}
+    return ctx.local_output(pool.subset(chosen, params))
+
+
 #: Dataset roles of the report's provenance, by the kind of step that produced them.
-DATASET_ROLES = {"dataset": "real", "split": "split", "subset": "synthesis_real", "compose": "", "gan_generate": "gan", "test_set": "test_set"}
+DATASET_ROLES = {"dataset": "real", "split": "split", "subset": "synthesis_real", "compose": "", "gan_generate": "gan", "test_set": "test_set",
+                 "filter": "filtered"}
 
 
 def provenance(graph: "Graph", results: Mapping[str, common_pb2.JobResult], run_id: str) -> dict[str, Any]:
@@ -468,6 +544,8 @@ def provenance(graph: "Graph", results: Mapping[str, common_pb2.JobResult], run_
             entry["name"] = ref.name
         if s.kind == "test_set":
             entry["label"] = s.test_set
+        elif s.kind == "filter":
+            entry["label"] = s.params["source"]
         datasets.append(entry)
     plan_json = plan.model_dump(mode="json", by_alias=True)
     return {
@@ -479,13 +557,37 @@ def provenance(graph: "Graph", results: Mapping[str, common_pb2.JobResult], run_
         "steps": steps,
         "datasets": datasets,
         "synthesis": {"real": plan.synthesis_real},
-        "arms": [{"name": a.name, "real": a.real, "composite": a.composite, "gan": a.gan, "segmenter": dict(a.segmenter)} for a in plan.arms],
+        "arms": [{"name": a.name, "real": a.real, "composite": a.composite, "gan": a.gan, "segmenter": dict(a.segmenter),
+                  **({"filter": a.filter.model_dump()} if a.filter is not None else {})} for a in plan.arms],
+        "quality": quality_provenance(graph),
         "budget": plan.budget.describe(),
         "image_size": plan.image_size,
         "export_threshold": plan.evaluation.export_threshold,
         "test_sets": [{"label": t.label, "split": t.split} for t in plan.test_sets],
         "internal_test": plan.internal_test,
     }
+
+
+def quality_provenance(graph: "Graph") -> dict[str, Any]:
+    """What the report's quality section rests on, or why there is none."""
+    plan = graph.plan
+    report = graph.of_kind("report")[0]
+    steps = {role.partition(":")[2]: dep for role, dep in report.deps.items() if role.startswith("quality:")}
+    if not steps:
+        return {"skipped": plan.quality_note}
+    real = plan.real_only_arm
+    assert real is not None
+    out: dict[str, Any] = {
+        "feature_spaces": list(steps),
+        "model": {"arm": real.name, "seed": plan.seeds[0]},
+        "real_train": "the synthesis prefix (the real images the synthetic data derive from)",
+        "real_test": "the internal test split",
+        "sources": list(next(iter(steps.values())).params["sources"]),
+        "steps": {space: s.label for space, s in steps.items()},
+    }
+    if not plan.quality.inception_weights:
+        out["note"] = "no Inception weights supplied (quality.inception_weights); task-aware segmenter features only"
+    return out
 
 
 def contact_sources(graph: "Graph", results: Mapping[str, common_pb2.JobResult]) -> list[evaluator_pb2.ContactSource]:
@@ -543,7 +645,11 @@ def report_request(
         )
     where = {"truth": _dataset(inputs, "dataset"), "split": "test"} if internal else {}
     request = config_to_proto(step.params["settings"], evaluator_pb2.ReportRequest, title=step.params["title"], prefix=prefix, **where)
+    sources = {(arm, seed): label for arm, seed, label in step.params.get("quality_sources", [])}
+    for run in runs:
+        run.quality_source = sources.get((run.arm, run.seed), "")
     request.runs.extend(runs)
+    request.quality.extend(_output(inputs, role, "quality") for role in step.deps if role.startswith("quality:"))
     request.test_sets.extend(external.values())
     if graph is not None:
         request.provenance_json = canonical_json(provenance(graph, results, run_id)).decode("utf-8")
@@ -558,7 +664,9 @@ def run_report(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
     return out
 
 
-#: What runs each step kind: the orchestrator itself (dataset, split, subset, test_set) or a service job.
+#: What runs each step kind: the orchestrator itself (dataset, split, subset, test_set, filter) or a
+#: service job. Mask fidelity is a prediction and an evaluation like any other (the same
+#: executors), kept as kinds of its own so that it is timed, shown and recomputed apart.
 EXECUTORS: dict[str, Executor] = {
     "dataset": run_dataset,
     "split": run_split,
@@ -572,6 +680,11 @@ EXECUTORS: dict[str, Executor] = {
     "segment_train": run_segment_train,
     "predict": run_predict,
     "evaluate": run_evaluate,
+    "fidelity_predict": run_predict,
+    "fidelity_evaluate": run_evaluate,
+    "features": run_features,
+    "quality": run_quality,
+    "filter": run_filter,
     "report": run_report,
 }
 

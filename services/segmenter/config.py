@@ -171,3 +171,18 @@ class PredictConfig:
             raise InvalidArgument(f"PredictConfig.detections_per_image must be ≥ 1, got {self.detections_per_image}")
         if self.batch_size < 1:
             raise InvalidArgument(f"PredictConfig.batch_size must be ≥ 1, got {self.batch_size}")
+
+
+@dataclass
+class FeaturesConfig:
+    """Settings of a feature extraction (a FeaturesRequest's, beside its model or weights,
+    extractor and image sets). The features themselves have no settings: each feature space
+    fixes its input size and normalisation (core/feature_extraction.py)."""
+
+    #: Images per inference batch; images of one size are batched together, so the batch
+    #: size changes speed and memory, not the features.
+    batch_size: int = 16
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise InvalidArgument(f"FeaturesConfig.batch_size must be ≥ 1, got {self.batch_size}")

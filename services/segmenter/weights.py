@@ -93,6 +93,19 @@ def parse_weights(text: str, where: str = WHERE) -> WeightsSpec:
     return TorchvisionWeights(text)
 
 
+def parse_local_weights(text: str, where: str) -> StoreWeights | FileWeights:
+    """Weights that are never downloaded: ``file:NAME`` or ``store:KEY`` only (e.g. the
+    Inception-v3 weights of the quality's feature space, which no run may fetch from the
+    internet); InvalidArgument naming `where` otherwise, also when `text` is empty."""
+    hint = f"give file:NAME (a file inside {WEIGHTS_DIR_ENV}) or store:KEY; none are ever downloaded"
+    if not text:
+        raise InvalidArgument(f"{where}: weights are required: {hint}")
+    spec = parse_weights(text, where)
+    if not isinstance(spec, (StoreWeights, FileWeights)):
+        raise InvalidArgument(f"{where} {text!r}: {hint}")
+    return spec
+
+
 class BlobReader(Protocol):
     """What reading store weights needs of an object store."""
 

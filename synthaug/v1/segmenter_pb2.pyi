@@ -102,3 +102,33 @@ class PredictRequest(_message.Message):
     batch_size: int
     detections_per_image: int
     def __init__(self, checkpoint: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., export_threshold: _Optional[float] = ..., mask_threshold: _Optional[float] = ..., batch_size: _Optional[int] = ..., detections_per_image: _Optional[int] = ...) -> None: ...
+
+class FeatureSet(_message.Message):
+    __slots__ = ("label", "dataset", "split", "count", "order_seed")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ORDER_SEED_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    dataset: _common_pb2.DatasetRef
+    split: str
+    count: int
+    order_seed: int
+    def __init__(self, label: _Optional[str] = ..., dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., split: _Optional[str] = ..., count: _Optional[int] = ..., order_seed: _Optional[int] = ...) -> None: ...
+
+class FeaturesRequest(_message.Message):
+    __slots__ = ("checkpoint", "extractor", "weights", "sets", "seed", "batch_size")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    EXTRACTOR_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    SETS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: _common_pb2.ObjectRef
+    extractor: str
+    weights: str
+    sets: _containers.RepeatedCompositeFieldContainer[FeatureSet]
+    seed: int
+    batch_size: int
+    def __init__(self, checkpoint: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., extractor: _Optional[str] = ..., weights: _Optional[str] = ..., sets: _Optional[_Iterable[_Union[FeatureSet, _Mapping]]] = ..., seed: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...

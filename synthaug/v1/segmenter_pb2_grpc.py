@@ -45,6 +45,11 @@ class SegmenterServiceStub:
                 request_serializer=synthaug_dot_v1_dot_segmenter__pb2.PredictRequest.SerializeToString,
                 response_deserializer=synthaug_dot_v1_dot_common__pb2.JobRef.FromString,
                 _registered_method=True)
+        self.SubmitFeatures = channel.unary_unary(
+                '/synthaug.v1.SegmenterService/SubmitFeatures',
+                request_serializer=synthaug_dot_v1_dot_segmenter__pb2.FeaturesRequest.SerializeToString,
+                response_deserializer=synthaug_dot_v1_dot_common__pb2.JobRef.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/synthaug.v1.SegmenterService/GetJob',
                 request_serializer=synthaug_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
@@ -86,6 +91,21 @@ class SegmenterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitFeatures(self, request, context):
+        """One feature vector per image of several image sets, in one feature space (the inputs of
+        the evaluator's SubmitQuality). Result by role: outputs["features"] the features object
+        (format "synthaug.features/1", services/evaluator/core/features.py: a NumPy .npz with
+        "__meta__" JSON {format, extractor, dim, sets{label: {dataset, split}}, model} and per
+        set "<label>" (float32 N × D, rows in image-id order) and "<label>__ids" (int64 image
+        ids)); metrics: images_per_s, num_images, dim. Feature spaces: "segmenter_fpn" (the
+        checkpoint's own backbone, eval mode, its own resize, no augmentation: every FPN level
+        average-pooled over the image, the levels averaged; D = the FPN's channels) and
+        "inception" (Inception-v3 with the given weights, pool features, 299 px; D = 2048).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -115,6 +135,11 @@ def add_SegmenterServiceServicer_to_server(servicer, server):
             'SubmitPredict': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitPredict,
                     request_deserializer=synthaug_dot_v1_dot_segmenter__pb2.PredictRequest.FromString,
+                    response_serializer=synthaug_dot_v1_dot_common__pb2.JobRef.SerializeToString,
+            ),
+            'SubmitFeatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitFeatures,
+                    request_deserializer=synthaug_dot_v1_dot_segmenter__pb2.FeaturesRequest.FromString,
                     response_serializer=synthaug_dot_v1_dot_common__pb2.JobRef.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
@@ -186,6 +211,33 @@ class SegmenterService:
             target,
             '/synthaug.v1.SegmenterService/SubmitPredict',
             synthaug_dot_v1_dot_segmenter__pb2.PredictRequest.SerializeToString,
+            synthaug_dot_v1_dot_common__pb2.JobRef.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/synthaug.v1.SegmenterService/SubmitFeatures',
+            synthaug_dot_v1_dot_segmenter__pb2.FeaturesRequest.SerializeToString,
             synthaug_dot_v1_dot_common__pb2.JobRef.FromString,
             options,
             channel_credentials,

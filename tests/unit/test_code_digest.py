@@ -78,9 +78,11 @@ def test_request_building_counts_per_kind() -> None:
 
     base = kind_code_digests(CodeIndex())
     evaluate_edit = kind_code_digests(with_edit('"SubmitEvaluate", req)', '"SubmitEvaluate", request=req)'))
-    assert {k for k in base if base[k].digest != evaluate_edit[k].digest} == {"evaluate"}
+    # mask fidelity is an evaluation like any other: the same request building
+    assert {k for k in base if base[k].digest != evaluate_edit[k].digest} == {"evaluate", "fidelity_evaluate"}
     helper_edit = kind_code_digests(with_edit("def _output(", "def _output(  # edited\n"))
-    assert {k for k in base if base[k].digest != helper_edit[k].digest} == {"compose", "gan_generate", "predict", "evaluate"}
+    assert {k for k in base if base[k].digest != helper_edit[k].digest} == {
+        "compose", "gan_generate", "predict", "evaluate", "fidelity_predict", "fidelity_evaluate", "features", "quality", "filter", "report"}
 
 
 def test_what_feeds_which_kind() -> None:

@@ -25,6 +25,7 @@ CONFIG_MESSAGES = [
     ("gan.proto", "GanGenerateRequest", "services.gan.config:GenerateConfig", ("checkpoint", "masks", "split", "seed", "name")),
     ("segmenter.proto", "SegmenterConfig", "services.segmenter.config:SegmenterConfig", ()),
     ("segmenter.proto", "PredictRequest", "services.segmenter.config:PredictConfig", ("checkpoint", "dataset", "split")),
+    ("segmenter.proto", "FeaturesRequest", "services.segmenter.config:FeaturesConfig", ("checkpoint", "extractor", "weights", "sets", "seed")),
     ("evaluator.proto", "EvaluateRequest", "services.evaluator.config:EvalConfig", ("truth", "split", "predictions", "seed")),
     ("evaluator.proto", "ReportRequest", "services.evaluator.config:ReportConfig", ("runs", "truth", "split", "title", "prefix", "seed", "test_sets", "contact_sources", "provenance_json", "quality")),
     ("evaluator.proto", "QualityRequest", "services.evaluator.config:QualityConfig", ("features", "feature_space", "sources", "seed")),

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.graph import build_graph
+from orchestrator.graph import build_graph, training_order_seed
 from orchestrator.plan import load_plan, load_plan_text, parse_plan
 from services.common.config import config_to_mapping
 from services.common.errors import InvalidArgument
+from services.common.seeding import derive_seed
 from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams
 from services.evaluator.config import EvalConfig, ReportConfig
 from services.gan.config import GanConfig, GenerateConfig
@@ -142,6 +143,15 @@ def test_loss_components_of_progress_metrics() -> None:
     assert loss_components(segmenter_epoch) == {"loss_mask": 0.3, "loss_classifier": 0.2}
     assert loss_components({"loss": 1.5, "lr": 0.01}) == {"total": 1.5}
     assert loss_components({"G_L1": 20.0, "D_fake": 0.6, "pairs_per_s": 3.0}) == {"G_L1": 20.0, "D_fake": 0.6}
+
+
+
+def test_quality_figures_of_a_quality_jobs_metrics() -> None:
+    from orchestrator.metrics import quality_figures
+
+    metrics = {"sample_size": 15.0, "real-vs-real.fd_test": 10.0, "gan-s0.fd_test": 80.0, "gan-s0.mask_fidelity": 0.4, "v1.2.kid_test": 0.1}
+    assert quality_figures(metrics) == {("real-vs-real", "fd_test"): 10.0, ("gan-s0", "fd_test"): 80.0, ("gan-s0", "mask_fidelity"): 0.4,
+                                        ("v1.2", "kid_test"): 0.1}
 
 
 @pytest.mark.parametrize(
@@ -500,3 +510,174 @@ def test_the_out_of_domain_example_evaluates_on_isic_and_an_imported_folder() ->
     assert imp is not None and imp.size == "keep" and imp.images == str(REPO / "examples" / "data" / "ph2" / "images")
     g = build_graph(plan)
     assert len(g.of_kind("evaluate")) == len(plan.arms) * len(plan.seeds) * 2
+
+
+# --- synthetic-data quality and filters ---------------------------------------------------------
+
+#: BASE with a quality section that can run: its 10-image synthesis prefix scores every set at
+#: 5 images, enough for k = 3 nearest neighbours (BASE's default k = 5 needs 6: skipped).
+QUALITY = {"nearest_k": 3}
+
+
+def test_the_quality_section_measures_every_pool_with_the_first_seeds_real_only_model() -> None:
+    g = build_graph(parse_plan(plan_with(quality=QUALITY)))
+    (features,), (quality,) = g.of_kind("features"), g.of_kind("quality")
+    real_model = next(s for s in g.of_kind("segment_train") if (s.arm, s.seed) == ("real", 1))
+    composite, gan = next(s for s in g.of_kind("compose") if s.params["role"] == "composite"), g.of_kind("gan_generate")[0]
+    # Features: the synthesis prefix (what the synthetic data derive from), the internal test
+    # split and every pool in full, in the real-only model's space.
+    assert features.params["extractor"] == "segmenter_fpn" and features.params["weights"] == ""
+    assert features.deps == {"model": real_model, "real_train": g.of_kind("subset")[0], "real_test": g.of_kind("split")[0],
+                             "source:composite": composite, "source:gan": gan}
+    assert [(s["label"], s["dep"], s["split"], s["count"]) for s in features.params["sets"]] == [
+        ("real_train", "real_train", "train", 0), ("real_test", "real_test", "test", 0),
+        ("composite", "source:composite", "", 0), ("gan", "source:gan", "", 0)]
+    # Mask fidelity: the real-only model predicts every pool image, scored against the pool's masks.
+    fidelity = {s.label: s for s in g.of_kind("fidelity_evaluate")}
+    assert set(fidelity) == {"evaluate mask fidelity source=composite seed=1", "evaluate mask fidelity source=gan seed=1"}
+    for label, pool in (("composite", composite), ("gan", gan)):
+        ev = quality.deps[f"fidelity:{label}"]
+        assert ev.kind == "fidelity_evaluate" and ev.deps["dataset"] is pool and ev.params["split"] == ""
+        assert ev.deps["predictions"].kind == "fidelity_predict" and ev.deps["predictions"].deps == {"model": real_model, "dataset": pool}
+        assert ev.deps["predictions"].params["settings"].export_threshold == 0.05
+    assert quality.deps["features"] is features and quality.params["sources"] == ["composite", "gan"]
+    assert quality.params["feature_space"] == "segmenter_fpn" and quality.params["seed"] == derive_seed(1, "quality")
+    assert (quality.arm, quality.seed) == ("real", 1)
+    # Not counted as the arms' predictions and evaluations.
+    assert len(g.of_kind("predict")) == len(g.of_kind("evaluate")) == 8
+    report = g.of_kind("report")[0]
+    assert report.deps["quality:segmenter_fpn"] is quality and "quality:inception" not in report.deps
+    # The arms of one pool name it; hybrids do not (their data are two pools).
+    assert report.params["quality_sources"] == [["comp", 1, "composite"], ["comp", 2, "composite"], ["gan", 1, "gan"], ["gan", 2, "gan"]]
+
+
+def test_inception_weights_add_a_feature_space_that_needs_no_model() -> None:
+    g = build_graph(parse_plan(plan_with(quality={**QUALITY, "inception_weights": "file:inception_v3.pth", "max_samples": 500, "batch_size": 8})))
+    features = {s.params["extractor"]: s for s in g.of_kind("features")}
+    assert features["inception"].params["weights"] == "file:inception_v3.pth" and "model" not in features["inception"].deps
+    assert features["inception"].seed is None and features["inception"].label == "features inception"
+    assert features["inception"].params["settings"].batch_size == 8
+    quality = {s.params["feature_space"]: s for s in g.of_kind("quality")}
+    assert quality["inception"].params["settings"].max_samples == 500 == quality["segmenter_fpn"].params["settings"].max_samples
+    # One mask fidelity per pool, shared by both feature spaces.
+    assert len(g.of_kind("fidelity_evaluate")) == 2
+    assert quality["inception"].deps["fidelity:gan"] is quality["segmenter_fpn"].deps["fidelity:gan"]
+    assert {r for r in g.of_kind("report")[0].deps if r.startswith("quality:")} == {"quality:segmenter_fpn", "quality:inception"}
+
+
+def test_a_gan_per_seed_is_a_source_per_seed() -> None:
+    g = build_graph(parse_plan(plan_with(gan={"per_seed": True}, quality=QUALITY)))
+    (quality,) = g.of_kind("quality")
+    assert quality.params["sources"] == ["composite", "gan-s1", "gan-s2"]
+    assert [s["label"] for s in g.of_kind("features")[0].params["sets"]][2:] == ["composite", "gan-s1", "gan-s2"]
+    sources = g.of_kind("report")[0].params["quality_sources"]
+    assert ["gan", 1, "gan-s1"] in sources and ["gan", 2, "gan-s2"] in sources
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"arms": [{"name": "comp", "real": 10, "composite": 5}]}, "the plan has no real-only arm"),
+        ({"split": {"train": 0.8, "val": 0.2, "test": 0}, "test_sets": [{"label": "ph2", "dataset": {"demo": {"count": 6}}}]}, "no internal test split"),
+        ({"quality": {"enabled": False}}, "quality.enabled is false"),
+        ({"arms": [{"name": "r", "real": 10}]}, "no arm uses synthetic data"),
+        ({}, "needs at least 6 images with nearest_k = 5, but half the synthesis prefix (10 real images) has 5"),
+        ({"quality": QUALITY, "arms": [{"name": "r", "real": 10}, {"name": "c", "real": 10, "composite": 3}]},
+         "needs at least 4 images with nearest_k = 3, but the composite pool has 3"),
+    ],
+)
+def test_without_what_quality_needs_the_section_is_skipped_and_the_provenance_says_why(changes: dict, reason: str) -> None:
+    from orchestrator.steps import quality_provenance
+
+    g = build_graph(parse_plan(plan_with(**changes)))
+    assert not {"features", "quality", "fidelity_predict", "fidelity_evaluate"} & set(g.kinds)
+    assert g.of_kind("report")[0].params["quality_sources"] == []
+    assert reason in quality_provenance(g)["skipped"]
+
+
+def test_a_filtered_arm_trains_on_a_ranked_part_of_a_larger_pool() -> None:
+    arms = [*BASE["arms"], {"name": "comp-fid", "real": 10, "composite": 30, "filter": {"by": "mask_fidelity", "keep": 0.7}},
+            {"name": "gan-real", "real": 10, "gan": 20, "filter": {"by": "realism", "keep": 0.5}}]
+    plan = parse_plan(plan_with(arms=arms, quality=QUALITY))
+    assert (plan.composite_pool, plan.gan_pool) == (43, 40)  # ceil(30 / 0.7), ceil(20 / 0.5)
+    g = build_graph(plan)
+    composes = {s.params["role"]: s for s in g.of_kind("compose")}
+    assert composes["composite"].params["count"] == 43 and composes["gan_masks"].params["count"] == 40
+    assert g.of_kind("gan_generate")[0].params["settings"].count == 40
+    trains = {(s.arm, s.seed): s for s in g.of_kind("segment_train")}
+    filters = {(s.arm, s.seed): s for s in g.of_kind("filter")}
+    assert set(filters) == {("comp-fid", 1), ("comp-fid", 2), ("gan-real", 1), ("gan-real", 2)}
+    for seed in (1, 2):
+        real_model = trains[("real", seed)]
+        f = filters[("comp-fid", seed)]
+        assert trains[("comp-fid", seed)].deps["composite"] is f and trains[("comp", seed)].deps["composite"] is composes["composite"]
+        assert f.params == {"by": "mask_fidelity", "keep": 0.7, "count": 30, "candidates": 43, "order_seed": training_order_seed(plan), "source": "composite"}
+        # Ranked with the real-only model of the same seed.
+        assert f.deps["pool"] is composes["composite"] and f.deps["ranking"].kind == "fidelity_evaluate"
+        assert f.deps["ranking"].deps["predictions"].deps["model"] is real_model
+        r = filters[("gan-real", seed)]
+        assert r.deps["ranking"].kind == "quality" and r.deps["ranking"].params["feature_space"] == "segmenter_fpn"
+        assert r.deps["ranking"].deps["features"].deps["model"] is real_model and r.params["candidates"] == 40
+        assert trains[("gan-real", seed)].deps["gan"] is r
+    # The first seed's realism ranking is the report's quality step (one step, not two).
+    report = g.of_kind("report")[0]
+    assert filters[("gan-real", 1)].deps["ranking"] is report.deps["quality:segmenter_fpn"]
+    assert len(g.of_kind("quality")) == 2 and len(g.of_kind("features")) == 2
+    # Filtered arms are not one pool's data: no quality source (the figures describe the pool).
+    assert not {name for name, _, _ in report.params["quality_sources"]} & {"comp-fid", "gan-real"}
+    keys = [s.key for s in g.steps]
+    assert len(set(keys)) == len(keys)
+    seen: set[str] = set()
+    for s in g.steps:  # topological, though filters pull the real-only model forward
+        assert all(d.key in seen for d in s.deps.values()), s.label
+        seen.add(s.key)
+
+
+def test_pool_sizes_round_up_without_float_noise() -> None:
+    from orchestrator.plan import pool_size
+
+    assert [pool_size(7, 0.7), pool_size(30, 0.7), pool_size(20, 0.5), pool_size(3, 0.9)] == [10, 43, 40, 4]
+
+
+def test_changing_a_quality_setting_recomputes_only_the_quality_and_the_report() -> None:
+    before = {s.label: s.key for s in build_graph(parse_plan(plan_with(quality=QUALITY))).steps}
+    after = {s.label: s.key for s in build_graph(parse_plan(plan_with(quality={**QUALITY, "kid_subsets": 50}))).steps}
+    assert {label for label in before if before[label] != after[label]} == {"quality segmenter_fpn seed=1", "report"}
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"arms": [{"name": "r", "real": 5, "filter": {"by": "realism", "keep": 0.5}}]}, "arms[0]: filter: this arm has no synthetic data to filter"),
+        ({"arms": [{"name": "c", "real": 5, "composite": 5, "filter": {"by": "mask_fidelity", "keep": 0.5}}]},
+         "arms[0] (c).filter ranks the synthetic images with the real-only arm's model, and the plan has no real-only arm"),
+        ({"split": {"train": 0.8, "val": 0.2, "test": 0}, "test_sets": [{"label": "x", "dataset": {"demo": {"count": 4}}}],
+          "arms": [{"name": "r", "real": 5}, {"name": "c", "real": 5, "composite": 5, "filter": {"by": "realism", "keep": 0.5}}]},
+         "arms[1] (c).filter by realism: realism comes from the quality job, which cannot run: the plan has no internal test split"),
+        ({"arms": [{"name": "r", "real": 6}, {"name": "c", "real": 6, "composite": 5, "filter": {"by": "realism", "keep": 0.5}}]},
+         "filter by realism: realism comes from the quality job, which cannot run: too few images for the quality figures: every set is scored "
+         "at one sample size, which needs at least 6 images with nearest_k = 5, but half the synthesis prefix (6 real images) has 3"),
+        ({"arms": [{"name": "r", "real": 5}, {"name": "c", "real": 5, "composite": 5, "filter": {"by": "realism", "keep": 1}}]},
+         "arms[1].filter.keep: Input should be less than 1"),
+        ({"arms": [{"name": "r", "real": 5}, {"name": "c", "real": 5, "composite": 5, "filter": {"by": "realism", "keep": 0}}]},
+         "arms[1].filter.keep: Input should be greater than 0"),
+        ({"arms": [{"name": "r", "real": 5}, {"name": "c", "real": 5, "composite": 5, "filter": {"by": "fid", "keep": 0.5}}]},
+         "arms[1].filter.by: Input should be 'mask_fidelity' or 'realism'"),
+        ({"arms": [{"name": "r", "real": 5}, {"name": "c", "real": 5, "composite": 5, "filter": {"keep": 0.5}}]}, "arms[1].filter.by: Field required"),
+        ({"arms": [{"name": "r", "real": 5}, {"name": "c", "real": 5, "composite": 5, "filter": {"by": "realism", "keep": 0.5, "top": 3}}]},
+         "arms[1].filter.top: Extra inputs are not permitted; known fields: by, keep"),
+        ({"quality": {"enabled": True}, "arms": [{"name": "c", "real": 5, "composite": 5}]},
+         "quality.enabled is true, but the plan has no real-only arm"),
+        ({"quality": {"enabled": False, "inception_weights": "store:w/inception.pt"}}, "quality.inception_weights has no effect with quality.enabled: false"),
+        ({"quality": {"inception_weights": "IMAGENET1K_V1"}}, "quality.inception_weights 'IMAGENET1K_V1': give file:NAME (a file inside SYNTHAUG_WEIGHTS_DIR) or store:KEY; none are ever downloaded"),
+        ({"quality": {"inception_weights": "file:../w.pt"}}, "quality.inception_weights 'file:../w.pt': outside SYNTHAUG_WEIGHTS_DIR"),
+        ({"quality": {"enabled": "yes"}}, "quality.enabled must be true or false"),
+        ({"quality": {"max_samples": 2}}, "quality.max_samples must be in [4, 50000], got 2"),
+        ({"quality": {"batch_size": 0}}, "quality.batch_size must be ≥ 1, got 0"),
+        ({"quality": {"kid_subset": 10}}, "quality: unknown field(s) kid_subset; known fields: enabled, inception_weights, max_samples, kid_subset_size"),
+    ],
+)
+def test_quality_and_filter_errors_name_the_field(changes: dict, message: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_plan(plan_with(**changes))
+    assert message in str(info.value)

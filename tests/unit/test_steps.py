@@ -10,7 +10,17 @@ import pytest
 from orchestrator.graph import Step, build_graph
 from orchestrator.plan import parse_plan
 from orchestrator.runner import RunSummary, load_cached, step_cache_key
-from orchestrator.steps import StepContext, StepTimes, check_disjoint, check_known_counts, pin_dataset_names, report_request, run_test_set, synthesis_prefix
+from orchestrator.steps import (
+    StepContext,
+    StepTimes,
+    check_disjoint,
+    check_known_counts,
+    pin_dataset_names,
+    report_request,
+    run_filter,
+    run_test_set,
+    synthesis_prefix,
+)
 from services.common.datasets import Dataset, register_name
 from services.common.demo_data import DemoConfig, register_demo
 from services.common.errors import InvalidArgument, NotFound
@@ -34,11 +44,15 @@ def results_by_role(steps: list[Step]) -> dict[str, common_pb2.JobResult]:
         if s.kind == "segment_train":
             add_output(result, "training_record", ref(f"{s.key}/record.json"))
             add_output(result, "model", ref(f"{s.key}/model.pt"))
-        elif s.kind == "predict":
+        elif s.kind in ("predict", "fidelity_predict"):
             add_output(result, "predictions", ref(f"{s.key}/predictions.json"))
-        elif s.kind == "evaluate":
+        elif s.kind in ("evaluate", "fidelity_evaluate"):
             add_output(result, "evaluation", ref(f"{s.key}/evaluation.json"))
-        elif s.kind in ("dataset", "split", "subset", "test_set", "compose", "gan_generate"):
+        elif s.kind == "features":
+            add_output(result, "features", ref(f"{s.key}/features.npz"))
+        elif s.kind == "quality":
+            add_output(result, "quality", ref(f"{s.key}/quality.json"))
+        elif s.kind in ("dataset", "split", "subset", "test_set", "compose", "gan_generate", "filter"):
             add_output(result, "dataset", common_pb2.DatasetRef(id=s.key[:32], num_images=20))
         out[s.key] = result
     return out
@@ -245,3 +259,86 @@ def test_the_test_set_step_loads_its_data_and_checks_it_against_the_training_dat
     check_known_counts(file_store, build_graph(unknown))
     with pytest.raises(NotFound):
         pin_dataset_names(parse_plan({**BASE, "test_sets": [{"label": "x", "dataset": {"name": "nowhere"}}]}), file_store)
+
+
+# --- synthetic-data quality and filters ---------------------------------------------------------
+
+
+def test_the_report_carries_the_quality_results_and_each_runs_source() -> None:
+    plan = {**BASE, "gan": {"per_seed": True}, "quality": {"nearest_k": 3, "inception_weights": "store:weights/inception.pt"}}
+    graph, report, _results, request = report_for(plan)
+    quality = {s.params["feature_space"]: s for s in graph.of_kind("quality")}
+    # One result per feature space, the real-only model's space first.
+    assert [q.key for q in request.quality] == [f"{quality['segmenter_fpn'].key}/quality.json", f"{quality['inception'].key}/quality.json"]
+    sources = {(r.arm, r.seed): r.quality_source for r in request.runs}
+    assert sources == {("real", 1): "", ("real", 2): "", ("comp", 1): "composite", ("comp", 2): "composite",
+                       ("gan", 1): "gan-s1", ("gan", 2): "gan-s2", ("hybrid", 1): "", ("hybrid", 2): ""}
+    prov = json.loads(request.provenance_json)
+    assert prov["quality"] == {
+        "feature_spaces": ["segmenter_fpn", "inception"], "model": {"arm": "real", "seed": 1},
+        "real_train": "the synthesis prefix (the real images the synthetic data derive from)", "real_test": "the internal test split",
+        "sources": ["composite", "gan-s1", "gan-s2"], "steps": {"segmenter_fpn": "quality segmenter_fpn seed=1", "inception": "quality inception seed=1"}}
+    parse_provenance(request.provenance_json)  # the evaluator accepts it
+    # Without Inception weights the provenance says so; without quality no run names a source.
+    _g, _r, _res, fpn_only = report_for({**BASE, "quality": {"nearest_k": 3}})
+    assert "no Inception weights supplied" in json.loads(fpn_only.provenance_json)["quality"]["note"]
+    _g, _r, _res, none = report_for({**BASE, "quality": {"enabled": False}})
+    assert not none.quality and all(r.quality_source == "" for r in none.runs)
+
+
+def test_a_filtered_arms_dataset_is_named_in_the_provenance() -> None:
+    arms = [*BASE["arms"], {"name": "comp-f", "real": 10, "composite": 10, "filter": {"by": "mask_fidelity", "keep": 0.5}}]
+    graph, _report, results, request = report_for({**BASE, "arms": arms})
+    prov = parse_provenance(request.provenance_json)
+    filters = graph.of_kind("filter")
+    assert [(d.role, d.label, d.id, d.step) for d in prov.datasets if d.role == "filtered"] == [
+        ("filtered", "composite", results[f.key].dataset_outputs["dataset"].id, f.label) for f in filters]
+    assert prov.arm("comp-f") is not None and json.loads(request.provenance_json)["arms"][-1]["filter"] == {"by": "mask_fidelity", "keep": 0.5}
+
+
+def filter_step(by: str, count: int, candidates: int, source: str = "composite") -> Step:
+    return Step("filter", f"filter {source}", {"by": by, "keep": 0.5, "count": count, "candidates": candidates, "order_seed": 5, "source": source})
+
+
+def test_a_filter_keeps_the_best_ranked_of_its_candidates(file_store: ObjectStore) -> None:
+    pool = demo(file_store, 12, seed=2)
+    ids = [r["id"] for r in pool.image_records()]
+    candidates = nested_order(5, pool.id, "", ids)[:6]  # what an unfiltered arm's 6 would be
+    outside = next(i for i in ids if i not in candidates)
+    # Scores: the best image of the pool is no candidate; two candidates tie.
+    iou = {i: 0.1 * (k % 4) for k, i in enumerate(ids)} | {outside: 1.0, candidates[0]: 0.9, candidates[4]: 0.9}
+    evaluation = {"truth_dataset": pool.id, "per_image": [{"image_id": i, "iou": iou[i]} for i in ids]}
+    ctx = StepContext(file_store, None, parse_plan(BASE), lambda *a: None, threading.Event(), {}, "r")  # type: ignore[arg-type]
+
+    def inputs(role: str, document: Any) -> dict[str, common_pb2.JobResult]:
+        info = file_store.put_blob(json.dumps(document).encode(), ".json")
+        ranking = add_output(common_pb2.JobResult(), role, common_pb2.ObjectRef(bucket=file_store.bucket, key=info.key, sha256=info.sha256))
+        return {"pool": add_output(common_pb2.JobResult(), "dataset", pool.ref()), "ranking": ranking}
+
+    out = run_filter(filter_step("mask_fidelity", 3, 6), inputs("evaluation", evaluation), ctx)
+    subset = Dataset.load(file_store, out.result.dataset_outputs["dataset"])
+    expected = sorted(candidates, key=lambda i: (-iou[i], i))[:3]
+    assert sorted(r["id"] for r in subset.image_records()) == sorted(expected) and outside not in expected
+    assert min(candidates[0], candidates[4]) in expected  # ties: the lower id first
+    assert [subset.record(i) for i in expected] == [pool.record(i) for i in expected]  # records unchanged
+    params = subset.provenance["params"]["subset"]
+    assert params["filter"]["by"] == "mask_fidelity" and params["filter"]["candidates"] == 6 and params["image_ids"] == sorted(expected)
+
+    # Realism: the quality JSON's per-image realism of the source.
+    realism = {i: float(k) for k, i in enumerate(reversed(ids))}
+    quality = {"rows": [{"label": "real-vs-real", "dataset": "x"}, {"label": "composite", "dataset": pool.id}],
+               "per_image": {"composite": {"image_id": ids, "realism": [realism[i] for i in ids]}}}
+    out = run_filter(filter_step("realism", 2, 6), inputs("quality", quality), ctx)
+    chosen = sorted(r["id"] for r in Dataset.load(file_store, out.result.dataset_outputs["dataset"]).image_records())
+    assert chosen == sorted(sorted(candidates, key=lambda i: -realism[i])[:2])
+
+    # A ranking of other images, or one missing some, is refused naming the step.
+    other = demo(file_store, 12, seed=3)
+    with pytest.raises(InvalidArgument, match=rf"step filter composite: the fidelity evaluation is not of dataset {pool.id}"):
+        run_filter(filter_step("mask_fidelity", 3, 6), inputs("evaluation", {**evaluation, "truth_dataset": other.id}), ctx)
+    with pytest.raises(InvalidArgument, match=r"the mask_fidelity ranking misses 1 images"):
+        run_filter(filter_step("mask_fidelity", 3, 6), inputs("evaluation", {**evaluation, "per_image": evaluation["per_image"][1:]}), ctx)
+    with pytest.raises(InvalidArgument, match=r"the quality result has no source 'gan'"):
+        run_filter(filter_step("realism", 2, 6, source="gan"), inputs("quality", quality), ctx)
+    with pytest.raises(InvalidArgument, match=r"has 12 images, fewer than the 13 a filter ranks"):
+        run_filter(filter_step("mask_fidelity", 3, 13), inputs("evaluation", evaluation), ctx)

@@ -61,7 +61,7 @@ class AugmentParams:
     colour: np.ndarray
     offset: np.ndarray
 
-    def subset(self, positions: Sequence[int]) -> "AugmentParams":
+    def subset(self, positions: Sequence[int]) -> AugmentParams:
         """The parameters of the images at ``positions``."""
         index = np.asarray(positions, dtype=np.int64)
         return AugmentParams(self.theta[index], self.transposed[index], self.colour[index], self.offset[index])

@@ -192,7 +192,7 @@ class _SizeGroup:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.images, self.masks, self.labels, self.image_ids))
 
-    def to(self, device: torch.device) -> "_SizeGroup":
+    def to(self, device: torch.device) -> _SizeGroup:
         return _SizeGroup(self.images.to(device), self.masks.to(device), self.labels.to(device),
                           self.image_ids.to(device), self.mask_start, self.mean_grey)
 

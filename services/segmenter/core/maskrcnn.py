@@ -7,6 +7,7 @@ built through services.segmenter.core.models.build_model.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -34,7 +35,8 @@ COCO_CLASSES = 91  # torchvision's detector weights come with COCO's 91 classes
 class MaskRCNNSegmenter(MaskRCNN):
     """torchvision's MaskRCNN plus the SegmentationModel hooks (core/models.py): the same
     modules, state dict and forward, with the box head's score cut as `score_threshold`, its
-    cap as `detections_per_image`, and the transform's resize as `input_size`.
+    cap as `detections_per_image`, the transform's resize as `input_size`, and the pooled
+    FPN levels as `features`.
 
     torchvision resizes every image (training and inference alike, one min_size) so that its
     shorter side is min_size unless its longer side would exceed max_size; in inference it
@@ -65,6 +67,24 @@ class MaskRCNNSegmenter(MaskRCNN):
         finally:
             self.transform.train(was_training)
         return int(resized.shape[-2]), int(resized.shape[-1])
+
+    def features(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """N × FPN channels: each FPN level (P2…P6) average-pooled over the image's own
+        area, the levels averaged. Through the model's own transform (normalisation and
+        resize, as in prediction), so the features see what the detector sees. Pooling covers
+        each image's own area, not the zero padding a batch adds (torchvision pads it to a
+        multiple of 32 and to its largest image); convolutions near the border still see that
+        padding, so callers batch images of one size together (core/feature_extraction.py)."""
+        batch, _ = self.transform(images)
+        levels = list(self.backbone(batch.tensors).values())
+        padded_h, padded_w = batch.tensors.shape[-2:]
+        pooled = torch.zeros(len(images), levels[0].shape[1], device=levels[0].device, dtype=torch.float32)
+        for level in levels:
+            scale_h, scale_w = level.shape[-2] / padded_h, level.shape[-1] / padded_w
+            for i, (h, w) in enumerate(batch.image_sizes):
+                rows, cols = max(1, math.ceil(h * scale_h)), max(1, math.ceil(w * scale_w))
+                pooled[i] += level[i, :, :rows, :cols].float().mean(dim=(1, 2))
+        return pooled / len(levels)
 
 
 def _with_hook(model: MaskRCNN) -> MaskRCNNSegmenter:

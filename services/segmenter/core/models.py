@@ -62,6 +62,11 @@ class SegmentationModel(Protocol):
     * ``input_size(height, width)``: the size an image of that size has when it enters the
       network (the model's own resize to ModelSpec min_size / max_size), in training and in
       prediction alike; outputs come back at the input image's own size.
+    * ``features(images)`` (eval mode): one vector per image, N × D float, from the
+      network's own backbone at its own input size and normalisation — the task-aware
+      feature space ("segmenter_fpn") in which the quality of synthetic images is measured
+      (core/feature_extraction.py). D is fixed per network. An architecture without it can
+      train and predict, but its features are refused (InvalidArgument naming it).
     """
 
     score_threshold: float
@@ -71,6 +76,8 @@ class SegmentationModel(Protocol):
                  targets: list[dict[str, torch.Tensor]] | None = None) -> Any: ...
 
     def input_size(self, height: int, width: int) -> tuple[int, int]: ...
+
+    def features(self, images: list[torch.Tensor]) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ class ModelSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
         """Tolerates keys it does not know; sizes default to the architecture's."""
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         architecture = get_architecture(str(known.get("architecture", DEFAULT_ARCHITECTURE)), "model architecture")

@@ -142,7 +142,7 @@ class Budget:
     epoch_iterations: int
 
     @classmethod
-    def of(cls, cfg: SegmenterConfig, num_images: int, world_size: int) -> "Budget":
+    def of(cls, cfg: SegmenterConfig, num_images: int, world_size: int) -> Budget:
         epoch = -(-num_images // (cfg.batch_size * world_size))
         if cfg.max_iters_per_epoch:
             epoch = min(epoch, cfg.max_iters_per_epoch)

@@ -31,7 +31,7 @@ log = logging.getLogger("synthaug")
 
 #: Modules with a `register(subparsers)` function, in the order their commands are listed.
 COMMAND_MODULES: tuple[str, ...] = (
-    "services.common.cli_data",
+    "ingest.cli_data",
     "orchestrator.commands",
     "orchestrator.model_commands",
     "services.compositor.cli",

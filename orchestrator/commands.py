@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ingest.cli_data import _subcommand_group
 from orchestrator.plan import Plan, load_plan, load_plan_text, resolve_paths
 from orchestrator.progress import RunProgress, duration_text, progress_view, state_name
 from orchestrator.results_table import TABLE_FILES, print_results
@@ -29,7 +30,6 @@ from orchestrator.runs import PreparedRun, RunManager, load_status, load_succeed
 from orchestrator.settings import parse_addresses
 from orchestrator.steps import code_digests
 from orchestrator.transfer import collect, dataset_chunks, report_files, write_report
-from services.common.cli_data import _subcommand_group
 from services.common.cli_support import exit_code as exit_code_of
 from services.common.client import open_channel
 from services.common.errors import InvalidArgument, SynthaugError

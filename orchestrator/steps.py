@@ -91,7 +91,7 @@ class StepContext:
     results: Mapping[str, common_pb2.JobResult]
     run_id: str
     #: The whole graph (the report's provenance lists every step).
-    graph: "Graph | None" = None
+    graph: Graph | None = None
     #: The step's phases, filled as they happen.
     times: StepTimes = field(default_factory=lambda: StepTimes(time.monotonic()))
     #: Called once when the service starts the step (the runner shows it running from then).
@@ -109,13 +109,13 @@ class StepContext:
     # helpers in this module) are the code that decides what a step computes, and their source
     # is part of the step's code digest; these methods are not.
 
-    def local_output(self, dataset: common_pb2.DatasetRef) -> "StepOutput":
+    def local_output(self, dataset: common_pb2.DatasetRef) -> StepOutput:
         """A local step's result: the dataset it produced, computed since `started()`."""
         self.times.computed = time.monotonic()
         started = self.times.started if self.times.started is not None else self.times.computed
         return StepOutput(refs.add_output(common_pb2.JobResult(), "dataset", dataset), self.times.computed - started)
 
-    def job(self, service: str, submit: str, request: Any) -> "StepOutput":
+    def job(self, service: str, submit: str, request: Any) -> StepOutput:
         """Run one service job; the step counts as started when the service starts the job."""
         queued_at: list[float] = []  # the service's clock
 
@@ -166,7 +166,7 @@ def _output(inputs: Inputs, dep: str, role: str) -> common_pb2.ObjectRef:
 
 
 def run_dataset(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
-    from services.common.importers.pipeline import ImportOptions
+    from ingest.importers.pipeline import ImportOptions
 
     ctx.started()
     params = step.params
@@ -175,7 +175,7 @@ def run_dataset(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
     if "name" in params:
         return ctx.local_output(Dataset.load(ctx.store, params["name"]).ref())
     if "demo" in params:
-        from services.common.demo_data import DemoConfig, register_demo
+        from ingest.demo_data import DemoConfig, register_demo
 
         demo = params["demo"]
         summary = register_demo(ctx.store, demo["count"], demo["seed"], DemoConfig(size=demo["size"]), options=options, progress=on_progress)
@@ -184,11 +184,12 @@ def run_dataset(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
         size = imp["size"]
         options = ImportOptions(name="", size=None if size == "keep" else size, split=None)
         if imp["format"] == "masks":
-            from services.common.importers.masks import MaskOptions, import_masks
+            from ingest.importers.masks import MaskOptions, import_masks
 
-            summary = import_masks(ctx.store, imp["images"], imp["masks"], MaskOptions(pattern=imp["pattern"], min_area=imp["min_area"]), options, progress=on_progress)
+            masks = MaskOptions(pattern=imp["pattern"], min_area=imp["min_area"])
+            summary = import_masks(ctx.store, imp["images"], imp["masks"], masks, options, progress=on_progress)
         else:
-            from services.common.importers.coco import import_coco
+            from ingest.importers.coco import import_coco
 
             summary = import_coco(ctx.store, imp["annotations"], imp["images"], options, progress=on_progress)
     return ctx.local_output(Dataset.load(ctx.store, summary.dataset_id).ref())
@@ -231,7 +232,7 @@ def run_test_set(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
 
 def split_assignment(ds: Dataset, params: Mapping[str, Any]) -> dict[int, str]:
     """Image id → split, as the split step assigns them (its `params`; not for `existing`)."""
-    from services.common.splits import SplitSpec, assign_splits, groups_for, read_groups
+    from ingest.splits import SplitSpec, assign_splits, groups_for, read_groups
 
     group_by = params.get("group_column") or ""
     spec = SplitSpec(train=params["train"], val=params["val"], test=params["test"], seed=params["seed"], group_by=group_by)
@@ -245,7 +246,7 @@ def split_assignment(ds: Dataset, params: Mapping[str, Any]) -> dict[int, str]:
 
 
 def run_split(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
-    from services.common.splits import SplitSpec
+    from ingest.splits import SplitSpec
 
     ctx.started()
     ds = Dataset.load(ctx.store, _dataset(inputs, "dataset"))
@@ -298,7 +299,7 @@ def known_dataset(store: ObjectStore, step: Step) -> Dataset | None:
         return None
 
 
-def known_train_size(store: ObjectStore, graph: "Graph") -> tuple[int, str] | None:
+def known_train_size(store: ObjectStore, graph: Graph) -> tuple[int, str] | None:
     """The size of the plan's train split and what it is of, when that is known before the
     run: the split step's record is cached, or the dataset is known (its split is computed
     here, as the split step would). None otherwise."""
@@ -320,7 +321,7 @@ def known_train_size(store: ObjectStore, graph: "Graph") -> tuple[int, str] | No
     return ds.split_sizes().get("train", 0), f"dataset {ds.name or ds.id}"
 
 
-def check_known_counts(store: ObjectStore, graph: "Graph") -> None:
+def check_known_counts(store: ObjectStore, graph: Graph) -> None:
     """What the run would refuse, found before it starts where the data are known
     (`--dry-run` and prepare say so up front): InvalidArgument when the plan asks for more real
     images than its train split has, or when a test set shares an image with the training
@@ -518,7 +519,7 @@ DATASET_ROLES = {"dataset": "real", "split": "split", "subset": "synthesis_real"
                  "filter": "filtered"}
 
 
-def provenance(graph: "Graph", results: Mapping[str, common_pb2.JobResult], run_id: str) -> dict[str, Any]:
+def provenance(graph: Graph, results: Mapping[str, common_pb2.JobResult], run_id: str) -> dict[str, Any]:
     """The run's provenance for the report (format synthaug.provenance/1, see
     services/evaluator/core/provenance.py): every step with its key and code digest, the
     datasets the numbers rest on, the synthesis prefix, the arms and the budget."""
@@ -568,7 +569,7 @@ def provenance(graph: "Graph", results: Mapping[str, common_pb2.JobResult], run_
     }
 
 
-def quality_provenance(graph: "Graph") -> dict[str, Any]:
+def quality_provenance(graph: Graph) -> dict[str, Any]:
     """What the report's quality section rests on, or why there is none."""
     plan = graph.plan
     report = graph.of_kind("report")[0]
@@ -590,7 +591,7 @@ def quality_provenance(graph: "Graph") -> dict[str, Any]:
     return out
 
 
-def contact_sources(graph: "Graph", results: Mapping[str, common_pb2.JobResult]) -> list[evaluator_pb2.ContactSource]:
+def contact_sources(graph: Graph, results: Mapping[str, common_pb2.JobResult]) -> list[evaluator_pb2.ContactSource]:
     """The training data the report's contact sheet samples: the real train split, the
     composites, the GAN images (of the first GAN when there is one per seed)."""
     out = []
@@ -605,7 +606,7 @@ def contact_sources(graph: "Graph", results: Mapping[str, common_pb2.JobResult])
 
 
 def report_request(
-    step: Step, inputs: Inputs, results: Mapping[str, common_pb2.JobResult], prefix: str, graph: "Graph | None" = None, run_id: str = ""
+    step: Step, inputs: Inputs, results: Mapping[str, common_pb2.JobResult], prefix: str, graph: Graph | None = None, run_id: str = ""
 ) -> evaluator_pb2.ReportRequest:
     """The evaluator's ReportRequest: one ArmRun per evaluated (arm, seed, test set), with the
     predictions and training record behind each evaluation (the report reads each arm's

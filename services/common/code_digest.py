@@ -9,13 +9,14 @@ changes), so job ids and step keys hash a digest of the source files instead:
   ``cli`` and ``__main__``, plus the package's data files (e.g. report templates; ``*.md``
   aside). For an orchestrator step kind, the service's roots, or for a local kind the
   modules its executor imports (orchestrator/steps.py decides; see ``digest``'s ``extra``).
-- **Closure.** Every project module (packages ``services`` and ``synthaug``) those roots
+- **Closure.** Every project module (packages ``services``, ``synthaug`` and ``ingest``) those roots
   import, transitively, found by reading their source with ``ast``: module-level and
   function-level imports alike, and every parent package's ``__init__`` (Python runs it).
 - **Transport.** Modules that only move requests and results between processes
   (``TRANSPORT_MODULES``: the gRPC runtime, the job manager, event logs, the client,
-  logging, this module) are not followed: a retry or a TLS option cannot change a result,
-  and counting them would recompute every step on every infrastructure change.
+  logging, transport security, request limits, this module) are not followed: a retry or
+  a TLS option cannot change a result, and counting them would recompute every step on
+  every infrastructure change.
 - **Digest.** SHA-256 over the sorted (path relative to its package root, SHA-256 of the
   file's bytes) of the closure. Any byte counts, comments included: a stale cache is worse
   than a recomputation.
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 #: Top-level packages whose modules are followed (others are third-party or the orchestrator).
-PROJECT_PACKAGES = ("services", "synthaug")
+PROJECT_PACKAGES = ("services", "synthaug", "ingest")
 #: Service packages (services/<name>/) whose code computes jobs.
 SERVICES = ("compositor", "gan", "segmenter", "evaluator")
 #: Modules that move requests and results but compute nothing a result depends on.
@@ -50,6 +51,8 @@ TRANSPORT_MODULES = frozenset(
         "services.common.logs",
         "services.common.cli_support",
         "services.common.code_digest",
+        "services.common.security",  # TLS and tokens decide who may ask, not the answer
+        "services.common.limits",  # a bound refuses a request; it never changes a result
     }
 )
 #: Entry points for people, not for jobs: never roots.

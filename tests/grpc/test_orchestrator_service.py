@@ -10,11 +10,11 @@ import grpc
 import pytest
 import yaml
 
+from ingest.demo_data import DemoConfig, register_demo
+from ingest.importers.pipeline import ImportOptions
 from orchestrator.server import build as build_orchestrator
 from orchestrator.transfer import CHUNK_BYTES, chunks_of, collect, dataset_chunks, write_report
 from services.common.datasets import Dataset, manifest_key, registered_id
-from services.common.demo_data import DemoConfig, register_demo
-from services.common.importers.pipeline import ImportOptions
 from services.common.store import FileStore
 from synthaug.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from tests.grpc_helpers import running_server

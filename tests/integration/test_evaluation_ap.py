@@ -16,12 +16,12 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ingest.demo_data import DemoConfig, register_demo
 from orchestrator.graph import build_graph
 from orchestrator.plan import parse_plan
 from services.common.client import wait_job
 from services.common.config import config_to_proto
 from services.common.datasets import Dataset, masks_to_rle
-from services.common.demo_data import DemoConfig, register_demo
 from services.common.refs import object_ref, output
 from services.common.store import ObjectStore, canonical_json
 from services.evaluator.server import build as build_evaluator

@@ -99,8 +99,8 @@ def test_what_feeds_which_kind() -> None:
     everything = set().union(*files.values())
     assert not everything & {"services/common/runtime.py", "services/common/jobs.py", "services/common/client.py", "services/compositor/cli.py", "services/gan/__main__.py"}
     # Local kinds: what their executors import, found in the function bodies.
-    assert {"services/common/importers/masks.py", "services/common/demo_data.py"} <= files["dataset"]
-    assert "services/common/splits.py" in files["split"] and "services/common/sampling.py" in files["subset"]
+    assert {"ingest/importers/masks.py", "ingest/demo_data.py"} <= files["dataset"]
+    assert "ingest/splits.py" in files["split"] and "services/common/sampling.py" in files["subset"]
     assert not any(f.startswith("services/compositor/") for f in files["dataset"] | files["split"] | files["subset"])
     assert "orchestrator/steps.py:run_report" in files["report"] and "orchestrator/steps.py:provenance" in files["report"]
 

@@ -9,12 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from services.common import cli_data
+from ingest import cli_data
+from ingest.demo_data import DemoConfig, generate, generate_sample, register_demo, write_demo_folder
+from ingest.importers import ImportOptions
+from ingest.splits import SplitSpec
 from services.common.datasets import Dataset, rle_to_masks
-from services.common.demo_data import DemoConfig, generate, generate_sample, register_demo, write_demo_folder
 from services.common.errors import InvalidArgument
-from services.common.importers import ImportOptions
-from services.common.splits import SplitSpec
 
 
 def run_cli(argv: list[str]) -> int:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from services.common import cli_data
+from ingest import cli_data
+from ingest.importers import ImportOptions, ImportProblems, import_coco
 from services.common.datasets import Dataset, list_datasets
-from services.common.importers import ImportOptions, ImportProblems, import_coco
 from services.common.store import FileStore, ObjectStore
 
 H, W = 60, 80

@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from services.common import cli_data
+from ingest import cli_data
+from ingest.importers import ImportOptions, ImportProblems, MaskOptions, binary_components, import_masks
+from ingest.splits import SplitSpec
 from services.common.datasets import Dataset, list_datasets
 from services.common.imageio import resize_mask
-from services.common.importers import ImportOptions, ImportProblems, MaskOptions, binary_components, import_masks
-from services.common.splits import SplitSpec
 from services.common.store import FileStore, ObjectStore
 
 ONE = ImportOptions(workers=1)

@@ -149,7 +149,7 @@ def test_intact_reads_are_unchanged(store: ObjectStore) -> None:
 def test_cli_reports_corruption_with_exit_1(file_store: FileStore, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from services.common import cli_data
+    from ingest import cli_data
 
     ds = small_dataset(file_store)
     key = manifest_key(ds.id)

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
+from ingest.splits import SplitSpec, assign_splits, groups_for, read_groups, split_sizes
 from services.common.errors import InvalidArgument
-from services.common.splits import SplitSpec, assign_splits, groups_for, read_groups, split_sizes
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from ingest.demo_data import DemoConfig, register_demo
 from orchestrator.graph import Step, build_graph
 from orchestrator.plan import parse_plan
 from orchestrator.runner import RunSummary, load_cached, step_cache_key
@@ -22,7 +23,6 @@ from orchestrator.steps import (
     synthesis_prefix,
 )
 from services.common.datasets import Dataset, register_name
-from services.common.demo_data import DemoConfig, register_demo
 from services.common.errors import InvalidArgument, NotFound
 from services.common.refs import add_output
 from services.common.sampling import nested_order

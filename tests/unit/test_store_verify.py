@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from services.common import cli_data
+from ingest import cli_data
 from services.common.datasets import Dataset, DatasetWriter, list_datasets, manifest_key
 from services.common.errors import NotFound
 from services.common.refs import add_output, object_ref

@@ -16,15 +16,15 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, cast
 
 import cv2
 import numpy as np
 
+from ingest.splits import SplitSpec, assign_splits, groups_for, read_groups
 from services.common.datasets import Dataset, DatasetWriter, ImageRecord, encode_sample, manifest_id, registered_id, validate_name
 from services.common.errors import InvalidArgument, SynthaugError
 from services.common.imageio import decode_image, resize_image, resize_mask
-from services.common.splits import SplitSpec, assign_splits, groups_for, read_groups
 from services.common.store import ObjectInfo, ObjectStore, blob_key, sha256_bytes
 
 log = logging.getLogger(__name__)
@@ -194,13 +194,14 @@ def _process(task: ImportTask, decode: Callable[[ImportTask], Decoded], size: in
         dec = decode(task)
         image, masks = dec.image, dec.masks
         notes = dict(dec.notes)
-        resized = size is not None and image.shape[:2] != (size, size)
-        if resized:
+        resized = False
+        if size is not None and image.shape[:2] != (size, size):
             image = resize_image(image, size)
             masks = resize_mask(masks, size)
+            resized = True
         labels, crowd = list(dec.labels), list(dec.iscrowd)
         if len(masks):
-            keep = masks.reshape(len(masks), -1).any(axis=1)
+            keep = cast(np.ndarray, masks.reshape(len(masks), -1).any(axis=1))  # one bool per instance
             if not keep.all():  # an instance thinner than a pixel after nearest-neighbour resizing
                 notes["instances_vanished_on_resize"] = notes.get("instances_vanished_on_resize", 0) + int((~keep).sum())
                 masks = masks[keep]

@@ -28,9 +28,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from services.common.errors import InvalidArgument
-from services.common.imageio import LOSSY_FORMATS, read_mask_and_format
-from services.common.importers.pipeline import (
+from ingest.importers.pipeline import (
     Decoded,
     ImportOptions,
     ImportProblems,
@@ -42,6 +40,8 @@ from services.common.importers.pipeline import (
     require_dir,
     run_import,
 )
+from services.common.errors import InvalidArgument
+from services.common.imageio import LOSSY_FORMATS, read_mask_and_format
 from services.common.store import ObjectStore
 
 MASK_TYPES = ("auto", "binary", "instance")

@@ -11,13 +11,12 @@ import json
 import math
 import re
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, TypeGuard
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from services.common.errors import InvalidArgument
-from services.common.importers.pipeline import (
+from ingest.importers.pipeline import (
     Decoded,
     ImportOptions,
     ImportProblems,
@@ -28,6 +27,7 @@ from services.common.importers.pipeline import (
     require_dir,
     run_import,
 )
+from services.common.errors import InvalidArgument
 from services.common.store import ObjectStore
 
 #: Polygon points may sit this far outside the image (exporters write vertices on the border
@@ -35,7 +35,7 @@ from services.common.store import ObjectStore
 POLYGON_TOLERANCE = 1.0
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -240,7 +240,7 @@ def plan_coco(coco: Any, images_root: Path, source: str) -> tuple[list[dict[str,
     if problems:
         raise ImportProblems(what, problems)
 
-    tasks = []
+    tasks: list[ImportTask] = []
     for iid in sorted(images):
         img = images[iid]
         tasks.append(ImportTask(len(tasks), img["file_name"], str(paths[iid]), (img["height"], img["width"], per_image[iid])))

@@ -124,8 +124,8 @@ def _add_import_common(p: argparse.ArgumentParser) -> None:
 
 
 def _import_options(args: argparse.Namespace) -> Any:
-    from services.common.importers import ImportOptions
-    from services.common.splits import SplitSpec
+    from ingest.importers import ImportOptions
+    from ingest.splits import SplitSpec
 
     split = SplitSpec.parse(args.split, seed=args.split_seed, group_by=args.group_by)
     if split is None and args.group_by:
@@ -177,7 +177,7 @@ def _print_summary(summary: Any, as_json: bool) -> None:
 
 
 def _cmd_import_masks(args: argparse.Namespace) -> int:
-    from services.common.importers import MaskOptions, import_masks
+    from ingest.importers import MaskOptions, import_masks
     from services.common.store import open_store
 
     mask_options = MaskOptions(
@@ -196,7 +196,7 @@ def _cmd_import_masks(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_coco(args: argparse.Namespace) -> int:
-    from services.common.importers import import_coco
+    from ingest.importers import import_coco
     from services.common.store import open_store
 
     options = _import_options(args).validate()
@@ -207,7 +207,7 @@ def _cmd_import_coco(args: argparse.Namespace) -> int:
 
 
 def _demo_config(args: argparse.Namespace) -> Any:
-    from services.common.demo_data import DemoConfig
+    from ingest.demo_data import DemoConfig
 
     return DemoConfig(
         size=args.size,
@@ -219,7 +219,7 @@ def _demo_config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_dataset_demo(args: argparse.Namespace) -> int:
-    from services.common import demo_data
+    from ingest import demo_data
 
     config = _demo_config(args)
     if args.out:
@@ -247,7 +247,7 @@ def _cmd_dataset_list(args: argparse.Namespace) -> int:
 
     store = open_store(args.store)
     names = list_datasets(store)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, dataset_id in sorted(names.items()):
         try:
             ds = Dataset.load(store, dataset_id)
@@ -281,7 +281,7 @@ def _cmd_dataset_show(args: argparse.Namespace) -> int:
     per_category: dict[int, int] = {}
     for ann in ds.manifest["annotations"]:
         per_category[ann["category_id"]] = per_category.get(ann["category_id"], 0) + 1
-    info = {
+    info: dict[str, Any] = {
         "id": ds.id,
         "name": ds.name,
         "kind": ds.kind,

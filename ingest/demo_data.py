@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 if TYPE_CHECKING:
-    from services.common.importers.pipeline import Decoded, ImportOptions, ImportSummary, ImportTask
+    from ingest.importers.pipeline import Decoded, ImportOptions, ImportSummary, ImportTask
     from services.common.store import ObjectStore
 
 import cv2
@@ -135,7 +135,7 @@ def _background(rng: np.random.Generator, s: int) -> np.ndarray:
     img = _upsample(low, s, s)
     mottle = _upsample(rng.standard_normal((24, 24, 3)).astype(np.float32), s, s)
     img = cv2.scaleAdd(mottle, 5.0, img)
-    speckle = (rng.random((s, s), dtype=np.float32) < 0.004).astype(np.float32)
+    speckle: np.ndarray = (rng.random((s, s), dtype=np.float32) < 0.004).astype(np.float32)
     speckle = cv2.GaussianBlur(speckle, (3, 3), 0.8)
     return cv2.scaleAdd(cv2.merge([speckle, speckle, speckle]), -30.0, img)
 
@@ -311,9 +311,9 @@ def generate(seed: int, count: int, config: DemoConfig = DemoConfig(), start: in
 # Writing a demo folder (images/, masks/, annotations.json)
 
 
-def coco_annotations(masks: np.ndarray, labels: Sequence[int], image_id: int, first_id: int) -> list[dict]:
+def coco_annotations(masks: np.ndarray, labels: Sequence[int] | np.ndarray, image_id: int, first_id: int) -> list[dict[str, Any]]:
     """COCO annotations (compressed RLE, area, bbox) for N×H×W bool masks."""
-    out = []
+    out: list[dict[str, Any]] = []
     if len(masks) == 0:
         return out
     rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
@@ -373,7 +373,8 @@ def write_demo_folder(out: str | Path, count: int, seed: int, config: DemoConfig
             results = list(pool.map(_write_one, jobs, chunksize=max(1, min(32, count // (workers * 4)))))
     else:
         results = [_write_one(j) for j in jobs]
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for index, name, h, w, masks, labels in results:
         image_id = index + 1
         images.append({"id": image_id, "file_name": name, "width": w, "height": h})
@@ -395,7 +396,7 @@ def write_demo_folder(out: str | Path, count: int, seed: int, config: DemoConfig
 
 
 def decode_demo_task(task: ImportTask) -> Decoded:
-    from services.common.importers.pipeline import Decoded
+    from ingest.importers.pipeline import Decoded
 
     seed, config = task.source
     sample = generate_sample(seed, task.index, config)
@@ -413,7 +414,7 @@ def register_demo(store: ObjectStore, count: int, seed: int, config: DemoConfig 
     """
     from dataclasses import replace
 
-    from services.common.importers.pipeline import ImportOptions, ImportTask, run_import
+    from ingest.importers.pipeline import ImportOptions, ImportTask, run_import
 
     config.validate()
     _check_seed(seed)

@@ -91,3 +91,18 @@ def isic_root() -> Path:
     if not (ISIC / "train" / "images").is_dir():
         pytest.skip(f"real data not present at {ISIC}")
     return ISIC
+
+
+@pytest.fixture()
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for the test, as each of CI's two cores runs one test process's
+    work: small models train faster and, more to the point, reproducibly (a reduction's
+    order can depend on the thread count). Tests of torch code opt in with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`; torch is imported here, not
+    at the top, so the torch-free tests never load it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

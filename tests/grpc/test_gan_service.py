@@ -4,7 +4,6 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-import torch
 
 from services.common.client import wait_job
 from services.common.datasets import Dataset, DatasetWriter
@@ -15,16 +14,10 @@ from services.gan.server import build
 from synthaug.v1 import common_pb2, gan_pb2, gan_pb2_grpc
 from tests.grpc_helpers import running_server
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = dict(image_size=64, ngf=8, ndf=8, depth=6, n_layers_d=2, n_epochs=1, n_epochs_decay=1, batch_size=2,
             checkpoint_every=1, sample_count=2, boundary_channel=True, diversity="color_hint", color_hint_size=4, flip=False)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def write_dataset(store: ObjectStore, n: int, size: int, name: str, kind: str = "real", splits=("train",)) -> common_pb2.DatasetRef:

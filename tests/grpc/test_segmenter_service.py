@@ -26,15 +26,9 @@ from synthaug.v1 import segmenter_pb2 as pb
 from tests.grpc_helpers import running_server
 from tests.unit.segmenter_shapes import make_example
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CATEGORY = 5  # a COCO id that is not 1: labels must map to 1..K and back
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture()

@@ -1,8 +1,14 @@
 """Shared pieces of the end-to-end tests: a tiny plan that trains in seconds."""
 from __future__ import annotations
 
+import argparse
 import copy
 from typing import Any
+
+from orchestrator import model_commands
+from orchestrator.runner import step_cache_key
+from services.common.store import ObjectStore
+from synthaug.v1 import common_pb2
 
 TINY_PLAN: dict[str, Any] = {
     "name": "tiny",
@@ -30,3 +36,19 @@ def tiny_plan(**changes: Any) -> dict[str, Any]:
     plan = copy.deepcopy(TINY_PLAN)
     plan.update(changes)
     return plan
+
+
+def step_result(store: ObjectStore, key: str) -> common_pb2.JobResult:
+    """The cached result of the step with content key `key`, as the runner stored it."""
+    result = common_pb2.JobResult()
+    result.ParseFromString(store.get_record(step_cache_key(key)))
+    return result
+
+
+def model_cli(*argv: str) -> int:
+    """`synthaug model …` / `synthaug predict …` as the CLI runs them (orchestrator/cli.py
+    registers the same module), without the other commands' imports."""
+    parser = argparse.ArgumentParser(prog="synthaug")
+    model_commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(list(argv))
+    return int(args.func(args))

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from orchestrator.graph import Graph, training_order_seed
 from orchestrator.launcher import EmbeddedServices, start_embedded
 from orchestrator.plan import parse_plan
-from orchestrator.runner import RunSummary, step_cache_key
+from orchestrator.runner import RunSummary
 from orchestrator.runs import RunManager
 from orchestrator.settings import ServiceAddresses
 from services.common import refs
@@ -27,7 +27,7 @@ from services.common.datasets import Dataset
 from services.common.sampling import nested_order
 from services.common.store import FileStore
 from synthaug.v1 import common_pb2
-from tests.integration.conftest import tiny_plan
+from tests.integration.conftest import step_result, tiny_plan
 
 SUCCEEDED = common_pb2.JOB_STATE_SUCCEEDED
 PLAN = tiny_plan(
@@ -63,11 +63,6 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FileStore, R
         services.stop()
 
 
-def result_of(store: FileStore, key: str) -> common_pb2.JobResult:
-    result = common_pb2.JobResult()
-    result.ParseFromString(store.get_record(step_cache_key(key)))
-    return result
-
 
 def only(graph: Graph, kind: str, **where: Any) -> Any:
     (found,) = [s for s in graph.steps if s.kind == kind and all(s.params.get(k) == v for k, v in where.items())]
@@ -82,7 +77,7 @@ def report_file(store: FileStore, summary: RunSummary, name: str) -> bytes:
 def trained_on(store: FileStore, graph: Graph, arm: str, source: int) -> tuple[str, list[int]]:
     """The dataset and the image ids of source `source` of an arm's training set."""
     (train,) = [s for s in graph.of_kind("segment_train") if s.arm == arm]
-    record = store.get_json(refs.output(result_of(store, train.key), "training_record").key)
+    record = store.get_json(refs.output(step_result(store, train.key), "training_record").key)
     dataset = record["training_set"]["sources"][source]["dataset"]
     return dataset, sorted(i for s, i in record["training_set"]["members"] if s == source)
 
@@ -91,16 +86,16 @@ def trained_on(store: FileStore, graph: Graph, arm: str, source: int) -> tuple[s
 def test_every_pool_gets_quality_figures_and_the_report_its_section(ran: tuple[FileStore, RunSummary, Graph, CollectorRegistry]) -> None:
     store, summary, graph, registry = ran
     quality_step = only(graph, "quality", feature_space="segmenter_fpn")
-    quality = store.get_json(refs.output(result_of(store, quality_step.key), "quality").key)
+    quality = store.get_json(refs.output(step_result(store, quality_step.key), "quality").key)
     assert quality["feature_space"] == "segmenter_fpn" and quality["dim"] == 128  # the light model's FPN channels
     assert [r["label"] for r in quality["rows"]] == ["real-vs-real", "composite", "gan"]
     pools = {"composite": only(graph, "compose", role="composite"), "gan": graph.of_kind("gan_generate")[0]}
-    subset = refs.dataset_output(result_of(store, graph.of_kind("subset")[0].key), "dataset")
+    subset = refs.dataset_output(step_result(store, graph.of_kind("subset")[0].key), "dataset")
     # Against the real images the synthetic data derive from (the 12-image prefix) and the test split.
     assert quality["real"]["train"] == {"dataset": subset.id, "n_images": 12} and quality["real"]["test"]["n_images"] == 8
     assert quality["sample_size"] == 6  # half the real prefix
     for row in quality["rows"][1:]:
-        pool = Dataset.load(store, refs.dataset_output(result_of(store, pools[row["label"]].key), "dataset"))
+        pool = Dataset.load(store, refs.dataset_output(step_result(store, pools[row["label"]].key), "dataset"))
         assert row["dataset"] == pool.id and row["n_images"] == len(pool) == {"composite": 16, "gan": 12}[row["label"]]
         assert quality["per_image"][row["label"]]["image_id"] == [r["id"] for r in pool.image_records()]
         fidelity = row["mask_fidelity"]
@@ -129,8 +124,8 @@ def test_filtered_arms_train_on_exactly_the_best_ranked_candidates(ran: tuple[Fi
 
     # Mask fidelity: the real-only model's per-image IoU on the 14 candidate composites; the best 8.
     fid = only(graph, "filter", by="mask_fidelity")
-    composites = Dataset.load(store, refs.dataset_output(result_of(store, fid.deps["pool"].key), "dataset"))
-    evaluation = store.get_json(refs.output(result_of(store, fid.deps["ranking"].key), "evaluation").key)
+    composites = Dataset.load(store, refs.dataset_output(step_result(store, fid.deps["pool"].key), "dataset"))
+    evaluation = store.get_json(refs.output(step_result(store, fid.deps["ranking"].key), "evaluation").key)
     assert evaluation["truth_dataset"] == composites.id and evaluation["split"] == ""
     iou = {int(r["image_id"]): float(r["iou"]) for r in evaluation["per_image"]}
     expected = sorted(sorted(candidates(composites, 14), key=lambda i: (-iou[i], i))[:8])
@@ -141,8 +136,8 @@ def test_filtered_arms_train_on_exactly_the_best_ranked_candidates(ran: tuple[Fi
 
     # Realism against the real training images, from the quality result; the best 6 of 12.
     real = only(graph, "filter", by="realism")
-    gan = Dataset.load(store, refs.dataset_output(result_of(store, real.deps["pool"].key), "dataset"))
-    quality = store.get_json(refs.output(result_of(store, real.deps["ranking"].key), "quality").key)
+    gan = Dataset.load(store, refs.dataset_output(step_result(store, real.deps["pool"].key), "dataset"))
+    quality = store.get_json(refs.output(step_result(store, real.deps["ranking"].key), "quality").key)
     per_image = quality["per_image"]["gan"]
     realism = dict(zip(per_image["image_id"], per_image["realism"]))
     expected = sorted(sorted(candidates(gan, 12), key=lambda i: (-realism[i], i))[:6])

@@ -8,7 +8,6 @@ with the training data is refused, naming them; `synthaug model export` → `syn
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -18,19 +17,18 @@ from typing import Any, Iterator
 import pytest
 from pycocotools.coco import COCO
 
-from orchestrator import model_commands
 from orchestrator.cli import main
 from orchestrator.graph import Graph
 from orchestrator.launcher import EmbeddedServices, start_embedded
 from orchestrator.plan import parse_plan
-from orchestrator.runner import RunSummary, step_cache_key
+from orchestrator.runner import RunSummary
 from orchestrator.runs import RunManager
 from orchestrator.settings import ServiceAddresses
 from services.common import refs
 from services.common.datasets import Dataset
 from services.common.store import FileStore
 from synthaug.v1 import common_pb2
-from tests.integration.conftest import tiny_plan
+from tests.integration.conftest import model_cli, step_result, tiny_plan
 
 SUCCEEDED = common_pb2.JOB_STATE_SUCCEEDED
 TEST_SETS = [
@@ -46,13 +44,6 @@ PLAN = tiny_plan(
     evaluation={"n_bootstrap": 100, "overlay_images": 2, "score_threshold": SCORE_THRESHOLD},
 )
 
-
-def cli(*argv: str) -> int:
-    """`synthaug model …` / `synthaug predict …` (the commands orchestrator/cli.py registers)."""
-    parser = argparse.ArgumentParser(prog="synthaug")
-    model_commands.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(list(argv))
-    return int(args.func(args))
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +61,6 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FileStore, E
         manager.close()
         services.stop()
 
-
-def result_of(store: FileStore, key: str) -> common_pb2.JobResult:
-    result = common_pb2.JobResult()
-    result.ParseFromString(store.get_record(step_cache_key(key)))
-    return result
 
 
 def step(graph: Graph, kind: str, arm: str = "", test_set: str = "") -> Any:
@@ -104,9 +90,9 @@ def test_every_arm_is_evaluated_on_each_test_set_with_a_table_each(ran: tuple[Fi
     prov = json.loads(report_file(store, summary, "provenance.json"))
     sets = {d["label"]: d["id"] for d in prov["datasets"] if d["role"] == "test_set"}
     for label in ("big", "other"):
-        assert sets[label] == refs.dataset_output(result_of(store, step(graph, "test_set", test_set=label).key)).id
+        assert sets[label] == refs.dataset_output(step_result(store, step(graph, "test_set", test_set=label).key)).id
     # The 96 px test set: predicted at the plan's 64 px, its masks (and metrics) at 96 px.
-    predictions = store.get_json(refs.output(result_of(store, step(graph, "predict", "real", "big").key), "predictions").key)
+    predictions = store.get_json(refs.output(step_result(store, step(graph, "predict", "real", "big").key), "predictions").key)
     assert {tuple(p["segmentation"]["size"]) for p in predictions["results"]} == {(96, 96)}
     assert predictions["split"] == ""
 
@@ -136,29 +122,29 @@ def test_export_predict_evaluate_gives_the_plans_evaluation(ran: tuple[FileStore
                                                             test_set: str) -> None:
     store, _services, summary, graph = ran
     model = tmp_path / "real.synthaug"
-    assert cli("model", "export", summary.run_id, "--arm", "real", "--seed", "0", "--out", str(model), "--store", store.url) == 0
+    assert model_cli("model", "export", summary.run_id, "--arm", "real", "--seed", "0", "--out", str(model), "--store", store.url) == 0
     # The test images as files, under their names.
     source = step(graph, "evaluate", "real", test_set).deps["dataset"]
-    truth = Dataset.load(store, refs.dataset_output(result_of(store, source.key)))
+    truth = Dataset.load(store, refs.dataset_output(step_result(store, source.key)))
     split = "test" if test_set == "internal" else ""
     images = tmp_path / "images"
     images.mkdir()
     for r in truth.image_records(split):
         (images / r["file_name"]).write_bytes(store.get_bytes(r["key"]))
     out = tmp_path / "pred"
-    assert cli("predict", "--model", str(model), "--images", str(images), "--out", str(out), "--device", "cpu", "--no-progress") == 0
+    assert model_cli("predict", "--model", str(model), "--images", str(images), "--out", str(out), "--device", "cpu", "--no-progress") == 0
     scored = tmp_path / "evaluation.json"
     assert main(["evaluate", "--truth", truth.id, "--split", split, "--pred", str(out), "--store", store.url,
                  "--n-bootstrap", "100", "--output", str(scored)]) == 0
-    plans = store.get_json(refs.output(result_of(store, step(graph, "evaluate", "real", test_set).key), "evaluation").key)
+    plans = store.get_json(refs.output(step_result(store, step(graph, "evaluate", "real", test_set).key), "evaluation").key)
     ours = json.loads(scored.read_text())
     assert per_image_iou(ours) == pytest.approx(per_image_iou(plans), abs=1e-9)
     assert ours["metrics"]["iou"]["mean"] == pytest.approx(plans["metrics"]["iou"]["mean"], abs=1e-9)
     assert len(per_image_iou(ours)) == 6 and any(v > 0 for v in per_image_iou(ours).values())  # not a vacuous match
     # The same model as COCO results: loadable by pycocotools against its images.
     coco = tmp_path / "coco"
-    assert cli("predict", "--model", f"{summary.run_id}/real/0", "--images", str(images), "--out", str(coco), "--format", "coco",
+    assert model_cli("predict", "--model", f"{summary.run_id}/real/0", "--images", str(images), "--out", str(coco), "--format", "coco",
                "--store", store.url, "--device", "cpu", "--no-progress") == 0
     results = COCO(str(coco / "images.json")).loadRes(str(coco / "results.json"))
-    plan_predictions = store.get_json(refs.output(result_of(store, step(graph, "predict", "real", test_set).key), "predictions").key)
+    plan_predictions = store.get_json(refs.output(step_result(store, step(graph, "predict", "real", test_set).key), "predictions").key)
     assert len(results.getAnnIds()) == len(plan_predictions["results"])  # every exported detection, as in the plan

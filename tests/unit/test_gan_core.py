@@ -16,13 +16,7 @@ from services.gan.networks import GANLoss, NLayerDiscriminator, UnetGenerator, b
 from services.gan.rendering import RenderSpec, render_condition
 from synthaug.v1 import gan_pb2
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- networks -----------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from services.common.config import replace_config
 from services.common.datasets import Dataset
@@ -13,13 +12,7 @@ from services.gan.config import GanConfig
 from services.gan.pipeline import checkpoint_key, latest_checkpoint, run_train
 from tests.grpc.test_gan_service import write_dataset
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Ctx:

@@ -16,15 +16,9 @@ from services.gan.pix2pix import lr_lambda
 from services.gan.rendering import RenderSpec
 from services.gan.trainer import TrainHooks, TrainPair, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SPEC = RenderSpec((1, 2), ("lesion", "other"), boundary=True)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_pairs(n: int = 8, size: int = 64, fixed_colours: bool = False) -> list[TrainPair]:

@@ -2,7 +2,6 @@
 prediction needs, and folder predictions that score exactly as the plan's own predictions."""
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from pathlib import Path
@@ -14,14 +13,13 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from orchestrator import model_commands
+from ingest.demo_data import CATEGORIES, DemoConfig, register_demo
 from orchestrator.graph import build_graph
 from orchestrator.plan import parse_plan
 from orchestrator.runner import RunTracker, run_id_for, run_status_key, run_summary_key, step_cache_key
 from services.common import refs
 from services.common.config import config_from_mapping
 from services.common.datasets import Dataset
-from services.common.demo_data import CATEGORIES, DemoConfig, register_demo
 from services.common.errors import InvalidArgument
 from services.common.imageio import read_mask, write_png
 from services.common.refs import add_output, object_ref
@@ -36,19 +34,12 @@ from services.segmenter.core.folder import by_image, instance_map
 from services.segmenter.core.models import ModelSpec, build_model
 from services.segmenter.core.predictor import encode_rle, load_model_file
 from synthaug.v1 import common_pb2
-from tests.integration.conftest import tiny_plan
+from tests.integration.conftest import model_cli, tiny_plan
 
 SIZE = 64
 #: Scores of the untrained network below lie around 0.3–0.55: this threshold keeps some.
 THRESHOLD = 0.45
 
-
-def cli(*argv: str) -> int:
-    """The commands as `synthaug` runs them (orchestrator/cli.py registers the same module)."""
-    parser = argparse.ArgumentParser(prog="synthaug")
-    model_commands.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(list(argv))
-    return int(args.func(args))
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +143,9 @@ def test_png_predictions_score_exactly_as_the_coco_results_at_each_images_size(t
     store = FileStore(tmp_path / "store")
     ds = Dataset.load(store, register_demo(store, 4, 3, DemoConfig(size=80)).dataset_id)  # 80 px images, a 64 px model
     images = folder_of(store, ds, tmp_path / "images")
-    assert cli("predict", "--model", str(model_path), "--images", str(images), "--out", str(tmp_path / "png"),
+    assert model_cli("predict", "--model", str(model_path), "--images", str(images), "--out", str(tmp_path / "png"),
                "--score-threshold", str(THRESHOLD), "--device", "cpu", "--no-progress") == 0
-    assert cli("predict", "--model", str(model_path), "--images", str(images), "--out", str(tmp_path / "coco"),
+    assert model_cli("predict", "--model", str(model_path), "--images", str(images), "--out", str(tmp_path / "coco"),
                "--format", "coco", "--device", "cpu", "--no-progress") == 0
     names = sorted(r["file_name"] for r in ds.image_records())
     assert sorted(p.name for p in (tmp_path / "png").glob("*.png")) == names
@@ -188,7 +179,7 @@ def test_coco_results_load_in_pycocotools(tmp_path: Path, model_path: Path) -> N
         write_png(images / name, rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) if name.endswith(".png") else \
             images.joinpath(name).write_bytes(_jpeg(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)))
     out = tmp_path / "out"
-    assert cli("predict", "--model", str(model_path), "--images", str(images), "--out", str(out), "--format", "coco", "--device", "cpu", "--no-progress") == 0
+    assert model_cli("predict", "--model", str(model_path), "--images", str(images), "--out", str(out), "--format", "coco", "--device", "cpu", "--no-progress") == 0
     gt = COCO(str(out / "images.json"))
     res = gt.loadRes(str(out / "results.json"))
     results = json.loads((out / "results.json").read_text())
@@ -214,7 +205,7 @@ def test_unreadable_images_are_all_named_and_nothing_is_written(tmp_path: Path, 
     (images / "notes.png").write_text("not an image")
     (images / "cut.jpg").write_bytes(_jpeg(np.full((64, 64, 3), 128, dtype=np.uint8))[:200])
     out = tmp_path / "sub" / "out"
-    assert cli("predict", "--model", str(model_path), "--images", str(images), "--out", str(out), "--no-progress") == 2
+    assert model_cli("predict", "--model", str(model_path), "--images", str(images), "--out", str(out), "--no-progress") == 2
     err = capsys.readouterr().err
     assert "2 of 3 images cannot be read (nothing was predicted)" in err and "notes.png" in err and "cut.jpg" in err
     assert "good.png" not in err
@@ -224,11 +215,11 @@ def test_unreadable_images_are_all_named_and_nothing_is_written(tmp_path: Path, 
     (out / "keep.txt").write_text("mine")
     (images / "notes.png").unlink()
     (images / "cut.jpg").unlink()
-    assert cli("predict", "--model", str(model_path), "--images", str(images), "--out", str(out), "--no-progress") == 2
+    assert model_cli("predict", "--model", str(model_path), "--images", str(images), "--out", str(out), "--no-progress") == 2
     assert "exists and is not an empty folder" in capsys.readouterr().err and [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert cli("predict", "--model", str(tmp_path / "nope.synthaug"), "--images", str(images), "--out", str(tmp_path / "o2")) == 2
+    assert model_cli("predict", "--model", str(tmp_path / "nope.synthaug"), "--images", str(images), "--out", str(tmp_path / "o2")) == 2
     assert "no such file, and not RUN_ID/ARM/SEED" in capsys.readouterr().err
-    assert cli("predict", "--model", str(model_path), "--images", str(images), "--out", str(tmp_path / "o3"), "--score-threshold", "0.01") == 2
+    assert model_cli("predict", "--model", str(model_path), "--images", str(images), "--out", str(tmp_path / "o3"), "--score-threshold", "0.01") == 2
     assert "--score-threshold must be in [0.05, 1]" in capsys.readouterr().err
 
 
@@ -265,7 +256,7 @@ def test_model_export_takes_the_runs_weights_thresholds_and_provenance(tmp_path:
     store = FileStore(tmp_path / "store")
     run_id, train = fake_run(store, network)
     out = tmp_path / "m.synthaug"
-    assert cli("model", "export", run_id, "--arm", "real", "--seed", "0", "--out", str(out), "--store", store.url) == 0
+    assert model_cli("model", "export", run_id, "--arm", "real", "--seed", "0", "--out", str(out), "--store", store.url) == 0
     model_key = refs.output(load_cached_record(store, train.key), "model").key
     assert f"it is {model_key} (a PredictRequest.checkpoint" in capsys.readouterr().out
     info = read_export(out.read_bytes(), "m")
@@ -276,16 +267,16 @@ def test_model_export_takes_the_runs_weights_thresholds_and_provenance(tmp_path:
     state = torch.load(io.BytesIO(out.read_bytes()), weights_only=True)["model"]
     assert all(torch.equal(state[k], v) for k, v in network[1].items())
     # What the run lacks is named; an existing file is kept.
-    assert cli("model", "export", run_id, "--arm", "comp", "--seed", "0", "--out", str(tmp_path / "x"), "--store", store.url) == 2
+    assert model_cli("model", "export", run_id, "--arm", "comp", "--seed", "0", "--out", str(tmp_path / "x"), "--store", store.url) == 2
     assert f"run {run_id} has no arm 'comp' with seed 0 (its trained arms: real seed 0)" in capsys.readouterr().err
-    assert cli("model", "export", run_id, "--arm", "real", "--seed", "0", "--out", str(out), "--store", store.url) == 2
+    assert model_cli("model", "export", run_id, "--arm", "real", "--seed", "0", "--out", str(out), "--store", store.url) == 2
     assert "exists; give another file or --force" in capsys.readouterr().err
-    assert cli("model", "export", "f" * 16, "--arm", "real", "--seed", "0", "--out", str(tmp_path / "y"), "--store", store.url) == 2
+    assert model_cli("model", "export", "f" * 16, "--arm", "real", "--seed", "0", "--out", str(tmp_path / "y"), "--store", store.url) == 2
     # --model RUN_ID/ARM/SEED predicts with the run's model directly.
     images = tmp_path / "images"
     images.mkdir()
     write_png(images / "a.png", np.full((48, 48, 3), 90, dtype=np.uint8))
-    assert cli("predict", "--model", f"{run_id}/real/0", "--images", str(images), "--out", str(tmp_path / "pred"), "--store", store.url,
+    assert model_cli("predict", "--model", f"{run_id}/real/0", "--images", str(images), "--out", str(tmp_path / "pred"), "--store", store.url,
                "--device", "cpu", "--no-progress") == 0
     pred = json.loads((tmp_path / "pred" / "info.json").read_text())
     assert pred["score_threshold"] == 0.4 and pred["model"]["run_id"] == run_id
@@ -301,6 +292,6 @@ def test_a_training_that_has_not_finished_cannot_be_exported(tmp_path: Path, net
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     store = FileStore(tmp_path / "store")
     run_id, train = fake_run(store, network, finished=False)
-    assert cli("model", "export", run_id, "--arm", "real", "--seed", "0", "--out", str(tmp_path / "m"), "--store", store.url) == 2
+    assert model_cli("model", "export", run_id, "--arm", "real", "--seed", "0", "--out", str(tmp_path / "m"), "--store", store.url) == 2
     assert f"arm 'real' seed 0 has not finished training (step '{train.label}' has no record)" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()

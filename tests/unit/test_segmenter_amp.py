@@ -4,7 +4,7 @@ and a diverging run as the caller's error."""
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -17,16 +17,10 @@ from services.segmenter.core.predictor import autocast, effective_amp, infer, pi
 from services.segmenter.core.trainer import Trainer
 from tests.unit.segmenter_shapes import TOY, make_source, toy_architecture
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 LIGHT = "maskrcnn_resnet18_fpn"
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_amp_applies_on_cuda_and_on_cpu_only_when_asked() -> None:

@@ -33,15 +33,9 @@ from services.segmenter.core.trainer import Interrupted, Trainer
 from services.segmenter.weights import WEIGHTS_DIR_ENV
 from tests.unit.segmenter_shapes import make_source
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 LIGHT = "maskrcnn_resnet18_fpn"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # -- training-set membership ---------------------------------------------------------------

@@ -29,16 +29,10 @@ from synthaug.v1 import segmenter_pb2 as pb
 from tests.grpc_helpers import running_server
 from tests.unit.segmenter_shapes import make_example
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CATEGORIES = [{"id": 1, "name": "lesion"}]
 FPN_CHANNELS = 128  # maskrcnn_resnet18_fpn
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture()

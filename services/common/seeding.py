@@ -34,6 +34,8 @@ parts                                        stream
  "gan/generate", first_index)
 (seed, "compositor/image", index)            compositor: every choice for composite ``index``
                                              (and background harvesting per source image)
+(seed, "compositor/background-pick",         compositor: which source images (or harvested
+ "images" | "backgrounds")                   backgrounds) a max_backgrounds cap keeps
 (seed, "demo/image", index)                  procedural demo data: image ``index``
 (seed, "report/contact-sheet", label)        report: images drawn for the contact sheet
 ===========================================  ================================================

@@ -20,7 +20,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 import cv2
 import numpy as np
@@ -37,6 +37,7 @@ from services.common.datasets import (
 )
 from services.common.errors import InvalidArgument
 from services.common.imageio import decode_image, encode_png
+from services.common.seeding import rng as seeded_rng
 from services.common.store import Blob, ObjectInfo, ObjectStore, open_store
 from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams
 from services.compositor.core.backgrounds import (
@@ -163,7 +164,7 @@ def harvest_background_set(store: ObjectStore, *, dataset: Dataset | None = None
     if image_prefix:
         keys = [k for k in store.list(image_prefix) if k.lower().endswith(IMAGE_SUFFIXES)]
         if max_backgrounds and len(keys) > max_backgrounds:
-            pick = np.sort(np.random.default_rng([seed % (1 << 64)]).choice(len(keys), max_backgrounds, replace=False))
+            pick = np.sort(seeded_rng(int(seed), "compositor/background-pick", "images").choice(len(keys), max_backgrounds, replace=False))
             keys = [keys[i] for i in pick]
         for n, key in enumerate(keys):
             data = store.get_bytes(key)
@@ -181,7 +182,7 @@ def harvest_background_set(store: ObjectStore, *, dataset: Dataset | None = None
         if not records:
             raise InvalidArgument(f"dataset {dataset.id}: split {split or '(all)'!r} has no images")
         if max_backgrounds and method != "crop" and len(records) > max_backgrounds:
-            pick = np.sort(np.random.default_rng([seed % (1 << 64)]).choice(len(records), max_backgrounds, replace=False))
+            pick = np.sort(seeded_rng(int(seed), "compositor/background-pick", "images").choice(len(records), max_backgrounds, replace=False))
             records = [records[i] for i in pick]
         for n, record in enumerate(records):
             sample = dataset.load_sample(record)
@@ -210,7 +211,7 @@ def harvest_background_set(store: ObjectStore, *, dataset: Dataset | None = None
                 progress((n + 1) / len(records), f"{n + 1}/{len(records)} images, {len(entries)} backgrounds",
                          {"backgrounds": float(len(entries))})
         if max_backgrounds and len(entries) > max_backgrounds:
-            pick = np.sort(np.random.default_rng([seed % (1 << 64), 1]).choice(len(entries), max_backgrounds, replace=False))
+            pick = np.sort(seeded_rng(int(seed), "compositor/background-pick", "backgrounds").choice(len(entries), max_backgrounds, replace=False))
             entries = [entries[i] for i in pick]
         if not entries:
             raise InvalidArgument(
@@ -370,8 +371,9 @@ class _Composer:
             comp = self._audited(index)
             t1 = clock()
             file_name = f"composite_{index:06d}.{suffix}"
-            check_sample(comp.image, comp.masks, comp.labels, file_name)
-            annotations = encode_annotations(comp.masks, comp.labels.tolist(), file_name)
+            labels = comp.labels.tolist()
+            check_sample(comp.image, comp.masks, labels, file_name)
+            annotations = encode_annotations(comp.masks, labels, file_name)
             data, blob_suffix, content_type = encode_image(comp.image, fmt, JPEG_QUALITY)
             t2 = clock()
             blob = Blob(data, blob_suffix, content_type)
@@ -432,7 +434,7 @@ def _pool_context() -> Any:
     return multiprocessing.get_context("spawn")
 
 
-def _chunks(task: _ComposeTask, store: ObjectStore, count: int, workers: int) -> Iterator[_Chunk]:
+def _chunks(task: _ComposeTask, store: ObjectStore, count: int, workers: int) -> Generator[_Chunk, None, None]:
     """The chunks of images [0, count) in index order, made by `workers` processes.
 
     A chunk is at most 32 images (the batch one store write takes), and there are at

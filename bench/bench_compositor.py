@@ -44,21 +44,21 @@ import cv2
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from figures import DEFAULT_ISIC, Results, load_note  # noqa: E402
-from thesis_compositor import run_loop  # noqa: E402
+from figures import DEFAULT_ISIC, Results, load_note
+from thesis_compositor import run_loop
 
-from services.common.datasets import Dataset  # noqa: E402
-from services.common.store import Blob, FileStore, ObjectStore, S3Store  # noqa: E402
-from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams  # noqa: E402
-from services.compositor.core.compose import compose_image  # noqa: E402
-from services.compositor.core.pipeline import (  # noqa: E402
+from services.common.datasets import Dataset
+from services.common.store import Blob, FileStore, ObjectStore, S3Store
+from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams
+from services.compositor.core.compose import compose_image
+from services.compositor.core.pipeline import (
     STAGES,
     StoreAssets,
     compose_dataset,
     extract_foreground_set,
     harvest_background_set,
 )
-from services.compositor.core.sets import BACKGROUND_KIND, FOREGROUND_KIND, load_set, save_set  # noqa: E402
+from services.compositor.core.sets import BACKGROUND_KIND, FOREGROUND_KIND, load_set, save_set
 
 PARAMS = ComposeParams(output_size=256, min_objects=3, max_objects=3, blend="gaussian")
 S3_ACCESS, S3_SECRET = "bench", "bench-secret"
@@ -66,7 +66,7 @@ S3_ACCESS, S3_SECRET = "bench", "bench-secret"
 
 def source_dataset(store: ObjectStore, isic: Path, limit: int, workers: int) -> tuple[Dataset, str]:
     """ISIC train imported through the real importer, or demo images when it is absent."""
-    from services.common.importers import ImportOptions, MaskOptions, import_masks
+    from ingest.importers import ImportOptions, MaskOptions, import_masks
 
     images = isic / "train" / "images"
     if images.is_dir():
@@ -78,8 +78,8 @@ def source_dataset(store: ObjectStore, isic: Path, limit: int, workers: int) -> 
         summary = import_masks(store, src, isic / "train" / "masks", MaskOptions(pattern="{stem}_segmentation.png"),
                                ImportOptions(name="isic-train", workers=workers))
         return Dataset.load(store, summary.dataset_id), f"ISIC 2018 train ({summary.images} images, {isic})"
-    from services.common.demo_data import register_demo
-    from services.common.importers import ImportOptions
+    from ingest.demo_data import register_demo
+    from ingest.importers import ImportOptions
 
     summary = register_demo(store, limit or 400, seed=0, options=ImportOptions(workers=workers))
     return Dataset.load(store, summary.dataset_id), f"procedural demo images ({summary.images}; ISIC absent at {isic})"
@@ -170,7 +170,8 @@ def main() -> int:
         # The thesis loop reads the same foreground and background PNGs from a folder.
         asset_dir = tmp / "thesis-assets"
         asset_dir.mkdir()
-        fg_paths, bg_paths = [], []
+        fg_paths: list[str] = []
+        bg_paths: list[str] = []
         for entries, paths in ((fg_manifest["foregrounds"], fg_paths), (bg_manifest["backgrounds"], bg_paths)):
             for e in entries:
                 path = asset_dir / Path(e["key"]).name

@@ -36,13 +36,13 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from services.common.datasets import Dataset, DatasetWriter  # noqa: E402
-from services.common.store import FileStore  # noqa: E402
-from services.segmenter.core.augment import AugmentConfig  # noqa: E402
-from services.segmenter.core.data import CategoryMap, ExampleSource, TrainingDataset  # noqa: E402
-from services.segmenter.core.sources import DatasetSplitSource  # noqa: E402
-from services.segmenter.core.stream import TrainingStream  # noqa: E402
-from services.segmenter.core.trainer import decode_threads  # noqa: E402
+from services.common.datasets import Dataset, DatasetWriter
+from services.common.store import FileStore
+from services.segmenter.core.augment import AugmentConfig
+from services.segmenter.core.data import CategoryMap, ExampleSource, TrainingDataset
+from services.segmenter.core.sources import DatasetSplitSource
+from services.segmenter.core.stream import TrainingStream
+from services.segmenter.core.trainer import decode_threads
 
 DEFAULT_ISIC = REPO.parent / "shared" / "data" / "isic2018-256" / "train"
 BEFORE_REV = "7fdd466"
@@ -51,8 +51,8 @@ BEFORE_REV = "7fdd466"
 def import_isic(store: FileStore, folder: Path, limit: int | None = None, workers: int = 1) -> Dataset:
     """An ISIC-style folder (images/*.jpg, masks/*_segmentation.png) imported as a user would
     (`synthaug import masks`: the JPEG bytes kept as they are), its first ``limit`` images."""
-    from services.common.importers import MaskOptions, import_masks
-    from services.common.importers.pipeline import ImportOptions
+    from ingest.importers import MaskOptions, import_masks
+    from ingest.importers.pipeline import ImportOptions
 
     options = (MaskOptions(pattern="{stem}_segmentation.png"), ImportOptions(size=None, split=None, workers=workers))
     if limit is None:

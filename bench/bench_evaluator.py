@@ -35,7 +35,7 @@ from services.evaluator.core.metrics import pixel_scores, union_of_instances
 from services.evaluator.core.reports import RunInput, build_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import Results, load_note  # noqa: E402
+from figures import Results, load_note
 
 SIZE = 256
 DEFAULT_ISIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic2018-256"

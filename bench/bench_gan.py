@@ -18,12 +18,13 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import DEFAULT_ISIC, Results, load_note  # noqa: E402
+from figures import DEFAULT_ISIC, Results, load_note
 
 from services.common.imageio import read_image, read_mask, resize_image, resize_mask, write_png
 from services.gan.config import GanConfig, GenerateConfig
@@ -32,7 +33,7 @@ from services.gan.generator import MaskItem, generate_batch, generate_images, lo
 from services.gan.grid import make_grid, visualize_condition
 from services.gan.model import build_model
 from services.gan.rendering import RenderSpec, render_condition
-from services.gan.trainer import TrainHooks, TrainingRun, TrainPair, train
+from services.gan.trainer import EpochReport, TrainHooks, TrainingRun, TrainPair, train
 
 MIN_ITERS = 5
 
@@ -85,19 +86,22 @@ def isic_run(args: argparse.Namespace, out: Path) -> None:
         cfg = GanConfig(image_size=args.size, ngf=args.ngf, ndf=args.ngf, depth=depth, n_epochs=args.epochs // 2,
                         n_epochs_decay=args.epochs - args.epochs // 2, batch_size=args.batch, diversity=remedy, color_hint_size=8)
         spec = RenderSpec((1,), ("lesion",), color_hint=remedy == "color_hint", hint_size=8)
-        reports = []
+        reports: list[EpochReport] = []
         t0 = time.perf_counter()
         run = train(train_pairs, cfg, spec, seed=0, hooks=TrainHooks(on_epoch=reports.append))
         dt = time.perf_counter() - t0
         first, last = reports[0].losses, reports[-1].losses
         print(f"[{remedy}] {dt:.0f} s, {np.mean([r.pairs_per_s for r in reports]):.1f} pairs/s; "
               f"G_L1 {first['G_L1']:.1f} → {last['G_L1']:.1f}, G_GAN {last['G_GAN']:.2f}, D_real {last['D_real']:.2f}, D_fake {last['D_fake']:.2f}")
-        write_png(out / f"isic_train_grid_{remedy}.png", reports[-1].grid)
+        grid = reports[-1].grid
+        if grid is None:  # train() draws one for every report it hands to on_epoch
+            raise RuntimeError("the last epoch report has no sample grid")
+        write_png(out / f"isic_train_grid_{remedy}.png", grid)
         gen = load_generator(run.checkpoint(with_optimizers=False), "cpu")
         items = [MaskItem(p.masks, p.labels, p.image) for p in val_pairs]  # the val image plays the composite's background
         outputs[remedy] = list(generate_images(gen, items, 1, GenerateConfig(batch_size=8)))
         specs[remedy] = spec
-    fgs = [p.masks.any(axis=0) for p in val_pairs]
+    fgs = [cast(np.ndarray, p.masks.any(axis=0)) for p in val_pairs]  # H×W: the stubs can't tell the result is an array
     print("\ndiversity on val masks (spread = sqrt(trace cov) of per-image mean Lab; higher = more varied):")
     print(f"{'':12s} {'image':>8s} {'lesion':>8s} {'skin':>8s} {'L std':>8s}")
     for label, imgs in (("real", [p.image for p in val_pairs]), ("pix2pix", outputs["none"]), ("colour hint", outputs["color_hint"])):

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import DEFAULT_ISIC, Results, load_note  # noqa: E402
+from figures import DEFAULT_ISIC, Results, load_note
 
-from services.common.demo_data import DemoConfig, generate_sample, register_demo, write_demo_folder  # noqa: E402
-from services.common.importers import ImportOptions, MaskOptions, import_masks  # noqa: E402
-from services.common.store import FileStore  # noqa: E402
+from ingest.demo_data import DemoConfig, generate_sample, register_demo, write_demo_folder
+from ingest.importers import ImportOptions, MaskOptions, import_masks
+from services.common.store import FileStore
 
 
 def bench_demo(res: Results, count: int, workers: int, size: int) -> None:

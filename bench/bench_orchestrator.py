@@ -29,9 +29,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from figures import REPO, Results, load_note  # noqa: E402
+from figures import REPO, Results, load_note
 
-from services.common.store import FileStore  # noqa: E402
+from services.common.store import FileStore
 
 #: Per-step timing keys the runner writes (summary.json "steps"), and the run-level total.
 STEP_KEYS = ("queued_seconds", "dispatch_seconds", "compute_seconds", "result_seconds")

@@ -33,12 +33,13 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse
 import platform
 import time
+from typing import Callable, TypeVar
 
 import numpy as np
 
 from services.common.seeding import rng
 from services.evaluator.config import QualityConfig
-from services.evaluator.core.features import FeatureSet, Features
+from services.evaluator.core.features import Features, FeatureSet
 from services.evaluator.core.quality import SourceInput, assess_quality
 from services.evaluator.core.quality_metrics import (
     frechet_distance,
@@ -60,11 +61,12 @@ def features(n: int, dim: int, shift: float, seed: int) -> np.ndarray:
 
 
 REPEATS = 2
+T = TypeVar("T")
 
 
-def timed(fn) -> tuple[float, object]:
+def timed(fn: Callable[[], T]) -> tuple[float, T]:
     """Best of REPEATS runs (the machine may be shared) and the result."""
-    best, out = float("inf"), None
+    best = float("inf")
     for _ in range(REPEATS):
         t0 = time.perf_counter()
         out = fn()

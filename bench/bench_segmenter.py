@@ -43,14 +43,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from figures import Results, load_note  # noqa: E402
+from figures import Results, load_note
 
 LIGHT = "maskrcnn_resnet18_fpn"
 THESIS_BATCH = 8  # the thesis' batch size
@@ -59,7 +59,7 @@ THESIS_BATCH = 8  # the thesis' batch size
 # --- data -----------------------------------------------------------------------------------
 
 def demo_examples(size: int, start: int, count: int) -> list[Any]:
-    from services.common.demo_data import DemoConfig, generate_sample
+    from ingest.demo_data import DemoConfig, generate_sample
     from services.segmenter.core.data import Example
 
     cfg = DemoConfig(size=size)
@@ -137,7 +137,7 @@ def ours_model(device: Any) -> Any:
     from services.segmenter.core.models import ModelSpec, build_model
 
     model = build_model(ModelSpec("maskrcnn_resnet50_fpn", 2, 256, 256)).to(device)
-    calibrate_batchnorm(model.backbone.body, 256, device)
+    calibrate_batchnorm(model.get_submodule("backbone.body"), 256, device)
     return model
 
 
@@ -294,6 +294,7 @@ def light_model(args: argparse.Namespace, res: Results, device: Any, threads: in
     from services.segmenter.config import PredictConfig, SegmenterConfig
     from services.segmenter.core.checkpoints import DirectoryCheckpointIO
     from services.segmenter.core.data import InMemorySource
+    from services.segmenter.core.models import SegmentationModel
     from services.segmenter.core.predictor import load_model_file
     from services.segmenter.core.trainer import Trainer
 
@@ -314,7 +315,7 @@ def light_model(args: argparse.Namespace, res: Results, device: Any, threads: in
             f"{threads} threads; val pixel IoU after: {iou:.2f}; {load_note()}")
     predict = PredictConfig()
     loaded = load_model_file(result.model_file, "trained light model", device)
-    model = loaded.model
+    model = cast(SegmentationModel, loaded.model)  # a SegmentationModel, as build_model documents
     model.score_threshold, model.detections_per_image = predict.export_threshold, predict.detections_per_image
     images = [torch.from_numpy(ex.image).permute(2, 0, 1).to(device, torch.float32).div_(255.0) for ex in val.examples]
     batch = 8

@@ -212,6 +212,7 @@ def isic_datasets(check: Check) -> tuple[Any, Any]:
         if check.isic is None:
             raise Skipped("no ISIC data (.gpu-check/data/isic2018-256: run --prepare where ../shared/data exists)")
         from bench_datapath import import_isic
+
         from services.common.store import FileStore
 
         store = FileStore(Path(tempfile.mkdtemp(prefix="gpu-check-isic-")))
@@ -364,8 +365,8 @@ def segmenter(check: Check) -> dict[str, Any]:
 def data_path(check: Check) -> dict[str, Any]:
     """The trainer's data path alone: cache decode rate, then batches on the training device."""
     import torch
-
     from bench_datapath import build_cache, measure_after
+
     from services.segmenter.core.sources import DatasetSplitSource
     from services.segmenter.core.trainer import cache_device, decode_threads
 

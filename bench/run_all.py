@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import REPO, machine, print_table  # noqa: E402
+from figures import REPO, machine, print_table
 
 BENCH = Path(__file__).resolve().parent
 

@@ -81,18 +81,26 @@ def loop_pil(job: LoopJob) -> int:
     return job.stop - job.start
 
 
+def _imread(path: str, flags: int) -> np.ndarray:
+    """cv2.imread, failing with the path instead of returning None."""
+    image = cv2.imread(path, flags)
+    if image is None:
+        raise OSError(f"cannot read image {path}")
+    return image
+
+
 def loop_cv2(job: LoopJob) -> int:
     """The loop with OpenCV and numpy; returns the number of images written."""
     cv2.setNumThreads(1)
     rnd = random.Random(job.seed * 1_000_003 + job.start)
     size = job.size
     for i in range(job.start, job.stop):
-        bg = cv2.imread(rnd.choice(job.backgrounds), cv2.IMREAD_COLOR)
+        bg = _imread(rnd.choice(job.backgrounds), cv2.IMREAD_COLOR)
         if bg.shape[:2] != (size, size):
             bg = cv2.resize(bg, (size, size), interpolation=cv2.INTER_AREA)
         mask = np.zeros((size, size), np.uint8)
         for _ in range(job.objects):
-            fg = cv2.imread(rnd.choice(job.foregrounds), cv2.IMREAD_UNCHANGED)
+            fg = _imread(rnd.choice(job.foregrounds), cv2.IMREAD_UNCHANGED)
             if rnd.random() < 0.5:
                 fg = cv2.flip(fg, 1)
             if rnd.random() < 0.5:

@@ -122,7 +122,7 @@ class Step:
     #: What the step computes with: plain values and service settings dataclasses (hashed as
     #: their resolved mappings).
     params: dict[str, Any]
-    deps: dict[str, "Step"] = field(default_factory=dict)  # role → step
+    deps: dict[str, Step] = field(default_factory=dict)  # role → step
     arm: str = ""
     seed: int | None = None
     #: The test set a predict / evaluate step is of ("internal" or an external label), and
@@ -264,7 +264,7 @@ def build_graph(plan: Plan, code_digests: Mapping[str, str] | None = None) -> Gr
     if plan.internal_test:
         test_sources[INTERNAL_TEST_SET] = (split, "test")
     for t in plan.test_sets:
-        params = {"label": t.label, "dataset": dataset_params(t.dataset), "split": t.split}
+        params: dict[str, Any] = {"label": t.label, "dataset": dataset_params(t.dataset), "split": t.split}
         test_sources[t.label] = (add(Step("test_set", f"test set {t.label}", params, {"training": dataset}, test_set=t.label)), t.split)
     order_seed = training_order_seed(plan)
 
@@ -282,14 +282,12 @@ def build_graph(plan: Plan, code_digests: Mapping[str, str] | None = None) -> Gr
         bg = add(Step("backgrounds", "backgrounds", {"settings": backgrounds, "seed": derive_seed(plan.data_seed, "backgrounds")}, {"dataset": synthesis}))
         layers = {"foregrounds": fg, "backgrounds": bg}
         if composite_pool > 0:
-            compose = add(
-                Step("compose", "compose composites", {"count": composite_pool, "seed": derive_seed(plan.data_seed, "composite"), "params": c.params, "role": "composite"}, layers)
-            )
+            params = {"count": composite_pool, "seed": derive_seed(plan.data_seed, "composite"), "params": c.params, "role": "composite"}
+            compose = add(Step("compose", "compose composites", params, layers))
         if gan_pool > 0:
             # GAN images come from their own composite masks, so a hybrid arm never sees one layout twice.
-            gan_masks = add(
-                Step("compose", "compose GAN masks", {"count": gan_pool, "seed": derive_seed(plan.data_seed, "gan-masks"), "params": c.params, "role": "gan_masks"}, layers)
-            )
+            params = {"count": gan_pool, "seed": derive_seed(plan.data_seed, "gan-masks"), "params": c.params, "role": "gan_masks"}
+            gan_masks = add(Step("compose", "compose GAN masks", params, layers))
 
     gan_by_seed: dict[int | None, Step] = {}
     if gan_pool > 0:
@@ -300,7 +298,8 @@ def build_graph(plan: Plan, code_digests: Mapping[str, str] | None = None) -> Gr
             gseed = derive_seed(plan.data_seed if seed is None else seed, "gan")
             tag = "" if seed is None else f" seed={seed}"
             gt = add(Step("gan_train", "train GAN" + tag, {"config": plan.gan.config, "seed": gseed}, {"dataset": synthesis}, seed=seed))
-            gg = add(Step("gan_generate", "generate GAN images" + tag, {"settings": generate, "seed": derive_seed(gseed, "generate")}, {"generator": gt, "masks": gan_masks}, seed=seed))
+            gg = add(Step("gan_generate", "generate GAN images" + tag, {"settings": generate, "seed": derive_seed(gseed, "generate")},
+                          {"generator": gt, "masks": gan_masks}, seed=seed))
             gan_by_seed[seed] = gg
     # The synthetic pools, by source label (quality results and filters name them so).
     pools: dict[str, Step] = {}

@@ -34,9 +34,13 @@ class OrchestratorMetrics:
         )
         self.images = Counter("synthaug_images_produced", "Images produced by synthesis steps", ["plan", "kind"], registry=r)
         self.training_loss = Gauge(
-            "synthaug_training_loss", "Latest loss reported by a training step, per component ('total' for the sum)", ["plan", "arm", "kind", "loss"], registry=r
+            "synthaug_training_loss", "Latest loss reported by a training step, per component ('total' for the sum)",
+            ["plan", "arm", "kind", "loss"], registry=r,
         )
-        self.throughput = Gauge("synthaug_training_images_per_second", "Latest throughput reported by a running step (images or pairs per second)", ["plan", "arm", "kind"], registry=r)
+        self.throughput = Gauge(
+            "synthaug_training_images_per_second", "Latest throughput reported by a running step (images or pairs per second)",
+            ["plan", "arm", "kind"], registry=r,
+        )
         self.score = Gauge(
             "synthaug_evaluation_score", "Evaluation score per arm and test set (mean over the seeds finished so far)",
             ["plan", "arm", "test_set", "metric"], registry=r,
@@ -47,7 +51,8 @@ class OrchestratorMetrics:
             ["plan", "feature_space", "source", "metric"], registry=r,
         )
         self.overhead = Gauge(
-            "synthaug_run_overhead_fraction", "Orchestration overhead (dispatch + result handling) of the last run, as a share of its summed step time", ["plan"], registry=r
+            "synthaug_run_overhead_fraction",
+            "Orchestration overhead (dispatch + result handling) of the last run, as a share of its summed step time", ["plan"], registry=r,
         )
         self.overhead_seconds = Gauge("synthaug_run_overhead_seconds", "Orchestration overhead of the last run, summed over its steps", ["plan"], registry=r)
 

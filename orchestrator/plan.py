@@ -66,7 +66,7 @@ class ImportSpec(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _need_inputs(self) -> "ImportSpec":
+    def _need_inputs(self) -> ImportSpec:
         if self.format == "masks" and not self.masks:
             raise ValueError("format 'masks' needs `masks` (the mask folder)")
         if self.format == "coco" and not self.annotations:
@@ -82,7 +82,7 @@ class DatasetSpec(_Strict):
     demo: DemoDataSpec | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "DatasetSpec":
+    def _exactly_one(self) -> DatasetSpec:
         given = [k for k in ("name", "import_", "demo") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of `name`, `import` or `demo`")
@@ -106,7 +106,7 @@ class SplitPlan(_Strict):
     existing: bool = False
 
     @model_validator(mode="after")
-    def _sum_and_groups(self) -> "SplitPlan":
+    def _sum_and_groups(self) -> SplitPlan:
         if not self.existing and abs(self.train + self.val + self.test - 1.0) > 1e-6:
             raise ValueError(f"train + val + test must be 1, got {self.train + self.val + self.test:g}")
         if not self.existing and self.val == 0:
@@ -203,7 +203,7 @@ class BudgetPlan(_Strict):
     images_seen: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "BudgetPlan":
+    def _exactly_one(self) -> BudgetPlan:
         given = [k for k in ("epochs", "iterations", "images_seen") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of `epochs`, `iterations` or `images_seen`, got {given or 'none'}")
@@ -265,7 +265,7 @@ class EvaluationPlan:
     export_threshold: float = PredictConfig().export_threshold
 
     @classmethod
-    def from_mapping(cls, values: Any) -> "EvaluationPlan":
+    def from_mapping(cls, values: Any) -> EvaluationPlan:
         where = "evaluation"
         if isinstance(values, cls):
             return values
@@ -311,7 +311,7 @@ class QualityPlan:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
     @classmethod
-    def from_mapping(cls, values: Any) -> "QualityPlan":
+    def from_mapping(cls, values: Any) -> QualityPlan:
         where = "quality"
         if isinstance(values, cls):
             return values
@@ -412,7 +412,7 @@ class ArmPlan(_Strict):
         return self.composite > 0 or self.gan > 0
 
     @model_validator(mode="after")
-    def _filter_needs_synthetic_data(self) -> "ArmPlan":
+    def _filter_needs_synthetic_data(self) -> ArmPlan:
         if self.filter is not None and not self.synthetic:
             raise ValueError("filter: this arm has no synthetic data to filter (give it composite or gan images)")
         return self
@@ -587,7 +587,7 @@ class Plan(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _test_sets(self) -> "Plan":
+    def _test_sets(self) -> Plan:
         """Some test set to evaluate on; each external one named once and distinct from the
         training data and from each other (content overlap is checked when the data exist)."""
         if not self.internal_test and not self.test_sets:
@@ -608,7 +608,7 @@ class Plan(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _synthesis_within_every_synthetic_arm(self) -> "Plan":
+    def _synthesis_within_every_synthetic_arm(self) -> Plan:
         """Synthetic data derive only from real images every synthetic arm has."""
         n = self.synthesis.real
         if n is None:
@@ -622,7 +622,7 @@ class Plan(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _predictions_fit_the_evaluation(self) -> "Plan":
+    def _predictions_fit_the_evaluation(self) -> Plan:
         """Predictions are written once, at the export threshold; the evaluation can only
         raise the score threshold, and must read masks at the threshold they were cut at."""
         predict, evaluate = self.segmenter.predict, self.evaluation.evaluate
@@ -639,7 +639,7 @@ class Plan(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _quality_and_filters_can_be_measured(self) -> "Plan":
+    def _quality_and_filters_can_be_measured(self) -> Plan:
         """Filters rank with the real-only model; realism comes from the quality job, which must
         be able to run; so must an explicit `quality.enabled: true`."""
         for i, arm in enumerate(self.arms):
@@ -662,7 +662,7 @@ class Plan(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _arm_settings_are_valid(self) -> "Plan":
+    def _arm_settings_are_valid(self) -> Plan:
         for arm in self.arms:
             self.arm_segmenter(arm)  # InvalidArgument → ValueError below names the arm
         return self

@@ -133,7 +133,7 @@ def _build(cls: type[T], values: Mapping[str, Any], where: str, validate: bool) 
     missing = [name for name in required if name not in values]
     if missing:
         raise InvalidArgument(f"{where}: missing field(s) {', '.join(missing)}")
-    hints = _hints(cls)
+    hints = _hints(typing.cast(type, cls))  # a class is hashable; mypy can't tell through type[T]
     kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in values.items()}
     obj = cls(**kwargs)
     if validate:

@@ -395,7 +395,7 @@ class Dataset:
             self._anns.setdefault(ann["image_id"], []).append(ann)
 
     @classmethod
-    def load(cls, store: ObjectStore, ref: "common_pb2.DatasetRef | str") -> "Dataset":
+    def load(cls, store: ObjectStore, ref: common_pb2.DatasetRef | str) -> Dataset:
         """By DatasetRef, 32-hex id, or registered name. NotFound when absent."""
         if isinstance(ref, common_pb2.DatasetRef):
             if ref.manifest.bucket:
@@ -458,7 +458,7 @@ class Dataset:
         iscrowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
         return masks, labels, iscrowd
 
-    def load_sample(self, record_or_id: "Mapping[str, Any] | int") -> Sample:
+    def load_sample(self, record_or_id: Mapping[str, Any] | int) -> Sample:
         record = self.record(record_or_id) if isinstance(record_or_id, int) else record_or_id
         masks, labels, iscrowd = self.load_masks(record)
         return Sample(int(record["id"]), record["file_name"], self.load_image(record), masks, labels, iscrowd, dict(record))

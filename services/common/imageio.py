@@ -59,7 +59,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> np.nda
     if arr is None:
         raise InvalidArgument(f"{name}: image data is corrupt or truncated")
     if arr.dtype == np.uint16:
-        arr = (arr >> 8).astype(np.uint8)
+        arr = np.right_shift(arr, 8).astype(np.uint8)
     elif arr.dtype != np.uint8:
         raise InvalidArgument(f"{name}: unsupported pixel type {arr.dtype}")
     if arr.ndim == 2:

@@ -17,6 +17,7 @@ verifies, so a zero-byte, truncated or edited record is an error, never an empty
 """
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import io
@@ -85,7 +86,7 @@ class Blob:
     def key(self) -> str:
         return blob_key(self.sha256, self.suffix)
 
-    def info(self) -> "ObjectInfo":
+    def info(self) -> ObjectInfo:
         return ObjectInfo(key=self.key, sha256=self.sha256, size=len(self.data))
 
 
@@ -307,7 +308,7 @@ class ObjectStore(ABC):
             self.put_bytes(key, data, content_type=content_type)
         return ObjectInfo(key=key, sha256=digest, size=len(data))
 
-    def put_blobs(self, blobs: Sequence[Blob]) -> list[ObjectInfo]:
+    def put_blobs(self, blobs: Sequence[Blob]) -> builtins.list[ObjectInfo]:  # `list` here is the method above
         """Store many blobs at once (what a worker made for a chunk of images), in the way
         cheapest for the backend; returns their infos in order. Like `put_blob`, the blobs
         are not durable before `flush()`. Every key is checked before anything is written."""
@@ -320,9 +321,10 @@ class ObjectStore(ABC):
             infos.append(blob.info())
         return infos
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027 - an optional hook: not every store needs one
         """Make every object written so far durable (FileStore blobs are written without a
-        per-file fsync). Called before a commit point such as a dataset manifest."""
+        per-file fsync). Called before a commit point such as a dataset manifest. Nothing
+        to do for a store whose writes are durable when they return (S3)."""
 
     def check_bucket(self, bucket: str, what: str = "object") -> None:
         """A reference from another component must point into this store."""
@@ -343,7 +345,7 @@ class FileStore(ObjectStore):
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
 
-    def _atomic_write(self, key: str, fill: Callable[[BinaryIO], None], durable: bool = True) -> ObjectInfo:
+    def _atomic_write(self, key: str, fill: Callable[[BinaryIO], object], durable: bool = True) -> ObjectInfo:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".tmp-{uuid.uuid4().hex}"

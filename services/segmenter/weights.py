@@ -21,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol, Union
+from typing import Protocol
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.store import validate_key
@@ -66,7 +66,7 @@ class FileWeights:
         return f"file:{self.name}"
 
 
-WeightsSpec = Union[NoWeights, TorchvisionWeights, StoreWeights, FileWeights]
+WeightsSpec = NoWeights | TorchvisionWeights | StoreWeights | FileWeights
 
 
 def parse_weights(text: str, where: str = WHERE) -> WeightsSpec:

@@ -6,6 +6,8 @@ that touch no instance are taken.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import cv2
 import numpy as np
 
@@ -17,7 +19,7 @@ INPAINT_METHODS = {"inpaint_telea": cv2.INPAINT_TELEA, "inpaint_ns": cv2.INPAINT
 
 def dilated_union(masks: np.ndarray, shape: tuple[int, int], dilate_px: int) -> np.ndarray:
     """uint8 {0, 255}: every instance's pixels grown by `dilate_px` (elliptic structuring element)."""
-    union = np.zeros(shape, dtype=np.uint8)
+    union: np.ndarray = np.zeros(shape, dtype=np.uint8)
     if masks.shape[0]:
         union[masks.any(axis=0)] = 255
     if dilate_px > 0:
@@ -66,7 +68,7 @@ def inpaint_objects(image: np.ndarray, masks: np.ndarray, method: str, dilate_px
             mad = np.median(np.abs(detail[ring]), axis=0) * 1.4826
             rng = np.random.default_rng(texture_seed)
             noise = rng.standard_normal((h, w)).astype(np.float32)  # one luminance-like grain
-            noise = cv2.GaussianBlur(noise, (0, 0), 1.0)
+            noise = cast(np.ndarray, cv2.GaussianBlur(noise, (0, 0), 1.0))  # float32 in, float32 out
             noise /= max(float(noise.std()), 1e-6)
             grain = noise[..., None] * mad.reshape(1, 1, 3)
             out = filled.astype(np.float32)

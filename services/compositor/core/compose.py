@@ -24,8 +24,15 @@ import numpy as np
 from services.common.seeding import rng as seeded_rng
 from services.compositor.config import ComposeParams
 from services.compositor.core.transforms import (
-    apply_color, brightness_contrast_lut, color_matrix, flip_rgba, object_mean_grey, resize_rgba, rotate_expand,
-    rotated_size, tone_gains,
+    apply_color,
+    brightness_contrast_lut,
+    color_matrix,
+    flip_rgba,
+    object_mean_grey,
+    resize_rgba,
+    rotate_expand,
+    rotated_size,
+    tone_gains,
 )
 
 _POISSON_PAD = 4
@@ -44,7 +51,7 @@ class Assets(Protocol):
     def background(self, i: int) -> np.ndarray:
         """RGB uint8 background `i` (any size; cropped/resized to the output size here)."""
 
-    def foreground_stats(self, i: int, dark_threshold: int) -> "ForegroundStats":
+    def foreground_stats(self, i: int, dark_threshold: int) -> ForegroundStats:
         """`foreground_stats` of foreground `i`, computed once per asset (not once per paste)."""
 
 
@@ -321,13 +328,13 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
     kept: list[tuple[np.ndarray, tuple[int, int, int, int]]] = []
     dropped = 0
     placed_records = [r for r in objects if r["status"] == "placed"]
-    for record, wmap, mask, box in zip(placed_records, weights, pasted_masks, regions):
+    for record, wmap, as_pasted, box in zip(placed_records, weights, pasted_masks, regions):
         pasted = record["pasted_area"]
-        if mask is None:
+        if as_pasted is None:
             mask = wmap > 0.5
             visible = int(np.count_nonzero(mask))
         else:  # never occluded: the mask as pasted
-            visible = pasted
+            mask, visible = as_pasted, pasted
         record["visible_area"] = visible
         if visible == 0 or visible < p.min_visible_fraction * pasted:
             record["instance"] = -1

@@ -313,7 +313,7 @@ def coco_ap(truth: GroundTruth, preds: Predictions) -> dict[str, dict[str, float
     results for the segm evaluation).
     """
     images = [{"id": r["id"], "height": r["height"], "width": r["width"], "file_name": r["file_name"]} for r in truth.images]
-    anns = []
+    anns: list[dict[str, Any]] = []
     for image_id, insts in truth.instances.items():
         for inst in insts:
             x, y, w, h = (float(v) for v in mask_utils.toBbox(inst.rle))

@@ -106,9 +106,9 @@ def arm_aggregates(runs: Iterable[tuple[str, int, Mapping[str, Any]]], confidenc
         evs = [ev for _, ev in items]
         values: dict[str, SeedSummary] = {}
         for key, metric in SEED_AGGREGATES.items():
-            xs = [ev.get(key) for ev in evs]
-            if any(x is None for x in xs):
+            if any(ev.get(key) is None for ev in evs):
                 continue
+            xs = [ev[key] for ev in evs]
             single = None
             if metric is not None and len(evs) == 1:
                 m = evs[0]["metrics"][metric]

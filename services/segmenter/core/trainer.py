@@ -224,7 +224,7 @@ class Trainer:
         # As in detectron2/torchvision references: no weight decay on norm layers and biases.
         decay: list[nn.Parameter] = []
         no_decay: list[nn.Parameter] = []
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim <= 1 else decay).append(p)

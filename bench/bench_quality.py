@@ -3,13 +3,16 @@ recall / density / coverage, memorisation, realism) on CPU for a source of 1000 
 widths the feature extractors give: 256 (a ResNet-50 FPN level pooled: the segmenter's
 task-aware features; the light resnet18 FPN gives 128) and 2048 (Inception-v3 pool).
 
-    PYTHONPATH=. python bench/bench_quality.py [--images 1000] [--dims 256 2048] [--threads 1]
+    PYTHONPATH=. python bench/bench_quality.py [--images 1000] [--dims 256 2048] [--threads 1] [--extract-images 200]
 
 Sets: real training images 2 × images (so that half of them, the floor's and the train
 reference's, is `images` wide), real test images and one synthetic source of `images` each;
 every set is then scored at n = images. Features are random (non-negative, correlated, like
-pooled activations): the cost does not depend on the values. Feature extraction itself is NOT
-measured here: it runs in the segmenter (its Features job) and is measured there.
+pooled activations): the cost does not depend on the values.
+
+Then the feature extraction (`--extract-images`, default 200: images/s is a per-image cost, and
+1000 images through three networks take ~10 minutes on 2 cores): each feature space's extractor
+as the segmenter's Features job calls it, on ISIC images (noise when absent), untrained weights.
 """
 from __future__ import annotations
 
@@ -33,9 +36,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse
 import platform
 import time
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import numpy as np
+from figures import DEFAULT_ISIC
 
 from services.common.seeding import rng
 from services.evaluator.config import QualityConfig
@@ -49,6 +54,7 @@ from services.evaluator.core.quality_metrics import (
     prdc,
     realism_scores,
 )
+from services.segmenter.config import FeaturesConfig
 
 
 def features(n: int, dim: int, shift: float, seed: int) -> np.ndarray:
@@ -106,20 +112,73 @@ def bench(n: int, dim: int, config: QualityConfig) -> None:
     line("assess_quality: floor + 2 sources", t2, f"→ each further source {t2 - t1:.2f} s ({n / max(t2 - t1, 1e-9):.0f} images/s)")
 
 
+def extraction_images(n: int, isic: Path) -> tuple[list[np.ndarray], str]:
+    """`n` RGB images at 256 px: ISIC 2018 training images when present, else seeded noise
+    (the forward pass costs the same)."""
+    import cv2
+
+    paths = sorted((isic / "train" / "images").glob("*.jpg"))[:n]
+    if len(paths) == n:
+        images = []
+        for path in paths:
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise OSError(f"cannot read image {path}")
+            images.append(cv2.cvtColor(cv2.resize(bgr, (256, 256), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
+        return images, f"{n} ISIC 2018 training images at 256 px"
+    generator = rng(0, "bench/quality-images")
+    return [generator.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(n)], f"{n} noise images at 256 px (ISIC absent)"
+
+
+def bench_extraction(n: int, torch_threads: int, batch_size: int, isic: Path) -> None:
+    """Images/s of each feature space's extractor (the segmenter's Features job minus the
+    store reads), with untrained weights: the cost of a forward pass does not depend on them."""
+    import torch
+    from torchvision.models import inception_v3
+
+    from services.segmenter.core.data import CategoryMap
+    from services.segmenter.core.feature_extraction import Extractor, InceptionExtractor, SegmenterExtractor
+    from services.segmenter.core.models import ModelSpec, build_model
+    from services.segmenter.core.predictor import LoadedModel
+
+    torch.set_num_threads(torch_threads)
+    torch.manual_seed(0)
+    images, what = extraction_images(n, isic)
+    print(f"\nFeature extraction: {what}, batch {batch_size}, CPU, {torch_threads} torch thread(s), untrained weights")
+    device = torch.device("cpu")
+    categories = CategoryMap([{"id": 1, "name": "lesion"}])
+    extractors: list[tuple[str, Extractor]] = []
+    for architecture in ("maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn"):
+        spec = ModelSpec(architecture=architecture, num_classes=2, min_size=256, max_size=256)
+        extractors.append((f"segmenter_fpn ({architecture})", SegmenterExtractor(LoadedModel(build_model(spec), spec, categories), device, "model")))
+    state = inception_v3(weights=None, aux_logits=False, init_weights=False).state_dict()
+    extractors.append(("inception (Inception-v3, 299 px)", InceptionExtractor(state, "random weights", device)))
+    for name, extractor in extractors:
+        extractor(images[:2])  # warm-up
+        t0 = time.perf_counter()
+        for start in range(0, n, batch_size):
+            rows = extractor(images[start:start + batch_size])
+        seconds = time.perf_counter() - t0
+        line(name, seconds, f"→ {n / seconds:.1f} images/s (D = {rows.shape[1]})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--dims", type=int, nargs="+", default=[256, 2048])
     p.add_argument("--threads", type=str, default="1", help="BLAS/OpenMP threads (read before numpy loads)")
+    p.add_argument("--extract-images", type=int, default=200, help="images per feature space for the extraction timing (0: skip)")
+    p.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1, help="torch threads for the extraction (default: all cores)")
+    p.add_argument("--isic", type=Path, default=DEFAULT_ISIC, help="ISIC 2018 at 256 px (noise images when absent)")
     args = p.parse_args()
     config = QualityConfig(max_samples=args.images)
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores; BLAS/OpenMP threads: "
           f"{os.environ['OMP_NUM_THREADS']}; numpy {np.__version__}; Python {platform.python_version()}")
     print(f"settings: {config}; times: best of {REPEATS} runs")
-    print("Feature extraction is not measured here: the segmenter's Features job (backbone forward passes at 256 px) "
-          "will report its images/s; add it to these figures for the end-to-end cost.")
     for dim in args.dims:
         bench(args.images, dim, config)
+    if args.extract_images:
+        bench_extraction(args.extract_images, args.torch_threads, FeaturesConfig().batch_size, args.isic)
 
 
 if __name__ == "__main__":

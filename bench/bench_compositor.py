@@ -44,7 +44,7 @@ import cv2
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from figures import DEFAULT_ISIC, Results, load_note
+from figures import DEFAULT_ISIC, Results, import_isic, load_note
 from thesis_compositor import run_loop
 
 from services.common.datasets import Dataset
@@ -66,20 +66,12 @@ S3_ACCESS, S3_SECRET = "bench", "bench-secret"
 
 def source_dataset(store: ObjectStore, isic: Path, limit: int, workers: int) -> tuple[Dataset, str]:
     """ISIC train imported through the real importer, or demo images when it is absent."""
-    from ingest.importers import ImportOptions, MaskOptions, import_masks
-
-    images = isic / "train" / "images"
-    if images.is_dir():
-        src = images
-        if limit:
-            src = Path(tempfile.mkdtemp(prefix="bench-isic-"))
-            for p in sorted(images.glob("*.jpg"))[:limit]:
-                shutil.copyfile(p, src / p.name)  # a copy: the importer refuses links leading out
-        summary = import_masks(store, src, isic / "train" / "masks", MaskOptions(pattern="{stem}_segmentation.png"),
-                               ImportOptions(name="isic-train", workers=workers))
-        return Dataset.load(store, summary.dataset_id), f"ISIC 2018 train ({summary.images} images, {isic})"
-    from ingest.demo_data import register_demo
     from ingest.importers import ImportOptions
+
+    if (isic / "train" / "images").is_dir():
+        real = import_isic(store, isic / "train", limit or None, options=ImportOptions(name="isic-train", workers=workers))
+        return real, f"ISIC 2018 train ({len(real.image_records())} images, {isic})"
+    from ingest.demo_data import register_demo
 
     summary = register_demo(store, limit or 400, seed=0, options=ImportOptions(workers=workers))
     return Dataset.load(store, summary.dataset_id), f"procedural demo images ({summary.images}; ISIC absent at {isic})"

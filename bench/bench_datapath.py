@@ -22,7 +22,6 @@ import argparse
 import importlib.util
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from figures import import_isic
 
 from services.common.datasets import Dataset, DatasetWriter
 from services.common.store import FileStore
@@ -46,24 +48,6 @@ from services.segmenter.core.trainer import decode_threads
 
 DEFAULT_ISIC = REPO.parent / "shared" / "data" / "isic2018-256" / "train"
 BEFORE_REV = "7fdd466"
-
-
-def import_isic(store: FileStore, folder: Path, limit: int | None = None, workers: int = 1) -> Dataset:
-    """An ISIC-style folder (images/*.jpg, masks/*_segmentation.png) imported as a user would
-    (`synthaug import masks`: the JPEG bytes kept as they are), its first ``limit`` images."""
-    from ingest.importers import MaskOptions, import_masks
-    from ingest.importers.pipeline import ImportOptions
-
-    options = (MaskOptions(pattern="{stem}_segmentation.png"), ImportOptions(size=None, split=None, workers=workers))
-    if limit is None:
-        summary = import_masks(store, folder / "images", folder / "masks", *options)
-        return Dataset.load(store, summary.dataset_id)
-    with tempfile.TemporaryDirectory(prefix="isic-subset-") as tmp:
-        (Path(tmp) / "images").mkdir()
-        for path in sorted((folder / "images").glob("*.jpg"))[:limit]:
-            shutil.copyfile(path, Path(tmp) / "images" / path.name)
-        summary = import_masks(store, Path(tmp) / "images", folder / "masks", *options)
-    return Dataset.load(store, summary.dataset_id)
 
 
 def store_dataset(root: Path, n: int, isic: Path | None) -> ExampleSource:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -127,3 +129,24 @@ def print_table(results: list[dict[str, Any]]) -> None:
     for bench, n in notes:
         print(f"  note ({bench}): {n}")
     sys.stdout.flush()
+
+
+def import_isic(store: Any, folder: Path, limit: int | None = None, workers: int = 1,
+                options: Any = None) -> Any:
+    """An ISIC-style folder (images/*.jpg, masks/*_segmentation.png) imported as a user would
+    (`synthaug import masks`), its first ``limit`` images. Default options: the JPEG bytes
+    kept as they are, no splits."""
+    from ingest.importers import ImportOptions, MaskOptions, import_masks
+    from services.common.datasets import Dataset
+
+    options = (MaskOptions(pattern="{stem}_segmentation.png"),
+               options or ImportOptions(size=None, split=None, workers=workers))
+    if limit is None:
+        summary = import_masks(store, folder / "images", folder / "masks", *options)
+        return Dataset.load(store, summary.dataset_id)
+    with tempfile.TemporaryDirectory(prefix="isic-subset-") as tmp:
+        (Path(tmp) / "images").mkdir()
+        for path in sorted((folder / "images").glob("*.jpg"))[:limit]:
+            shutil.copyfile(path, Path(tmp) / "images" / path.name)
+        summary = import_masks(store, Path(tmp) / "images", folder / "masks", *options)
+    return Dataset.load(store, summary.dataset_id)

@@ -211,7 +211,7 @@ def isic_datasets(check: Check) -> tuple[Any, Any]:
     if "isic" not in check.cache:
         if check.isic is None:
             raise Skipped("no ISIC data (.gpu-check/data/isic2018-256: run --prepare where ../shared/data exists)")
-        from bench_datapath import import_isic
+        from figures import import_isic
 
         from services.common.store import FileStore
 

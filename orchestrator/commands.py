@@ -23,7 +23,7 @@ from rich.table import Table
 
 from ingest.cli_data import _subcommand_group
 from orchestrator.plan import Plan, load_plan, load_plan_text, resolve_paths
-from orchestrator.progress import RunProgress, duration_text, progress_view, state_name
+from orchestrator.progress import RunProgress, duration_text, follow, progress_view, state_name
 from orchestrator.results_table import TABLE_FILES, print_results
 from orchestrator.runner import RunSummary, RunTracker
 from orchestrator.runs import PreparedRun, RunManager, load_status, load_succeeded, stored_runs, validate_run_id
@@ -33,6 +33,7 @@ from orchestrator.transfer import collect, dataset_chunks, report_files, write_r
 from services.common.cli_support import exit_code as exit_code_of
 from services.common.client import open_channel
 from services.common.errors import InvalidArgument, SynthaugError
+from services.common.jobs import TERMINAL
 from services.common.store import ObjectStore, open_store
 from synthaug.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
@@ -41,17 +42,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES_PACKAGE = "synthaug"
 EXAMPLES_FOLDER = "examples"
 STATE = common_pb2.JobState
-TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
 
 
 def _console() -> Console:
     """Wide enough for the step tables when output goes to a file or a pipe."""
     console = Console()
     return console if console.is_terminal else Console(width=160)
-
-
-def _state(value: int) -> str:
-    return state_name(value)
 
 
 # --- the plans the CLI ships ------------------------------------------------------------------
@@ -164,13 +160,7 @@ class LocalFollower:
             return
         self.view = progress_view(model, self.console)
         self.view.start()
-        events = tracker.watch()
-
-        def follow() -> None:
-            for event in events:
-                self.view.event(event)
-
-        self.thread = threading.Thread(target=follow, name="progress", daemon=True)
+        self.thread = threading.Thread(target=follow, args=(self.view, tracker.watch()), name="progress", daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
@@ -183,7 +173,7 @@ class LocalFollower:
 def print_summary(console: Console, summary: RunSummary, store: ObjectStore) -> None:
     forced = f" ({summary.forced} forced)" if summary.forced else ""
     console.print(
-        f"run {summary.run_id} attempt {summary.attempt}: {_state(summary.state)} in {summary.wall_seconds:.1f} s — "
+        f"run {summary.run_id} attempt {summary.attempt}: {state_name(summary.state)} in {summary.wall_seconds:.1f} s — "
         f"{summary.executed} steps executed{forced}, {summary.cached} cached; "
         f"orchestration overhead {summary.overhead_seconds:.2f} s ({100 * summary.overhead_fraction:.1f}% of step time)"
     )
@@ -273,7 +263,7 @@ def _run_remote(args: argparse.Namespace, console: Console, text: str, recompute
                 view.stop()
         status = stub.GetRun(orchestrator_pb2.GetRunRequest(run_id=ref.id), timeout=30)
         done = RunProgress(status)
-        console.print(f"run {ref.id}: {_state(status.state)} ({done.done}/{done.total} steps done, {done.cached} cached)")
+        console.print(f"run {ref.id}: {state_name(status.state)} ({done.done}/{done.total} steps done, {done.cached} cached)")
         if status.state == common_pb2.JOB_STATE_SUCCEEDED:
             if status.report.key:
                 files = collect(stub.FetchReport(orchestrator_pb2.FetchReportRequest(run_id=ref.id, paths=list(TABLE_FILES)), timeout=120))
@@ -286,12 +276,12 @@ def _run_remote(args: argparse.Namespace, console: Console, text: str, recompute
 
 
 def _print_status(console: Console, status: orchestrator_pb2.RunStatus) -> None:
-    table = Table(title=f"run {status.run.id} ({status.run.plan_name}): {_state(status.state)}")
+    table = Table(title=f"run {status.run.id} ({status.run.plan_name}): {state_name(status.state)}")
     for col in ("kind", "arm", "seed", "state", "progress", "cached", "message"):
         table.add_column(col)
     for s in status.steps:
         seed = str(s.seed) if s.arm else ""
-        table.add_row(s.kind, s.arm, seed, _state(s.state), f"{100 * s.progress:.0f}%", "yes" if s.cached else "", escape(s.message[:80]))
+        table.add_row(s.kind, s.arm, seed, state_name(s.state), f"{100 * s.progress:.0f}%", "yes" if s.cached else "", escape(s.message[:80]))
     console.print(table)
     if status.error.message:
         console.print(f"[red]error:[/red] {escape(status.error.message)}", highlight=False)
@@ -320,7 +310,7 @@ def print_runs(console: Console, runs: list[orchestrator_pb2.RunInfo], where: st
         running = r.state not in TERMINAL
         took = duration_text((now if running else r.finished) - r.started) if r.started and (running or r.finished) else ""
         table.add_row(
-            r.run.id, r.run.plan_name, str(r.attempt or "?"), _state(r.state), f"{r.steps_done}/{r.steps_total}", _when(r.started),
+            r.run.id, r.run.plan_name, str(r.attempt or "?"), state_name(r.state), f"{r.steps_done}/{r.steps_total}", _when(r.started),
             f"{took} so far" if running and took else took, "" if running else str(r.executed), "" if running else str(r.cached),
             "" if running else f"{r.overhead_seconds:.2f} s ({100 * r.overhead_fraction:.1f}%)",
             f"attempt {r.last_succeeded_attempt}" if r.last_succeeded_attempt else "none",

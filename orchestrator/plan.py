@@ -678,18 +678,6 @@ class Plan(_Strict):
         return ([INTERNAL_TEST_SET] if self.internal_test else []) + [t.label for t in self.test_sets]
 
     @property
-    def max_composite(self) -> int:
-        return max(a.composite for a in self.arms)
-
-    @property
-    def max_gan(self) -> int:
-        return max(a.gan for a in self.arms)
-
-    @property
-    def max_real(self) -> int:
-        return max(a.real for a in self.arms)
-
-    @property
     def composite_pool(self) -> int:
         """Composites to make: the most any arm takes, ceil(count / keep) for a filtered arm."""
         return max(a.pool_needed(a.composite) for a in self.arms)

@@ -29,10 +29,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, Task, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
+from services.common.jobs import TERMINAL
 from synthaug.v1 import common_pb2, orchestrator_pb2
 
 S = common_pb2
-TERMINAL_STATES = (S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED)
 #: Seconds between two plain lines about the same running step.
 PLAIN_EVERY_SECONDS = 30.0
 #: Step metrics shown beside a running step, the first one present.
@@ -74,7 +74,7 @@ class StepView:
 
     @property
     def done(self) -> bool:
-        return self.state in TERMINAL_STATES
+        return self.state in TERMINAL
 
     @property
     def timed(self) -> bool:

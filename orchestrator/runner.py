@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 S = common_pb2
 MAX_EVENTS = 10_000
-#: Error codes of a failed step that mean the plan or its data must change (CLI exit 2).
 
 
 def step_cache_key(step_key: str) -> str:

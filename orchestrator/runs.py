@@ -25,16 +25,11 @@ from orchestrator.settings import ServiceAddresses
 from orchestrator.steps import check_known_counts, pin_dataset_names
 from services.common.errors import InvalidArgument, NotFound, error_code
 from services.common.events import EventLog, FinishedIndex, Retention
+from services.common.jobs import TERMINAL
 from services.common.store import FileStore, ObjectStore
 from synthaug.v1 import common_pb2, orchestrator_pb2
 
 log = logging.getLogger(__name__)
-
-
-def resolve_plan_names(plan: Plan, store: ObjectStore) -> Plan:
-    """Every dataset given by name (the plan's and its test sets') pinned to its current id,
-    so step keys name content."""
-    return pin_dataset_names(plan, store)
 
 
 @dataclass
@@ -120,7 +115,7 @@ class RunManager:
     def prepare(self, plan: Plan, recompute: Iterable[str] = ()) -> PreparedRun:
         """The run's graph, id and cache state; InvalidArgument when the plan asks for more
         real images than a known train split has, or to recompute a kind it does not have."""
-        graph = build_graph(resolve_plan_names(plan, self.store))
+        graph = build_graph(pin_dataset_names(plan, self.store))  # step keys name content, not names
         forced = graph.downstream(recompute) if recompute else set()
         check_known_counts(self.store, graph)
         cached = {s.key for s in graph.steps if s.key not in forced and load_cached(self.store, s) is not None}
@@ -259,8 +254,7 @@ class RunManager:
 
 def steps_done(status: orchestrator_pb2.RunStatus) -> int:
     """Steps that will not change any more: succeeded (cached ones too), failed or skipped."""
-    terminal = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
-    return sum(1 for s in status.steps if s.state in terminal)
+    return sum(1 for s in status.steps if s.state in TERMINAL)
 
 
 def is_run_id(text: str) -> bool:

@@ -346,13 +346,6 @@ class TrainingDataset:
                 for j in range(len(rows))]
 
 
-def collate(batch: Sequence[Any]) -> tuple[list[Any], list[Any]]:
-    """(image, target) pairs → (images, targets): detection batches are lists, since images
-    of different sizes are batched inside the model."""
-    images, targets = zip(*batch)
-    return list(images), list(targets)
-
-
 def truth_union(example: Example) -> np.ndarray:
     """H×W bool union of every ground-truth instance (crowd included), for pixel metrics."""
     from services.evaluator.core.metrics import union_of_instances

@@ -38,8 +38,6 @@ from services.segmenter.core.checkpoints import from_bytes, state_dict_from, to_
 from services.segmenter.core.models import ModelSpec
 
 EXPORT_FORMAT = "synthaug.model-export/1"
-#: The suffix `synthaug model export` suggests.
-EXPORT_SUFFIX = ".synthaug"
 
 
 @dataclass(frozen=True)
@@ -72,12 +70,10 @@ class ExportedModel:
     provenance: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def predict_config(self, export_threshold: float | None = None) -> PredictConfig:
-        """The PredictConfig the plan predicted with (the export threshold may be raised: a
-        caller that keeps only detections above its own score threshold need not decode the
-        others)."""
+    def predict_config(self) -> PredictConfig:
+        """The PredictConfig the plan predicted with."""
         cfg = PredictConfig(
-            export_threshold=self.thresholds.export if export_threshold is None else export_threshold,
+            export_threshold=self.thresholds.export,
             detections_per_image=self.detections_per_image,
             mask_threshold=self.thresholds.mask,
             batch_size=self.batch_size,

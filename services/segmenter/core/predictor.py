@@ -144,7 +144,7 @@ def exported(scores: np.ndarray, cfg: PredictConfig) -> np.ndarray:
 
 
 def predict(loaded: LoadedModel, source: ExampleSource, device: torch.device, cfg: PredictConfig,
-            amp: str = "none", progress: Progress | None = None, cpu_amp: bool = False) -> list[dict[str, Any]]:
+            amp: str = "none", progress: Progress | None = None) -> list[dict[str, Any]]:
     """COCO results for every image of ``source``: one entry per exported detection (see
     `exported`), its mask probabilities (at the image's stored size) binarised at
     ``cfg.mask_threshold`` and RLE-encoded, bbox [x, y, w, h] and the dataset's category id.
@@ -160,7 +160,7 @@ def predict(loaded: LoadedModel, source: ExampleSource, device: torch.device, cf
     try:
         for chunk in _batches(ids, cfg.batch_size):
             images = [source.load(i).image for i in chunk]
-            for image_id, out in zip(chunk, infer(model, images, device, amp=amp, cpu_amp=cpu_amp)):
+            for image_id, out in zip(chunk, infer(model, images, device, amp=amp)):
                 keep = exported(out["scores"], cfg)
                 cats = loaded.category_map.to_category_ids(out["labels"][keep])
                 for box, score, cat, prob in zip(out["boxes"][keep], out["scores"][keep], cats, out["masks"][keep]):

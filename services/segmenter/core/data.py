@@ -166,6 +166,16 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 
+def to_device_batch(images: Sequence[np.ndarray], device: torch.device, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """H×W×3 uint8 images → 3×H×W tensors in [0, 1] on `device`, as inference takes them.
+    The batch crosses to the device as one uint8 tensor when the images share a size (a
+    quarter of float32's bytes, one copy)."""
+    if images and all(im.shape == images[0].shape for im in images):
+        stacked = torch.from_numpy(np.stack(images)).to(device, non_blocking=True).permute(0, 3, 1, 2)
+        return list(stacked.to(dtype).div_(255.0).unbind(0))
+    return [image_to_tensor(im).to(device=device, dtype=dtype, non_blocking=True) for im in images]
+
+
 #: One image of the training stream: (index into the training items, draw number). The draw
 #: number (the image's position in the stream, services/segmenter/core/stream.py) keys its
 #: augmentation, so a resumed run or another number of processes augments identically.

@@ -34,7 +34,7 @@ from services.common.datasets import Dataset
 from services.common.errors import InvalidArgument
 from services.common.sampling import nested_order
 from services.evaluator.core.features import FeatureSet
-from services.segmenter.core.data import image_to_tensor
+from services.segmenter.core.data import to_device_batch
 from services.segmenter.core.models import load_state_dict_into
 from services.segmenter.core.predictor import LoadedModel
 
@@ -74,8 +74,7 @@ class SegmenterExtractor:
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        batch = [image_to_tensor(im).to(self.device) for im in images]
-        return self.model.features(batch).float().cpu().numpy()  # type: ignore[operator,no-any-return]
+        return self.model.features(to_device_batch(images, self.device)).float().cpu().numpy()  # type: ignore[operator,no-any-return]
 
 
 def inception_network(state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
@@ -103,8 +102,8 @@ class InceptionExtractor:
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        resized = [F.interpolate(image_to_tensor(im).to(self.device)[None], size=(INCEPTION_SIZE, INCEPTION_SIZE),
-                                 mode="bilinear", align_corners=False, antialias=True) for im in images]
+        resized = [F.interpolate(im[None], size=(INCEPTION_SIZE, INCEPTION_SIZE),
+                                 mode="bilinear", align_corners=False, antialias=True) for im in to_device_batch(images, self.device)]
         x = (torch.cat(resized).clamp_(0.0, 1.0) - self.mean) / self.std
         return self.model(x).float().cpu().numpy()  # type: ignore[no-any-return]
 

@@ -32,6 +32,7 @@ from pycocotools import mask as mask_utils
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.imageio import read_image, write_png
+from services.evaluator.core.coco import to_rle
 from services.segmenter.core.data import Example
 from services.segmenter.core.export import read_export
 from services.segmenter.core.predictor import load_model_file, predict
@@ -152,11 +153,7 @@ def instance_map(detections: Sequence[dict[str, Any]], height: int, width: int) 
         raise InvalidArgument(f"{len(detections)} detections in one image do not fit a 16-bit instance map")
     out = np.zeros((height, width), dtype=dtype)
     for index in range(len(detections) - 1, -1, -1):
-        seg = detections[index]["segmentation"]
-        rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii") if isinstance(seg["counts"], str) else seg["counts"]}
-        mask = mask_utils.decode(rle).astype(bool)
-        if mask.shape != (height, width):
-            raise InvalidArgument(f"a mask of {mask.shape[1]}×{mask.shape[0]} for an image of {width}×{height}")
+        mask = mask_utils.decode(to_rle(detections[index]["segmentation"], height, width, f"detection {index}")).astype(bool)
         out[mask] = index + 1
     return out
 

@@ -17,7 +17,7 @@ from services.common.errors import InvalidArgument
 from services.evaluator.core.metrics import pixel_scores, union_of_instances
 from services.segmenter.config import PredictConfig
 from services.segmenter.core.checkpoints import from_bytes, state_dict_from
-from services.segmenter.core.data import CategoryMap, ExampleSource, image_to_tensor
+from services.segmenter.core.data import CategoryMap, ExampleSource, to_device_batch
 from services.segmenter.core.models import ModelSpec, build_model, load_state_dict_into
 
 Progress = Callable[[float, str, "dict[str, float] | None"], None]
@@ -47,14 +47,8 @@ def autocast(device: torch.device, amp: str, cpu: bool = False) -> contextlib.Ab
 def infer(model: nn.Module, images: Sequence[np.ndarray], device: torch.device,
           dtype: torch.dtype = torch.float32, amp: str = "none", cpu_amp: bool = False) -> list[dict[str, np.ndarray]]:
     """Model outputs for H×W×3 uint8 images, as numpy: boxes (N×4 xyxy), scores (N),
-    labels (N, contiguous), masks (N×H×W float32 probabilities at the image's size).
-
-    The batch crosses to the device as one uint8 tensor when the images share a size."""
-    if images and all(im.shape == images[0].shape for im in images):
-        stacked = torch.from_numpy(np.stack(images)).to(device, non_blocking=True).permute(0, 3, 1, 2)
-        batch = list(stacked.to(dtype).div_(255.0).unbind(0))
-    else:
-        batch = [image_to_tensor(im).to(device=device, dtype=dtype, non_blocking=True) for im in images]
+    labels (N, contiguous), masks (N×H×W float32 probabilities at the image's size)."""
+    batch = to_device_batch(images, device, dtype)
     with autocast(device, amp, cpu=cpu_amp):
         outputs = model(batch)
     result = []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from services.common.errors import InvalidArgument
 
@@ -31,10 +30,10 @@ class Range:
     min: float
     max: float
 
-    def sample(self, rng: Any) -> float:
-        if self.min == self.max:
-            return float(self.min)
-        return float(rng.uniform(self.min, self.max))
+    def at(self, u: float) -> float:
+        """The value at fraction `u` ∈ [0, 1) of the interval: a uniform draw for a uniform
+        `u` (the value numpy's ``uniform(min, max)`` gives for the same double)."""
+        return float(self.min + (self.max - self.min) * u)
 
 
 @dataclass(frozen=True)

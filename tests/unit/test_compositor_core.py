@@ -13,7 +13,7 @@ from services.compositor.config import ComposeParams, Range
 from services.compositor.core.backgrounds import free_crops, inpaint_objects
 from services.compositor.core.compose import InMemoryAssets, compose_image
 from services.compositor.core.foregrounds import extract_cutouts
-from services.compositor.core.transforms import color_jitter, match_tone, rotate_expand
+from services.compositor.core.transforms import ForegroundPyramid, color_jitter, match_tone, warp_foreground
 
 BG = (60, 60, 60)
 NO_JITTER = dict(brightness=Range(1, 1), contrast=Range(1, 1), saturation=Range(1, 1), hue=Range(0, 0),
@@ -68,39 +68,53 @@ def test_brightness_scales_rgb_as_asked() -> None:
     assert out[rgba.shape[0] // 2, rgba.shape[1] // 2, :3].tolist() == [150, 75, 30]
 
 
+@pytest.mark.parametrize("factor", [1.0, 1.7, 0.45])
 @pytest.mark.parametrize("angle", [0.0, 37.0, 90.0, 133.0, -71.5])
-def test_rotation_keeps_the_whole_foreground(angle: float) -> None:
+def test_warp_keeps_the_whole_foreground_and_room_for_the_blur(angle: float, factor: float) -> None:
     rgba = np.zeros((30, 70, 4), np.uint8)
     rgba[..., :3] = 200
     rgba[..., 3] = 255  # opaque to the very edge: any clipping would lose area
-    out = rotate_expand(rgba, angle, margin=3)
+    margin = 3
+    out = warp_foreground(ForegroundPyramid(rgba, margin), factor, angle, margin=margin)
     area = np.count_nonzero(out[..., 3] >= 128)
-    assert abs(area - 30 * 70) <= 0.03 * 30 * 70
-    # nothing touches the canvas border: the corners were not cut off
-    assert out[:3, :, 3].max() == 0 and out[-3:, :, 3].max() == 0
-    assert out[:, :3, 3].max() == 0 and out[:, -3:, 3].max() == 0
-    # transparent pixels carry the object's colour, never black (no dark fringe when blurred)
-    assert out[..., :3].min() == 200
-
-
-@pytest.mark.parametrize("angle", [0.0, 90.0, 37.0, 133.0, -71.5, 180.0])
-def test_trimmed_rotation_keeps_every_visible_pixel_and_the_feathering_room(angle: float) -> None:
-    """trim=True makes only the window of the expanded canvas that can show: the same
-    object, with at least `margin` + 1 transparent pixels on every side, on a smaller canvas."""
-    rgba = np.zeros((60, 90, 4), np.uint8)
-    rgba[..., :3] = (180, 120, 90)
-    cv2.ellipse(rgba, (45, 30), (30, 12), 20.0, 0, 360, (90, 50, 30, 255), -1)  # a lesion in its context
-    margin = 6
-    full = rotate_expand(rgba, angle, margin)
-    trimmed = rotate_expand(rgba, angle, margin, trim=True)
-    assert trimmed.shape[0] * trimmed.shape[1] < full.shape[0] * full.shape[1]
-    # the same visible object (up to the warp's rounding, which depends on the window's origin)
-    assert abs(int(trimmed[..., 3].astype(int).sum()) - int(full[..., 3].astype(int).sum())) <= 0.002 * full[..., 3].sum()
-    assert np.count_nonzero(trimmed[..., 3] >= 128) == pytest.approx(np.count_nonzero(full[..., 3] >= 128), abs=4)
-    room = margin + 1  # a blur of radius `margin` is never cut by the window's edge
-    alpha = trimmed[..., 3]
+    expected = 30 * 70 * factor ** 2
+    assert abs(area - expected) <= 0.5 * 2 * (30 + 70) * factor + 4  # up to half the outline's pixels
+    # nothing within margin + 1 of the window's edge: a blur of radius `margin` is never cut
+    room = margin + 1
+    alpha = out[..., 3]
     assert alpha[:room].max() == alpha[-room:].max() == alpha[:, :room].max() == alpha[:, -room:].max() == 0
-    assert trimmed[..., :3].min() > 0  # transparent pixels still carry the object's colours
+    # every transparent pixel a blur of the alpha can reach carries the object's colour,
+    # never black (no dark fringe)
+    reach = cv2.dilate((alpha > 0).astype(np.uint8), np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)) > 0
+    assert out[reach][:, :3].min() == 200
+
+
+def test_warp_flips_are_exact_mirror_images() -> None:
+    rgba = textured_assets().foregrounds[2]
+    pyramid = ForegroundPyramid(rgba, 6)
+    plain = warp_foreground(pyramid, 1.0, 0.0, margin=6)
+    assert np.array_equal(warp_foreground(pyramid, 1.0, 0.0, hflip=True, margin=6), cv2.flip(plain, 1))
+    assert np.array_equal(warp_foreground(pyramid, 1.0, 0.0, vflip=True, margin=6), cv2.flip(plain, 0))
+    # at scale 1 and no rotation the warp is a copy of the asset's pixels
+    ys, xs = np.nonzero(plain[..., 3] >= 128)
+    inside = plain[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    ys0, xs0 = np.nonzero(rgba[..., 3] >= 128)
+    assert np.array_equal(inside, rgba[ys0.min():ys0.max() + 1, xs0.min():xs0.max() + 1])
+
+
+def test_warp_shrinks_from_a_pyramid_level_without_aliasing() -> None:
+    """A 1-pixel checkerboard shrunk to a quarter is flat grey; bilinear sampling of the
+    asset itself would pick black or white pixels (aliasing)."""
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., :3] = ((np.indices((64, 64)).sum(axis=0) % 2) * 255).astype(np.uint8)[..., None]
+    rgba[..., 3] = 255
+    pyramid = ForegroundPyramid(rgba, 0)
+    assert pyramid.level_for(1.0) == 0 and pyramid.level_for(0.7) == 0
+    assert pyramid.level_for(0.45) == 1 and pyramid.level_for(0.25) == 2
+    out = warp_foreground(pyramid, 0.25, 0.0)
+    ys, xs = np.nonzero(out[..., 3] == 255)
+    core = out[ys.min() + 1:ys.max(), xs.min() + 1:xs.max(), :3]
+    assert core.size and np.abs(core.astype(int) - 127.5).max() <= 2
 
 
 # --- params ---------------------------------------------------------------------------------

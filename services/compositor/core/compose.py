@@ -13,6 +13,7 @@ Gaussian feathering the mask is the object's true outline (the ramp crosses 0.5 
 """
 from __future__ import annotations
 
+import abc
 import functools
 import math
 from dataclasses import dataclass, field
@@ -24,15 +25,15 @@ import numpy as np
 from services.common.seeding import rng as seeded_rng
 from services.compositor.config import ComposeParams
 from services.compositor.core.transforms import (
+    ForegroundPyramid,
     apply_color,
-    brightness_contrast_lut,
+    brightness_contrast,
     color_matrix,
     flip_rgba,
     object_mean_grey,
-    resize_rgba,
-    rotate_expand,
     rotated_size,
     tone_gains,
+    warp_foreground,
 )
 
 _POISSON_PAD = 4
@@ -54,6 +55,10 @@ class Assets(Protocol):
     def foreground_stats(self, i: int, dark_threshold: int) -> ForegroundStats:
         """`foreground_stats` of foreground `i`, computed once per asset (not once per paste)."""
 
+    def foreground_pyramid(self, i: int, margin: int) -> ForegroundPyramid:
+        """Foreground `i` prepared for warping (`ForegroundPyramid(rgba, margin)`), made once
+        per asset (not once per paste)."""
+
 
 @dataclass(frozen=True)
 class ForegroundStats:
@@ -72,14 +77,40 @@ def foreground_stats(rgba: np.ndarray, dark_threshold: int) -> ForegroundStats:
     return ForegroundStats(object_mean_grey(rgba), _source_skin(rgba, dark_threshold))
 
 
+class DerivedForegrounds(abc.ABC):
+    """What a foreground's pastes need that depends on the asset alone (colour statistics,
+    the warp pyramid): made at its first paste and kept, as a foreground is pasted many
+    times. A mixin for Assets implementations that provide `foreground(i)`."""
+
+    @abc.abstractmethod
+    def foreground(self, i: int) -> tuple[np.ndarray, int]:
+        """(RGBA uint8 crop, category id) of foreground `i`."""
+
+    def foreground_stats(self, i: int, dark_threshold: int) -> ForegroundStats:
+        key = ("stats", i, dark_threshold)
+        cache = self._derived()
+        if key not in cache:
+            cache[key] = foreground_stats(self.foreground(i)[0], dark_threshold)
+        return cache[key]
+
+    def foreground_pyramid(self, i: int, margin: int) -> ForegroundPyramid:
+        key = ("pyramid", i, margin)
+        cache = self._derived()
+        if key not in cache:
+            cache[key] = ForegroundPyramid(self.foreground(i)[0], margin)
+        return cache[key]
+
+    def _derived(self) -> dict[tuple[Any, ...], Any]:
+        return self.__dict__.setdefault("_derived_cache", {})
+
+
 @dataclass
-class InMemoryAssets:
+class InMemoryAssets(DerivedForegrounds):
     """Assets held in lists (tests, small sets)."""
 
     foregrounds: Sequence[np.ndarray]
     categories: Sequence[int]
     backgrounds: Sequence[np.ndarray]
-    _stats: dict[tuple[int, int], ForegroundStats] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def num_foregrounds(self) -> int:
@@ -94,12 +125,6 @@ class InMemoryAssets:
 
     def background(self, i: int) -> np.ndarray:
         return self.backgrounds[i]
-
-    def foreground_stats(self, i: int, dark_threshold: int) -> ForegroundStats:
-        stats = self._stats.get((i, dark_threshold))
-        if stats is None:
-            stats = self._stats[(i, dark_threshold)] = foreground_stats(self.foregrounds[i], dark_threshold)
-        return stats
 
 
 @dataclass
@@ -138,45 +163,39 @@ def _prepare_background(bg: np.ndarray, p: ComposeParams, rng: np.random.Generat
     out = np.ascontiguousarray(square)
     if out is bg or out.base is not None:
         out = out.copy()
-    b = p.background_brightness.sample(rng)
-    c = p.background_contrast.sample(rng)
+    u = rng.random(2).tolist()
+    b, c = p.background_brightness.at(u[0]), p.background_contrast.at(u[1])
     if b != 1.0 or c != 1.0:
         mean = float(np.dot(cv2.mean(out)[:3], _LUMA))  # mean grey, without a grey image
-        out = cv2.LUT(out, brightness_contrast_lut(mean, b, c))
+        out = brightness_contrast(out, mean, b, c)
     audit = {"crop": [x0, y0, side], "flip_h": hflip, "flip_v": vflip, "rot90": k,
              "brightness": round(b, 6), "contrast": round(c, 6)}
     return out, audit
 
 
-def _box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[float, int]:
-    """(IoU, intersection area) of boxes given as x0, y0, x1, y1."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0, 0
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union, inter
-
-
 def _find_position(rng: np.random.Generator, size: int, tw: int, th: int,
                    placed: list[tuple[int, int, int, int]], p: ComposeParams,
                    usable_int: np.ndarray | None) -> tuple[int, int] | None:
-    """Top-left of the object's tight box, or None after `max_placement_attempts` tries."""
-    for _ in range(p.max_placement_attempts):
-        x = int(rng.integers(0, size - tw + 1))
-        y = int(rng.integers(0, size - th + 1))
-        box = (x, y, x + tw, y + th)
+    """Top-left of the object's tight box: the first of `max_placement_attempts` random
+    candidates that overlaps no placed box (x0, y0, x1, y1) by an IoU over
+    `max_overlap_iou` (at 0: not at all) and lies on enough usable background; None when
+    none does. The candidates are drawn in two calls, and tested in plain Python: on a
+    handful of boxes that is faster than numpy."""
+    n = p.max_placement_attempts
+    xs = rng.integers(0, size - tw + 1, n).tolist()
+    ys = rng.integers(0, size - th + 1, n).tolist()
+    area, max_iou = tw * th, p.max_overlap_iou
+    need = p.min_usable_background * area
+    for x, y in zip(xs, ys):
+        x1, y1 = x + tw, y + th
         ok = True
-        for other in placed:
-            iou, inter = _box_iou(box, other)
-            if (p.max_overlap_iou == 0.0 and inter > 0) or iou > p.max_overlap_iou:
+        for a0, b0, a1, b1 in placed:
+            iw, ih = min(x1, a1) - max(x, a0), min(y1, b1) - max(y, b0)
+            if iw > 0 and ih > 0 and iw * ih > max_iou * (area + (a1 - a0) * (b1 - b0) - iw * ih):
                 ok = False
                 break
         if ok and usable_int is not None:
-            good = (usable_int[y + th, x + tw] - usable_int[y, x + tw]
-                    - usable_int[y + th, x] + usable_int[y, x])
-            ok = good >= p.min_usable_background * tw * th
+            ok = usable_int[y1, x1] - usable_int[y, x1] - usable_int[y1, x] + usable_int[y, x] >= need
         if ok:
             return x, y
     return None
@@ -190,17 +209,18 @@ def _source_skin(rgba: np.ndarray, dark_threshold: int) -> np.ndarray | None:
     return np.asarray(cv2.mean(rgba, mask=context.astype(np.uint8))[:3])
 
 
-def _destination_skin(canvas: np.ndarray, box: tuple[int, int, int, int], dark_threshold: int) -> np.ndarray | None:
-    """Mean RGB of the usable background around and under the object's box (before pasting)."""
+def _destination_skin(canvas: np.ndarray, usable: np.ndarray, usable_int: np.ndarray,
+                      box: tuple[int, int, int, int]) -> np.ndarray | None:
+    """Mean RGB (of the canvas before this paste) over the usable background (the
+    background's pixels not darker than dark_threshold, `usable`, with its integral image)
+    around and under the object's box."""
     bx, by, tw, th = box
     gx, gy = max(4, tw // 4), max(4, th // 4)
     x0, y0 = max(0, bx - gx), max(0, by - gy)
     x1, y1 = min(canvas.shape[1], bx + tw + gx), min(canvas.shape[0], by + th + gy)
-    region = np.ascontiguousarray(canvas[y0:y1, x0:x1])
-    usable = (cv2.cvtColor(region, cv2.COLOR_RGB2GRAY) >= dark_threshold).astype(np.uint8)
-    if np.count_nonzero(usable) < 16:
+    if usable_int[y1, x1] - usable_int[y0, x1] - usable_int[y1, x0] + usable_int[y0, x0] < 16:
         return None
-    return np.asarray(cv2.mean(region, mask=usable)[:3])
+    return np.asarray(cv2.mean(canvas[y0:y1, x0:x1], mask=usable[y0:y1, x0:x1])[:3])
 
 
 @functools.lru_cache(maxsize=8)
@@ -230,10 +250,9 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
     bg_index = int(rng.integers(0, assets.num_backgrounds))
     canvas, bg_audit = _prepare_background(assets.background(bg_index), p, rng)
     bg_audit["index"] = bg_index
-    usable_int = None
-    if p.min_usable_background > 0:
-        usable = (cv2.cvtColor(canvas, cv2.COLOR_RGB2GRAY) >= p.dark_threshold).astype(np.uint8)
-        usable_int = cv2.integral(usable)
+    # the background's usable pixels (not dark), for placement and for tone matching
+    usable = (cv2.cvtColor(canvas, cv2.COLOR_RGB2GRAY) >= p.dark_threshold).view(np.uint8)
+    usable_int = cv2.integral(usable)
 
     margin = math.ceil(3 * p.blend_sigma) if p.blend == "gaussian" else (1 if p.blend == "poisson" else 0)
     count = int(rng.integers(p.min_objects, p.max_objects + 1))
@@ -246,22 +265,20 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
     for _ in range(count):
         fi = int(rng.integers(0, assets.num_foregrounds))
         rgba, category = assets.foreground(fi)
-        hflip = bool(p.flip and rng.random() < 0.5)
-        vflip = bool(p.flip and rng.random() < 0.5)
-        scale = p.scale.sample(rng)
-        angle = p.rotation.sample(rng)
-        jitter = dict(brightness=p.brightness.sample(rng), contrast=p.contrast.sample(rng),
-                      saturation=p.saturation.sample(rng), hue_degrees=p.hue.sample(rng))
+        u = rng.random(8).tolist()  # every draw of the object's transform in one call
+        hflip, vflip = p.flip and u[0] < 0.5, p.flip and u[1] < 0.5
+        scale, angle = p.scale.at(u[2]), p.rotation.at(u[3])
+        jitter = dict(brightness=p.brightness.at(u[4]), contrast=p.contrast.at(u[5]),
+                      saturation=p.saturation.at(u[6]), hue_degrees=p.hue.at(u[7]))
         h, w = rgba.shape[:2]
         factor = scale * size / max(h, w)
         rw, rh = rotated_size(w * factor, h * factor, angle)
         if max(rw, rh) > size - 2:  # larger than the canvas: scale down to fit, never clip
             factor *= (size - 2) / max(rw, rh)
-        small = resize_rgba(rgba, factor)
         stats = assets.foreground_stats(fi, p.dark_threshold)
         # colour is applied after placement, in one pass with the tone gains (it never
         # changes alpha, so placement does not depend on it)
-        fg = rotate_expand(flip_rgba(small, hflip, vflip), angle, margin, trim=True)
+        fg = warp_foreground(assets.foreground_pyramid(fi, margin), factor, angle, hflip, vflip, margin)
         alpha8 = cv2.extractChannel(fg, 3)
         hard = alpha8 >= 128
         tx0, ty0, tw, th = cv2.boundingRect(hard.view(np.uint8))  # tight box of the object
@@ -276,7 +293,7 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
             objects.append(record)
             continue
         pos = None if (tw > size or th > size) else _find_position(
-            rng, size, tw, th, placed_boxes, p, usable_int)
+            rng, size, tw, th, placed_boxes, p, usable_int if p.min_usable_background > 0 else None)
         if pos is None:
             record["status"] = "skipped"
             skipped += 1
@@ -286,7 +303,7 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
         ox, oy = bx - tx0, by - ty0  # crop origin in image coordinates (may be negative)
         gains = None
         if p.tone_match > 0 and stats.skin is not None:
-            target = _destination_skin(canvas, (bx, by, tw, th), p.dark_threshold)
+            target = _destination_skin(canvas, usable, usable_int, (bx, by, tw, th))
             if target is not None:
                 gains = tone_gains(stats.skin, target, p.tone_match)
                 record["tone_gains"] = [round(float(g), 6) for g in gains]

@@ -47,9 +47,8 @@ from services.compositor.core.backgrounds import (
 )
 from services.compositor.core.compose import (
     Composite,
-    ForegroundStats,
+    DerivedForegrounds,
     compose_image,
-    foreground_stats,
     rng_for,
 )
 from services.compositor.core.foregrounds import extract_cutouts
@@ -231,7 +230,7 @@ def harvest_background_set(store: ObjectStore, *, dataset: Dataset | None = None
 # --- composition ---------------------------------------------------------------------------
 
 
-class StoreAssets:
+class StoreAssets(DerivedForegrounds):
     """Foregrounds and backgrounds loaded from the store on first use and kept decoded.
 
     Foregrounds larger than any paste can need are shrunk once at load time (area
@@ -255,7 +254,6 @@ class StoreAssets:
         self.max_side = max(8, math.ceil(params.scale.max * params.output_size * 1.25))
         self._fg: dict[int, np.ndarray] = {}
         self._bg: dict[int, np.ndarray] = {}
-        self._stats: dict[tuple[int, int], ForegroundStats] = {}
 
     def foreground(self, i: int) -> tuple[np.ndarray, int]:
         rgba = self._fg.get(i)
@@ -300,12 +298,6 @@ class StoreAssets:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         return array
-
-    def foreground_stats(self, i: int, dark_threshold: int) -> ForegroundStats:
-        stats = self._stats.get((i, dark_threshold))
-        if stats is None:
-            stats = self._stats[(i, dark_threshold)] = foreground_stats(self.foreground(i)[0], dark_threshold)
-        return stats
 
 
 @dataclass

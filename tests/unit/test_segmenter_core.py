@@ -227,6 +227,34 @@ def test_images_of_different_sizes_share_a_batch_and_keep_their_sizes():
     assert all(t["masks"].shape[1:] == im.shape[1:] for im, t in zip(images, targets))
 
 
+@pytest.mark.parametrize("size", [(40, 40), (40, 56)], ids=["square", "oblong"])
+def test_masks_are_resampled_as_grid_sample_nearest_does(size):
+    """sample_masks (two integer gathers) gives grid_sample's nearest-neighbour result for
+    every drawn map, up to exact ties (a pixel centre landing midway between two source
+    pixels, which float32 grids round either way): a handful of rows or columns at most."""
+    from torch.nn import functional as F
+
+    from services.segmenter.core.augment import draw_params, sample_masks
+
+    h, w = size
+    rng = np.random.default_rng(3)
+    n = 24
+    params = draw_params(11, list(range(n)), [size] * n, [100.0] * n, AugmentConfig())
+    masks = torch.from_numpy((rng.random((2 * n, h, w)) < 0.3).astype(np.uint8))
+    for transposed in (False, True):
+        pick = np.flatnonzero(params.transposed == transposed)
+        rows = torch.from_numpy(np.concatenate([[2 * k, 2 * k + 1] for k in pick]))
+        out_h, out_w = (w, h) if transposed else (h, w)
+        got = sample_masks(masks[rows], torch.arange(len(rows)) // 2, params.theta[pick], out_h, out_w, transposed)
+        grid = F.affine_grid(torch.as_tensor(params.theta[pick], dtype=torch.float32), [len(pick), 1, out_h, out_w],
+                             align_corners=False).index_select(0, torch.arange(len(rows)) // 2)
+        want = F.grid_sample(masks[rows][:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                             align_corners=False)[:, 0].to(torch.uint8)
+        assert got.dtype == torch.uint8 and got.shape == want.shape == (len(rows), out_h, out_w)
+        assert set(got.unique().tolist()) <= {0, 1}
+        assert (got != want).float().mean() < 0.01
+
+
 def test_masks_to_boxes_are_one_past_the_last_pixel():
     masks = torch.zeros((2, 5, 7), dtype=torch.uint8)
     masks[0, 1:3, 2:6] = 1

@@ -319,11 +319,11 @@ class TrainingDataset:
             params = draw_params(self.seed, [number for _, number in draws],
                                  [(int(grp.images.shape[1]), int(grp.images.shape[2])) for grp in groups],
                                  [float(grp.mean_grey[row]) for grp, (_, row) in zip(groups, where)], self.augment_cfg)
-        # One pass per (size, output orientation): a quarter turn transposes a non-square image.
+        # One pass per (size, output orientation): an odd number of quarter turns transposes
+        # the image (augment_batch resamples the masks of such images along swapped axes).
         parts: dict[tuple[int, bool], list[int]] = {}
         for k, (g, _) in enumerate(where):
-            h, w = self._groups[g].images.shape[1:3]
-            parts.setdefault((g, bool(params is not None and params.transposed[k] and h != w)), []).append(k)
+            parts.setdefault((g, bool(params is not None and params.transposed[k])), []).append(k)
         out: list[tuple[torch.Tensor, Target]] = [None] * len(draws)  # type: ignore[list-item]
         for (g, _), positions in parts.items():
             for k, example in zip(positions, self._group_batch(self._groups[g], [where[k][1] for k in positions],

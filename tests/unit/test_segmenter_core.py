@@ -228,31 +228,52 @@ def test_images_of_different_sizes_share_a_batch_and_keep_their_sizes():
 
 
 @pytest.mark.parametrize("size", [(40, 40), (40, 56)], ids=["square", "oblong"])
-def test_masks_are_resampled_as_grid_sample_nearest_does(size):
-    """sample_masks (two integer gathers) gives grid_sample's nearest-neighbour result for
-    every drawn map, up to exact ties (a pixel centre landing midway between two source
-    pixels, which float32 grids round either way): a handful of rows or columns at most."""
+def test_scale_jitter_is_resize_then_crop_or_pad_then_flips_and_turns(size):
+    """With scale jitter, the batched augmentation is exactly the per-image recipe, step by
+    step from the draws: resize (the image bilinear as F.interpolate does it on uint8, the
+    masks nearest with half-pixel centres), crop or paste on zeros at the drawn offset, flips
+    (horizontal, vertical), quarter turns; image and masks alike."""
     from torch.nn import functional as F
 
-    from services.segmenter.core.augment import draw_params, sample_masks
+    from services.common import seeding
 
     h, w = size
-    rng = np.random.default_rng(3)
-    n = 24
-    params = draw_params(11, list(range(n)), [size] * n, [100.0] * n, AugmentConfig())
-    masks = torch.from_numpy((rng.random((2 * n, h, w)) < 0.3).astype(np.uint8))
-    for transposed in (False, True):
-        pick = np.flatnonzero(params.transposed == transposed)
-        rows = torch.from_numpy(np.concatenate([[2 * k, 2 * k + 1] for k in pick]))
-        out_h, out_w = (w, h) if transposed else (h, w)
-        got = sample_masks(masks[rows], torch.arange(len(rows)) // 2, params.theta[pick], out_h, out_w, transposed)
-        grid = F.affine_grid(torch.as_tensor(params.theta[pick], dtype=torch.float32), [len(pick), 1, out_h, out_w],
-                             align_corners=False).index_select(0, torch.arange(len(rows)) // 2)
-        want = F.grid_sample(masks[rows][:, None].float(), grid, mode="nearest", padding_mode="zeros",
-                             align_corners=False)[:, 0].to(torch.uint8)
-        assert got.dtype == torch.uint8 and got.shape == want.shape == (len(rows), out_h, out_w)
-        assert set(got.unique().tolist()) <= {0, 1}
-        assert (got != want).float().mean() < 0.01
+    examples = []
+    for ex in make_source("x", 3, size=64, seed=6, max_objects=3).examples:
+        masks = ex.masks[:, :h, :w]
+        examples.append(Example(ex.image_id, np.ascontiguousarray(ex.image[:h, :w]), masks[masks.any(axis=(1, 2))],
+                                ex.category_ids[masks.any(axis=(1, 2))]))
+    src = InMemorySource("x", make_source("y", 1).categories, examples)
+    ds = _dataset(src, AugmentConfig(brightness=0, contrast=0, saturation=0), seed=2)
+    scales = set()
+    for draw in range(24):
+        image, target = ds[(draw % 3, draw)]
+        ex = examples[draw % 3]
+        rng = seeding.rng(2, "segmenter/augment", draw)
+        s, u, flips, k = rng.uniform(0.8, 1.25), rng.random(2), rng.random(2), int(rng.integers(0, 4))
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        scales.add(np.sign(nh - h))
+        want = F.interpolate(torch.from_numpy(ex.image)[None].permute(0, 3, 1, 2), size=(nh, nw), mode="bilinear",
+                             align_corners=False, antialias=False)[0].permute(1, 2, 0).numpy()
+        rows = np.floor((np.arange(nh) + 0.5) * h / nh).astype(int)  # exact in float64
+        cols = np.floor((np.arange(nw) + 0.5) * w / nw).astype(int)
+        masks = ex.masks[:, rows][:, :, cols]
+        oy, ox = min(int(u[0] * (abs(nh - h) + 1)), abs(nh - h)), min(int(u[1] * (abs(nw - w) + 1)), abs(nw - w))
+        frame, frame_masks = np.zeros((h, w, 3), np.uint8), np.zeros((masks.shape[0], h, w), bool)
+        ch, cw = min(h, nh), min(w, nw)
+        (sy, dy), (sx, dx) = ((oy, 0) if nh > h else (0, oy)), ((ox, 0) if nw > w else (0, ox))
+        frame[dy:dy + ch, dx:dx + cw] = want[sy:sy + ch, sx:sx + cw]
+        frame_masks[:, dy:dy + ch, dx:dx + cw] = masks[:, sy:sy + ch, sx:sx + cw]
+        want, masks = frame, frame_masks
+        if flips[0] < 0.5:
+            want, masks = want[:, ::-1], masks[:, :, ::-1]
+        if flips[1] < 0.5:
+            want, masks = want[::-1], masks[:, ::-1]
+        want, masks = np.rot90(want, k, axes=(0, 1)), np.rot90(masks, k, axes=(1, 2))
+        got = (image.permute(1, 2, 0).numpy() * 255).round()
+        assert got.shape == want.shape and np.abs(got - want).max() <= 0.5
+        assert np.array_equal(target["masks"].numpy().astype(bool), masks[masks.any(axis=(1, 2))])
+    assert {-1, 1} <= scales  # both crops and pastes
 
 
 def test_masks_to_boxes_are_one_past_the_last_pixel():

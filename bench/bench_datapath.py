@@ -10,7 +10,9 @@ the trainer's DataLoader (no worker processes on CPU, its default there).
 
 *After*: the current path (services/segmenter/core/data.py TrainingDataset): the training
 set decoded once into a uint8 tensor cache, then each step's batch gathered from the cache
-and augmented in one batched pass (core/augment.py), on the training device.
+and augmented on the training device (core/augment.py: each image resized on its uint8
+pixels, cropped or padded, flipped and turned; the colour jitter of the batch as one batched
+matrix product; the masks by two integer gathers).
 
 Both serve the same draws of the same training stream, with augmentation. Figures are
 images/s, and per core at 1 thread; the machine's other load is printed with them, as the

@@ -146,6 +146,16 @@ def test_augmentation_moves_image_masks_and_boxes_together():
         assert target["labels"].tolist() == [1] * masks.shape[0]
 
 
+def _cropped_examples(h: int, w: int, size: int, seed: int, max_objects: int) -> list[Example]:
+    """Three synthetic examples cropped to h×w, keeping the instances the crop still shows."""
+    examples = []
+    for ex in make_source("x", 3, size=size, seed=seed, max_objects=max_objects).examples:
+        masks = ex.masks[:, :h, :w]
+        shown = masks.any(axis=(1, 2))
+        examples.append(Example(ex.image_id, np.ascontiguousarray(ex.image[:h, :w]), masks[shown], ex.category_ids[shown]))
+    return examples
+
+
 @pytest.mark.parametrize("size", [(64, 64), (48, 80)], ids=["square", "oblong"])
 def test_flips_and_quarter_turns_are_exact_permutations(size):
     """Without scale and colour jitter the augmentation is exactly the flips and quarter
@@ -154,11 +164,7 @@ def test_flips_and_quarter_turns_are_exact_permutations(size):
     from services.common import seeding
 
     h, w = size
-    examples = []
-    for ex in make_source("x", 3, size=80, seed=4, max_objects=2).examples:
-        masks = ex.masks[:, :h, :w]
-        examples.append(Example(ex.image_id, np.ascontiguousarray(ex.image[:h, :w]), masks[masks.any(axis=(1, 2))],
-                                ex.category_ids[masks.any(axis=(1, 2))]))
+    examples = _cropped_examples(h, w, size=80, seed=4, max_objects=2)
     src = InMemorySource("x", make_source("y", 1).categories, examples)
     ds = _dataset(src, AugmentConfig(brightness=0, contrast=0, saturation=0, scale=(1, 1)), seed=1)
     turns = set()
@@ -238,11 +244,7 @@ def test_scale_jitter_is_resize_then_crop_or_pad_then_flips_and_turns(size):
     from services.common import seeding
 
     h, w = size
-    examples = []
-    for ex in make_source("x", 3, size=64, seed=6, max_objects=3).examples:
-        masks = ex.masks[:, :h, :w]
-        examples.append(Example(ex.image_id, np.ascontiguousarray(ex.image[:h, :w]), masks[masks.any(axis=(1, 2))],
-                                ex.category_ids[masks.any(axis=(1, 2))]))
+    examples = _cropped_examples(h, w, size=64, seed=6, max_objects=3)
     src = InMemorySource("x", make_source("y", 1).categories, examples)
     ds = _dataset(src, AugmentConfig(brightness=0, contrast=0, saturation=0), seed=2)
     scales = set()

@@ -17,7 +17,7 @@ import abc
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -87,21 +87,18 @@ class DerivedForegrounds(abc.ABC):
         """(RGBA uint8 crop, category id) of foreground `i`."""
 
     def foreground_stats(self, i: int, dark_threshold: int) -> ForegroundStats:
-        key = ("stats", i, dark_threshold)
-        cache = self._derived()
-        if key not in cache:
-            cache[key] = foreground_stats(self.foreground(i)[0], dark_threshold)
-        return cache[key]
+        return self._derived(("stats", i, dark_threshold),
+                             lambda: foreground_stats(self.foreground(i)[0], dark_threshold))
 
     def foreground_pyramid(self, i: int, margin: int) -> ForegroundPyramid:
-        key = ("pyramid", i, margin)
-        cache = self._derived()
-        if key not in cache:
-            cache[key] = ForegroundPyramid(self.foreground(i)[0], margin)
-        return cache[key]
+        return self._derived(("pyramid", i, margin), lambda: ForegroundPyramid(self.foreground(i)[0], margin))
 
-    def _derived(self) -> dict[tuple[Any, ...], Any]:
-        return self.__dict__.setdefault("_derived_cache", {})
+    def _derived(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        """The value cached under `key`, made by `make()` at first use."""
+        cache = self.__dict__.setdefault("_derived_cache", {})
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
 
 
 @dataclass

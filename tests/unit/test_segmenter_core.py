@@ -17,7 +17,7 @@ from services.common.sampling import nested_order
 from services.evaluator.core.metrics import pixel_scores, union_of_instances
 from services.segmenter.config import PredictConfig, SegmenterConfig
 from services.segmenter.core import checkpoints as ck
-from services.segmenter.core.augment import AugmentConfig, masks_to_boxes
+from services.segmenter.core.augment import AugmentConfig, augment_batch, masks_to_boxes
 from services.segmenter.core.data import (
     CategoryMap,
     Example,
@@ -236,10 +236,10 @@ def test_images_of_different_sizes_share_a_batch_and_keep_their_sizes():
 @pytest.mark.parametrize("size", [(40, 40), (40, 56)], ids=["square", "oblong"])
 def test_scale_jitter_is_resize_then_crop_or_pad_then_flips_and_turns(size):
     """With scale jitter, the batched augmentation is exactly the per-image recipe, step by
-    step from the draws: resize (the image bilinear as F.interpolate does it on uint8, the
-    masks nearest with half-pixel centres), crop or paste on zeros at the drawn offset, flips
-    (horizontal, vertical), quarter turns; image and masks alike."""
-    from torch.nn import functional as F
+    step from the draws: resize (on CPU the image bilinear as cv2.resize does it on uint8,
+    the masks nearest with half-pixel centres), crop or paste on zeros at the drawn offset,
+    flips (horizontal, vertical), quarter turns; image and masks alike."""
+    import cv2
 
     from services.common import seeding
 
@@ -255,8 +255,7 @@ def test_scale_jitter_is_resize_then_crop_or_pad_then_flips_and_turns(size):
         s, u, flips, k = rng.uniform(0.8, 1.25), rng.random(2), rng.random(2), int(rng.integers(0, 4))
         nh, nw = max(1, round(h * s)), max(1, round(w * s))
         scales.add(np.sign(nh - h))
-        want = F.interpolate(torch.from_numpy(ex.image)[None].permute(0, 3, 1, 2), size=(nh, nw), mode="bilinear",
-                             align_corners=False, antialias=False)[0].permute(1, 2, 0).numpy()
+        want = cv2.resize(ex.image, (nw, nh), interpolation=cv2.INTER_LINEAR)
         rows = np.floor((np.arange(nh) + 0.5) * h / nh).astype(int)  # exact in float64
         cols = np.floor((np.arange(nw) + 0.5) * w / nw).astype(int)
         masks = ex.masks[:, rows][:, :, cols]
@@ -276,6 +275,35 @@ def test_scale_jitter_is_resize_then_crop_or_pad_then_flips_and_turns(size):
         assert got.shape == want.shape and np.abs(got - want).max() <= 0.5
         assert np.array_equal(target["masks"].numpy().astype(bool), masks[masks.any(axis=(1, 2))])
     assert {-1, 1} <= scales  # both crops and pastes
+
+
+@pytest.mark.parametrize("size", [(40, 40), (40, 56)], ids=["square", "oblong"])
+def test_gpu_path_gives_the_cpu_paths_masks_and_images_up_to_rounding(size):
+    """The batched torch path (the one CUDA runs; run here on CPU) and the per-image OpenCV
+    path produce identical masks and the same images up to the resize's rounding (uint8 on
+    the CPU path, float32 on the other), with colour jitter and both orientations; a batch
+    mixing orientations is refused."""
+    from services.segmenter.core.augment import augment_batch_opencv, augment_batch_torch, draw_params
+
+    h, w = size
+    examples = _cropped_examples(h, w, size=64, seed=8, max_objects=3)
+    images = torch.from_numpy(np.stack([ex.image for ex in examples * 8]))
+    params = draw_params(4, list(range(24)), [(h, w)] * 24, [float(ex.image.mean()) for ex in examples * 8],
+                         AugmentConfig())
+    assert 0 < params.transposed.sum() < 24  # both orientations were drawn
+    for transposed in (False, True):
+        picked = [k for k in range(24) if params.transposed[k] == transposed]
+        masks = torch.from_numpy(np.concatenate([examples[k % 3].masks for k in picked]).astype(np.uint8))
+        owner = torch.from_numpy(np.repeat(np.arange(len(picked)), [len(examples[k % 3].masks) for k in picked]))
+        cpu_images, cpu_masks = augment_batch_opencv(images[picked], masks, owner, params.subset(picked))
+        gpu_images, gpu_masks = augment_batch_torch(images[picked], masks, owner, params.subset(picked))
+        out = (len(picked), 3, w, h) if transposed else (len(picked), 3, h, w)
+        assert cpu_images.shape == gpu_images.shape == out and cpu_images.dtype == gpu_images.dtype == torch.float32
+        assert torch.equal(cpu_masks, gpu_masks) and cpu_masks.shape == (len(masks), *out[2:])
+        assert (cpu_images - gpu_images).abs().max() <= 1.5 / 255
+    mixed = [0, next(k for k in range(24) if params.transposed[k] != params.transposed[0])]
+    with pytest.raises(ValueError, match="one output orientation"):
+        augment_batch(images[:2], masks[:0], owner[:0], params.subset(mixed))
 
 
 def test_masks_to_boxes_are_one_past_the_last_pixel():

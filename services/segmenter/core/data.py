@@ -255,8 +255,6 @@ class TrainingDataset:
         self.seed = seed
         self.device = device if device is not None else torch.device("cpu")
         self.dtype = dtype
-        #: CPU: augment a few images at a time, so intermediates stay in cache.
-        self.chunk = 8 if self.device.type == "cpu" else 0
         self._where: list[tuple[int, int]] = []  # item → (size group, row)
         host = self._decode(threads)
         target = cache_device if cache_device is not None else self.device
@@ -343,12 +341,13 @@ class TrainingDataset:
         image_ids = group.image_ids.index_select(0, row_index).to(device)
         owner = torch.from_numpy(np.repeat(np.arange(len(rows)), counts)).to(device)
         if params is not None:
-            batch, masks = augment_batch(images, masks, owner, params, self.chunk)
+            batch, masks = augment_batch(images, masks, owner, params)
         else:
             batch = images.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
         batch = batch.to(self.dtype)
         keep = masks.flatten(1).amax(dim=1) > 0 if masks.shape[0] else torch.zeros(0, dtype=torch.bool, device=device)
-        masks, labels, owner = masks[keep], labels[keep], owner[keep]
+        if not bool(keep.all()):
+            masks, labels, owner = masks[keep], labels[keep], owner[keep]
         boxes = masks_to_boxes(masks).to(self.dtype)
         kept = torch.bincount(owner, minlength=len(rows)).tolist()
         per_masks, per_boxes, per_labels = masks.split(kept), boxes.split(kept), labels.split(kept)

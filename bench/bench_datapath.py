@@ -1,7 +1,7 @@
 """The segmenter's training data path alone: images/s at 256 px, before and after.
 
     PYTHONPATH=. python bench/bench_datapath.py [--images 256] [--batch 32] [--steps 8]
-        [--threads 1,2] [--device cpu|cuda] [--isic DIR] [--before REV]
+        [--threads 1,2] [--device cpu|cuda] [--isic DIR] [--before REV] [--default-allocator]
 
 *Before*: the per-image path of the trainer up to commit REV (default 7fdd466, loaded from
 git history, so it is measured as it was): every draw decodes its image and masks from the
@@ -10,13 +10,15 @@ the trainer's DataLoader (no worker processes on CPU, its default there).
 
 *After*: the current path (services/segmenter/core/data.py TrainingDataset): the training
 set decoded once into a uint8 tensor cache, then each step's batch gathered from the cache
-and augmented on the training device (core/augment.py: each image resized on its uint8
-pixels, cropped or padded, flipped and turned; the colour jitter of the batch as one batched
-matrix product; the masks by two integer gathers).
+and augmented on the training device (core/augment.py; on CPU image by image with OpenCV:
+resize on the uint8 pixels, crop or pad, flips and turns, the colour matrix within the
+conversion to float; the masks by two integer gathers).
 
-Both serve the same draws of the same training stream, with augmentation. Figures are
-images/s, and per core at 1 thread; the machine's other load is printed with them, as the
-figures on a shared machine are noisy. Prints figures, asserts nothing.
+Both serve the same draws of the same training stream, with augmentation, in one process
+whose allocator keeps freed memory as the trainer's does (services/common/allocator.py;
+``--default-allocator`` leaves glibc's defaults, to measure what that policy is worth).
+Figures are images/s, and per core at 1 thread; the machine's other load is printed with
+them, as the figures on a shared machine are noisy. Prints figures, asserts nothing.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from figures import import_isic
 
+from services.common.allocator import retain_freed_memory
 from services.common.datasets import Dataset, DatasetWriter
 from services.common.store import FileStore
 from services.segmenter.core.augment import AugmentConfig
@@ -126,7 +129,7 @@ def measure_after(data: TrainingDataset, batch: int, n_steps: int, threads: int)
     return count / (time.perf_counter() - t0)
 
 
-def conditions(args: argparse.Namespace, source_kind: str) -> list[str]:
+def conditions(args: argparse.Namespace, source_kind: str, retained: bool) -> list[str]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     cpu = platform.processor() or platform.machine()
     try:
@@ -137,7 +140,9 @@ def conditions(args: argparse.Namespace, source_kind: str) -> list[str]:
     return [f"CPU {cpu}, {os.cpu_count()} cores visible, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
             "(a shared machine: figures are noisy)",
             f"torch {torch.__version__}, device {args.device}, {args.images} images of {source_kind} at 256 px, "
-            f"batch {args.batch}, {args.steps} timed steps after one warm-up, augmentation on"]
+            f"batch {args.batch}, {args.steps} timed steps after one warm-up, augmentation on",
+            "allocator: " + ("freed memory kept for reuse, as in the trainer (before and after alike)" if retained
+                             else "glibc's defaults" if args.default_allocator else "defaults (no glibc: policy n/a)")]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,13 +155,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--isic", type=Path, default=DEFAULT_ISIC if DEFAULT_ISIC.is_dir() else None,
                    help="ISIC-style folder (images/, masks/); default ../shared/data/isic2018-256/train when present")
     p.add_argument("--before", default=BEFORE_REV, help="git revision of the per-image path (default %(default)s)")
+    p.add_argument("--default-allocator", action="store_true",
+                   help="leave glibc's allocator defaults (the trainer keeps freed memory for reuse)")
     args = p.parse_args(argv)
+    retained = False if args.default_allocator else retain_freed_memory()
     thread_counts = [int(t) for t in args.threads.split(",")]
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory(prefix="bench-datapath-") as tmp:
         source = store_dataset(Path(tmp), args.images, args.isic)
         kind = "ISIC JPEGs with masks" if args.isic is not None else "synthetic shapes (PNG)"
-        for line in conditions(args, kind):
+        for line in conditions(args, kind, retained):
             print(line)
         results: dict[str, Any] = {}
         before = load_before(args.before)

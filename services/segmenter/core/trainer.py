@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, cast
 import torch
 from torch import nn
 
+from services.common.allocator import retain_freed_memory
 from services.common.config import config_to_mapping
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.seeding import derive_seed
@@ -236,7 +237,10 @@ class Trainer:
 
     def training_data(self) -> TrainingDataset:
         """The training set decoded once (core/data.py TrainingDataset), cached on the GPU when
-        it fits, producing batches on the training device in the training dtype."""
+        it fits, producing batches on the training device in the training dtype. The process
+        keeps freed heap memory from here on (services/common/allocator.py): every step frees
+        and allocates the same batch buffers, which would otherwise fault in fresh pages."""
+        retain_freed_memory()
         sizes = [self.sources[s].image_size(i) for s, i in self.items]
         estimate = sum(4 * h * w for h, w in sizes)  # 3 bytes a pixel, and about one instance
         t0 = time.perf_counter()

@@ -34,6 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
 
+import cv2
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,8 +91,10 @@ def steps(stream: TrainingStream, n: int) -> list[list[tuple[int, int]]]:
 
 
 def measure_before(before: ModuleType, source: ExampleSource, batch: int, n_steps: int, threads: int) -> float:
-    """Images/s of the per-image path, in the DataLoader the trainer used (0 workers)."""
+    """Images/s of the per-image path, in the DataLoader the trainer used (0 workers);
+    ``threads`` torch threads and OpenCV threads."""
     torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     items = [(0, i) for i in source.image_ids()]
     dataset = before.TrainingDataset([source], items, CategoryMap(source.categories), before.AugmentConfig(), 0)
     draws = steps(TrainingStream([True] * len(items), 0, batch), n_steps + 1)
@@ -113,9 +116,10 @@ def build_cache(source: ExampleSource, device: torch.device, threads: int, augme
 
 
 def measure_after(data: TrainingDataset, batch: int, n_steps: int, threads: int) -> float:
-    """Images/s of batches served from the cache (gather + batched augmentation), on the
-    dataset's device; ``threads`` torch threads on CPU."""
+    """Images/s of batches served from the cache (core/augment.py), on the dataset's device;
+    ``threads`` torch threads and OpenCV threads on CPU."""
     torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     draws = steps(TrainingStream([True] * len(data), 0, batch), n_steps + 1)
     data.batch(draws[0])  # warm-up
     sync = torch.cuda.synchronize if data.device.type == "cuda" else (lambda: None)

@@ -6,20 +6,24 @@ the top of the heap whenever more than its trim threshold is free there; both ad
 to about twice the largest block freed so far. A training step frees and allocates the same
 few buffers every time (a batch of 32 float32 images at 256 px is 25 MB; each image's
 resized and float copies are 0.2–0.8 MB), so by default every step maps fresh pages and
-pays a page fault per 4 KiB on first touch. On this project's CI machine (a sandboxed VM)
-that cost more than the augmentation itself: the training data path served 580 images/s
-with the defaults and 880 with freed memory kept (bench/bench_datapath.py), while the
-network's own step did not change. This is the same effect for which PyTorch's CPU
-performance guides recommend jemalloc or tcmalloc; a process that can preload those does not
-need this.
+pays a page fault per 4 KiB on first touch, which is expensive on this project's CI machine
+(a sandboxed VM). Measured with bench/bench_datapath.py (256 ISIC images, batch 32): the
+batched torch augmentation served 580 images/s on CPU with the defaults and 880 with freed
+memory kept; the per-image OpenCV path that replaced it allocates less, and gains ~8% at 2
+threads (990–1070 → 1100–1160 images/s) and nothing measurable at 1; the network's own step
+did not change. This is the effect for which PyTorch's CPU performance guides recommend
+jemalloc or tcmalloc; a process that can preload those does not need this.
 
 The price: a process keeps up to ``keep_bytes`` of free heap beyond what it uses (its
-resident size stays near its peak until then), which is what a training process wants.
+resident size stays near its peak until then), and keeps the policy for the rest of its
+life: a segmenter service that has trained once keeps it for its later jobs too (prediction
+and feature extraction reuse their buffers the same way). Under a preloaded jemalloc or
+tcmalloc, glibc's ``mallopt`` still answers but no longer governs the heap; there this is a
+harmless no-op.
 """
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import platform
 from dataclasses import dataclass
@@ -58,7 +62,7 @@ def retain_freed_memory(policy: HeapPolicy = HeapPolicy()) -> bool:
     if _applied is not None:
         return True
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False

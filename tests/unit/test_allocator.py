@@ -3,6 +3,7 @@ for reuse, so a loop that allocates and frees the same large buffers stops fault
 fresh pages. Run in child processes, as the policy is process-wide."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -36,7 +37,9 @@ _CYCLES = textwrap.dedent("""
 
 
 def _faults_per_cycle(mode: str) -> tuple[str, float]:
-    out = subprocess.run([sys.executable, "-c", _CYCLES, mode], cwd=REPO, check=True, capture_output=True,
+    # glibc's defaults, whatever this process was started with.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, "-c", _CYCLES, mode], cwd=REPO, env=env, check=True, capture_output=True,
                          text=True, timeout=60).stdout.split()
     return out[0], float(out[1])
 

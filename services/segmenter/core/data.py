@@ -23,7 +23,15 @@ import torch
 
 from services.common.errors import InvalidArgument
 from services.common.sampling import nested_order
-from services.segmenter.core.augment import GREY, AugmentConfig, AugmentParams, augment_batch, draw_params, masks_to_boxes
+from services.segmenter.core.augment import (
+    GREY,
+    AugmentConfig,
+    AugmentParams,
+    augment_batch,
+    augment_rows_opencv,
+    draw_params,
+    masks_to_boxes,
+)
 
 
 @dataclass
@@ -230,9 +238,10 @@ class TrainingDataset:
     augmented with the stream of its draw (core/augment.py).
 
     Decoding (image file, RLE masks, category mapping) happens once per image, when the
-    dataset is built, with ``threads`` threads; a step then costs one gather per image size
-    and a few batched tensor operations, on ``device`` when the cache lives there (the
-    trainer puts it on the GPU when it fits), so no image crosses between host and device
+    dataset is built, with ``threads`` threads; a step then reads its images from the cache
+    and augments them (core/augment.py: on CPU image by image with OpenCV, in place from the
+    cache; on CUDA a gather per image size and a few batched tensor operations, on the GPU
+    when the trainer put the cache there), so no image crosses between host and device
     during training. Results depend on the draws alone, not on threads or batch composition.
 
     Memory: 3·H·W bytes per image plus H·W per instance (≈ 0.26 MB per 256-px image with
@@ -330,6 +339,8 @@ class TrainingDataset:
         return [image for image, _ in out], [target for _, target in out]
 
     def _group_batch(self, group: _SizeGroup, rows: list[int], params: AugmentParams | None) -> list[tuple[torch.Tensor, Target]]:
+        if params is not None and self.device.type == "cpu" and group.images.device.type == "cpu":
+            return self._group_batch_cpu(group, rows, params)
         device = self.device
         counts = [int(group.mask_start[r + 1] - group.mask_start[r]) for r in rows]
         mask_rows = np.concatenate([np.arange(group.mask_start[r], group.mask_start[r + 1]) for r in rows])
@@ -351,6 +362,19 @@ class TrainingDataset:
         boxes = masks_to_boxes(masks).to(self.dtype)
         kept = torch.bincount(owner, minlength=len(rows)).tolist()
         per_masks, per_boxes, per_labels = masks.split(kept), boxes.split(kept), labels.split(kept)
+        return [(batch[j], {"boxes": per_boxes[j], "labels": per_labels[j], "masks": per_masks[j], "image_id": image_ids[j]})
+                for j in range(len(rows))]
+
+
+    def _group_batch_cpu(self, group: _SizeGroup, rows: list[int], params: AugmentParams) -> list[tuple[torch.Tensor, Target]]:
+        """_group_batch on CPU: augmented straight from the cache, image by image
+        (augment_rows_opencv), the targets' boxes and kept masks from the same pass."""
+        out = augment_rows_opencv(group.images.numpy(), rows, group.masks.numpy(), group.mask_start, params)
+        batch = out.images.to(self.dtype)
+        boxes = out.boxes.to(self.dtype)
+        labels = group.labels[torch.from_numpy(out.mask_rows)]
+        image_ids = group.image_ids[torch.tensor(rows, dtype=torch.int64)]
+        per_masks, per_boxes, per_labels = out.masks.split(out.counts), boxes.split(out.counts), labels.split(out.counts)
         return [(batch[j], {"boxes": per_boxes[j], "labels": per_labels[j], "masks": per_masks[j], "image_id": image_ids[j]})
                 for j in range(len(rows))]
 

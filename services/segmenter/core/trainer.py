@@ -97,14 +97,11 @@ def lr_factor(it: int, total: int, cfg: SegmenterConfig) -> float:
     return warm * cfg.gamma ** passed
 
 
-def resolve_sizes(cfg: SegmenterConfig, sources: Sequence[ExampleSource], items: Sequence[tuple[int, int]],
-                  val: ExampleSource | None) -> tuple[int, int]:
-    """min_size / max_size of the model's resize: the images' own size unless configured."""
+def resolve_sizes(cfg: SegmenterConfig, sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """min_size / max_size of the model's resize: the images' own size unless configured
+    (``sizes``: (h, w) of every training and validation image)."""
     if cfg.min_size and cfg.max_size:
         return cfg.min_size, cfg.max_size
-    sizes = [sources[s].image_size(i) for s, i in items]
-    if val is not None:
-        sizes += [val.image_size(i) for i in val.image_ids()]
     short = min(min(h, w) for h, w in sizes)
     long = max(max(h, w) for h, w in sizes)
     return cfg.min_size or short, cfg.max_size or max(long, cfg.min_size or short)
@@ -198,7 +195,10 @@ class Trainer:
         self.download = self.weights if isinstance(self.weights, TorchvisionWeights) else None
         if self.download is not None:
             torchvision_weights(self.download.name, cfg.architecture)  # a bad name fails here, not mid-job
-        min_size, max_size = resolve_sizes(cfg, self.sources, self.items, val)
+        #: (h, w) of each training item, in order, and of each validation image.
+        self.train_sizes = [self.sources[s].image_size(i) for s, i in self.items]
+        self.val_sizes = [val.image_size(i) for i in val.image_ids()] if val is not None else []
+        min_size, max_size = resolve_sizes(cfg, self.train_sizes + self.val_sizes)
         self.spec = ModelSpec(cfg.architecture, self.category_map.num_classes, min_size, max_size,
                               cfg.trainable_backbone_layers, pretrained_backbone=self.download is not None)
         self.init_state = ck.initial_state(self.weights, weights_store)
@@ -241,8 +241,7 @@ class Trainer:
         keeps freed heap memory from here on (services/common/allocator.py): every step frees
         and allocates the same batch buffers, which would otherwise fault in fresh pages."""
         retain_freed_memory()
-        sizes = [self.sources[s].image_size(i) for s, i in self.items]
-        estimate = sum(4 * h * w for h, w in sizes)  # 3 bytes a pixel, and about one instance
+        estimate = sum(4 * h * w for h, w in self.train_sizes)  # 3 bytes a pixel, and about one instance
         t0 = time.perf_counter()
         threads = decode_threads(self.cfg.num_workers)
         data = TrainingDataset(self.sources, self.items, self.category_map, AugmentConfig() if self.cfg.augment else None,
@@ -350,8 +349,7 @@ class Trainer:
     def _new_record(self, network: nn.Module) -> dict[str, Any]:
         cfg, budget = self.cfg, self.budget
         model = cast(SegmentationModel, network)
-        train_sizes = sorted({self.sources[s].image_size(i) for s, i in self.items})
-        val_sizes = sorted({self.val.image_size(i) for i in self.val.image_ids()}) if self.val is not None else []
+        train_sizes, val_sizes = sorted(set(self.train_sizes)), sorted(set(self.val_sizes))
         return {
             "epochs": [], "best_epoch": -1, "select_metric": cfg.select_metric, "stopped_early": False,
             "steps": [], "config": config_to_mapping(cfg),

@@ -207,6 +207,29 @@ class RunProgress:
         return text + (f" · {eta.text()}" if eta is not None else "")
 
 
+class _Ticker:
+    """Calls ``tick()`` every second on a daemon thread, between start() and stop()."""
+
+    def __init__(self, tick: Callable[[], None], name: str):
+        self._tick, self._name = tick, name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            self._tick()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
 class PlainProgress:
     """Progress as lines of text, flushed as they are written (logs, CI, pipes)."""
 
@@ -216,8 +239,7 @@ class PlainProgress:
         self.every = every
         self._last_line: dict[str, float] = {}  # step key → when its last line was written
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ticker: threading.Thread | None = None
+        self._ticker = _Ticker(self.tick, "progress-lines")
 
     def _line(self, word: str, view: StepView, detail: str = "", now: float | None = None) -> None:
         m = self.model
@@ -265,18 +287,10 @@ class PlainProgress:
 
     def start(self) -> None:
         """Begin the periodic lines (a timer thread)."""
-        self._stop.clear()
-        self._ticker = threading.Thread(target=self._tick_loop, name="progress-lines", daemon=True)
         self._ticker.start()
 
-    def _tick_loop(self) -> None:
-        while not self._stop.wait(1.0):
-            self.tick()
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._ticker is not None:
-            self._ticker.join(timeout=5)
+        self._ticker.stop()
 
 
 class _RemainingColumn(TimeRemainingColumn):
@@ -306,8 +320,7 @@ class LiveProgress:
         self.header: TaskID = self.progress.add_task(model.header(), total=max(1, model.total), completed=model.done, info="", header=True)
         self.tasks: dict[str, TaskID] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ticker: threading.Thread | None = None
+        self._ticker = _Ticker(self._refresh_header, "progress-header")
 
     def event(self, event: orchestrator_pb2.RunEvent) -> None:
         with self._lock:
@@ -326,19 +339,14 @@ class LiveProgress:
     def start(self) -> None:
         """Show the display; the header's ETA is refreshed every second, events or not."""
         self.progress.start()
-        self._stop.clear()
-        self._ticker = threading.Thread(target=self._tick_loop, name="progress-header", daemon=True)
         self._ticker.start()
 
-    def _tick_loop(self) -> None:
-        while not self._stop.wait(1.0):
-            with self._lock:
-                self.progress.update(self.header, description=self.model.header())
+    def _refresh_header(self) -> None:
+        with self._lock:
+            self.progress.update(self.header, description=self.model.header())
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._ticker is not None:
-            self._ticker.join(timeout=5)
+        self._ticker.stop()
         self.progress.stop()
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 
 import pytest
 from rich.console import Console
@@ -88,6 +90,26 @@ def test_plain_lines_on_start_finish_and_every_30_seconds_of_a_running_step() ->
     assert "10% 31 s loss=0.512" in lines[2]
     assert "in 1m10s" in lines[4] and lines[4].endswith("ETA ≥ 1m10s (not timed yet: evaluate)")  # t2 queued: one train
     assert lines[5].endswith(": training diverged · ETA ? (not timed yet: evaluate)")
+
+
+def test_started_views_tick_every_second_on_their_own_thread_until_stopped() -> None:
+    """start() runs tick() once a second without events (a running step's line in the plain
+    view, the header in the live one); stop() ends that thread."""
+    lines: list[str] = []
+    m = plan_of_five()
+    plain = PlainProgress(m, lines.append, every=0.0)
+    plain.event(event(0, step("t1", "train", S.JOB_STATE_RUNNING)))  # the model's clock stays at 0
+    plain.start()
+    deadline = time.monotonic() + 10
+    while not any("] running" in line for line in lines) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    plain.stop()
+    assert any("] running" in line for line in lines)
+    live = LiveProgress(plan_of_five(), Console(file=io.StringIO(), force_terminal=True, width=120))
+    live.start()
+    live.stop()
+    names = {t.name for t in threading.enumerate()}
+    assert "progress-lines" not in names and "progress-header" not in names
 
 
 def test_off_a_terminal_the_view_is_plain_lines_written_and_flushed_as_they_happen() -> None:

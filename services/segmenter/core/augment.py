@@ -36,6 +36,7 @@ rounded back to uint8. The parameters are the same; the exact pixels differ slig
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -148,7 +149,6 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, owner: torch.Tensor
     OpenCV and numpy, one image at a time (augment_batch_opencv), elsewhere from batched torch
     operations (augment_batch_torch). Square images need the grouping too: the masks of
     transposed ones are read along swapped axes."""
-    _check_one_orientation(params)
     if images.device.type == "cpu":
         return augment_batch_opencv(images, masks, owner, params)
     return augment_batch_torch(images, masks, owner, params)
@@ -259,19 +259,31 @@ class _Frame:
         """Whether the resized image covers the whole frame (no padding)."""
         return self.y1 - self.y0 == self.h and self.x1 - self.x0 == self.w
 
+    @property
+    def landing(self) -> tuple[slice, slice]:
+        """Where the part inside the frame lands in it, before the reversals."""
+        ty, tx = self.origin
+        return slice(self.y0 - ty, self.y1 - ty), slice(self.x0 - tx, self.x1 - tx)
+
+    @functools.cached_property
+    def _nearest(self) -> tuple[np.ndarray, np.ndarray]:
+        """The stored rows and columns nearest to the part's resized rows and columns."""
+        (nh, nw) = self.size
+        return (_nearest_stored(np.arange(self.y0, self.y1), self.h, nh),
+                _nearest_stored(np.arange(self.x0, self.x1), self.w, nw))
+
     def sample(self, masks: np.ndarray, out: np.ndarray) -> None:
         """Nearest-neighbour ``masks`` (c×h×w uint8) of this frame into ``out`` (c×H'×W',
         zeros where the frame is padding): one gather of whole stored rows, one of columns,
         written through reversed and transposed views of ``out``."""
-        (nh, nw), (ty, tx) = self.size, self.origin
-        rows = _nearest_stored(np.arange(self.y0, self.y1), self.h, nh)
-        cols = _nearest_stored(np.arange(self.x0, self.x1), self.w, nw)
+        rows, cols = self._nearest
         dest = out.transpose(0, 2, 1) if self.transposed else out
         if self.reverse[0]:
             dest = dest[:, ::-1]
         if self.reverse[1]:
             dest = dest[:, :, ::-1]
-        dest[:, self.y0 - ty:self.y1 - ty, self.x0 - tx:self.x1 - tx] = masks.take(rows, axis=1).take(cols, axis=2)
+        into_rows, into_cols = self.landing
+        dest[:, into_rows, into_cols] = masks.take(rows, axis=1).take(cols, axis=2)
 
 
 #: cv2 codes for a frame's reversals (rows, columns) before a transpose (AugmentParams):
@@ -282,15 +294,15 @@ _TURN_CODE = {(False, True): cv2.ROTATE_90_COUNTERCLOCKWISE, (True, False): cv2.
 
 
 def _augment_image_opencv(image: np.ndarray, frame: _Frame, matrix: np.ndarray, planes: np.ndarray) -> None:
-    """One image of augment_batch_opencv (h×w×3 uint8), written into its 3 output ``planes``."""
+    """One image of augment_rows_opencv (h×w×3 uint8), written into its 3 output ``planes``."""
     nh, nw = frame.size
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
     part = resized[frame.y0:frame.y1, frame.x0:frame.x1]
     if frame.fills:
         pixels = part
     else:  # pasted on zeros
-        (ty, tx), pixels = frame.origin, np.zeros((frame.h, frame.w, 3), np.uint8)
-        pixels[frame.y0 - ty:frame.y1 - ty, frame.x0 - tx:frame.x1 - tx] = part
+        pixels = np.zeros((frame.h, frame.w, 3), np.uint8)
+        pixels[frame.landing] = part
     reverse = frame.reverse
     if frame.transposed:
         if reverse in _TURN_CODE:
@@ -312,6 +324,7 @@ def augment_batch_torch(images: torch.Tensor, masks: torch.Tensor, owner: torch.
     GPU; it runs on CPU too): augment_images_torch, and the masks by two integer gathers for
     the whole batch (sample_masks). Exactly the masks of augment_batch_opencv; the images
     differ from it by the rounding of the resize (float32 here, uint8 there)."""
+    _check_one_orientation(params)
     transposed = bool(images.shape[0] and params.transposed[0])
     return augment_images_torch(images, params), sample_masks(masks, owner, params, transposed)
 
@@ -321,23 +334,22 @@ def augment_images_torch(images: torch.Tensor, params: AugmentParams) -> torch.T
     path on the GPU; it runs on CPU too): each image resized bilinearly on float32 copies
     (``F.interpolate``, half-pixel centres, edges clamped, no antialiasing), its frame cropped
     or pasted on zeros, rows and columns reversed; then, for the whole batch, the transpose
-    within the conversion to float and the colour jitter as one batched matrix product."""
+    within one contiguous copy and the colour jitter as one batched matrix product."""
     n, h, w, _ = images.shape
     transposed = bool(n and params.transposed[0])
     device = images.device
     frames = images.new_zeros((n, h, w, 3), dtype=torch.float32)
     for k in range(n):
-        (nh, nw), (ty, tx), (flip_rows, flip_cols) = params.size[k].tolist(), params.origin[k].tolist(), params.reverse[k]
-        resized = F.interpolate(images[k:k + 1].permute(0, 3, 1, 2).float(), size=(nh, nw), mode="bilinear",
+        frame = _Frame.of(params, k, h, w)
+        resized = F.interpolate(images[k:k + 1].permute(0, 3, 1, 2).float(), size=frame.size, mode="bilinear",
                                 align_corners=False, antialias=False)[0].permute(1, 2, 0)
-        y0, y1, x0, x1 = max(ty, 0), min(ty + h, nh), max(tx, 0), min(tx + w, nw)
-        part = resized[y0:y1, x0:x1]
-        fy0, fy1, fx0, fx1 = y0 - ty, y1 - ty, x0 - tx, x1 - tx
-        if flip_rows:
-            part, fy0, fy1 = part.flip(0), h - fy1, h - fy0
-        if flip_cols:
-            part, fx0, fx1 = part.flip(1), w - fx1, w - fx0
-        frames[k, fy0:fy1, fx0:fx1] = part
+        part = resized[frame.y0:frame.y1, frame.x0:frame.x1]
+        rows, cols = frame.landing
+        if frame.reverse[0]:  # torch has no negative steps: mirror the part and where it lands
+            part, rows = part.flip(0), slice(h - rows.stop, h - rows.start)
+        if frame.reverse[1]:
+            part, cols = part.flip(1), slice(w - cols.stop, w - cols.start)
+        frames[k, rows, cols] = part
     source = frames.permute(0, 3, 2, 1) if transposed else frames.permute(0, 3, 1, 2)
     out_h, out_w = source.shape[2:]
     colour = torch.as_tensor(params.colour, dtype=torch.float32).to(device)
@@ -360,8 +372,8 @@ def _source_pixels(origin: np.ndarray, resized: np.ndarray, reverse: np.ndarray,
                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Along one axis of ``size`` pixels (the stored image's and the frame's), the stored
     pixel nearest to each frame pixel of every image: frame pixel p is resized pixel
-    q = p + origin (_nearest_stored). Returns (the indices, clamped into the axis; whether q exists: elsewhere the frame is
-    padding), each n×size, reversed where ``reverse``."""
+    q = p + origin (_nearest_stored). Returns (the indices, clamped into the axis; whether q
+    exists: elsewhere the frame is padding), each n×size, reversed where ``reverse``."""
     q = origin[:, None] + np.arange(size)
     index = np.clip(_nearest_stored(q, size, resized[:, None]), 0, size - 1)
     inside = (q >= 0) & (q < resized[:, None])

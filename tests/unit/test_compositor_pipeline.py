@@ -1,6 +1,9 @@
 """Compositor dataset-level entry points over a file store: sets, composite datasets."""
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -15,10 +18,13 @@ from services.compositor.config import (
     ForegroundParams,
     Range,
 )
+from services.compositor.core.compose import foreground_stats
 from services.compositor.core.pipeline import (
     compose_dataset,
     extract_foreground_set,
     harvest_background_set,
+    read_shared_pixels,
+    write_shared_pixels,
 )
 from services.compositor.core.sets import (
     BACKGROUND_KIND,
@@ -68,6 +74,50 @@ def test_foreground_set_lists_rgba_cutouts_with_metadata(file_store: ObjectStore
         extract_foreground_set(file_store, ds, "train", ForegroundParams(min_area=10_000))
     with pytest.raises(InvalidArgument, match="ForegroundParams.padding"):
         extract_foreground_set(file_store, ds, "train", ForegroundParams(padding=-1))
+
+
+def test_foreground_sets_record_the_colour_stats_composition_uses(file_store: ObjectStore) -> None:
+    """Each entry records the stats of its asset (as `foreground_stats` measures them on the
+    stored PNG); composition uses them instead of measuring again, and a set without them
+    (made before they were recorded) composes the same images."""
+    ds = make_real_dataset(file_store)
+    fg, manifest = extract_foreground_set(file_store, ds, "train", ForegroundParams(min_area=50))
+    bg, _ = harvest_background_set(file_store, dataset=ds, split="train", params=BackgroundParams(dilate_px=3))
+    for e in manifest["foregrounds"]:
+        rgba = decode_rgba(file_store.get_bytes(e["key"]), e["key"])
+        measured = foreground_stats(rgba, 25)
+        assert e["stats"]["dark_threshold"] == 25 and e["stats"]["mean_grey"] == measured.mean_grey
+        assert measured.skin is not None and e["stats"]["skin"] == measured.skin.tolist()
+
+    def variant(change) -> str:  # the set with every entry's stats changed by `change`
+        copy = json.loads(json.dumps(manifest))
+        for e in copy["foregrounds"]:
+            change(e)
+        return save_set(file_store, copy).key
+
+    # scale up to 0.9: no asset is shrunk at load time (a shrunk one's measured stats differ)
+    params = ComposeParams(output_size=64, scale=Range(0.4, 0.9), tone_match=1.0)
+    assert all(max(e["width"], e["height"]) <= 0.9 * 64 * 1.25 for e in manifest["foregrounds"])
+    recorded, _ = compose_dataset(file_store, fg.key, bg.key, 6, 5, params, workers=1)
+    without, _ = compose_dataset(file_store, variant(lambda e: e.pop("stats")), bg.key, 6, 5, params, workers=1)
+    other_skin = variant(lambda e: e["stats"].update(skin=[100.0, 100.0, 100.0]))
+    tinted, _ = compose_dataset(file_store, other_skin, bg.key, 6, 5, params, workers=1)
+    keys = {name: [r["key"] for r in Dataset.load(file_store, ref).image_records()]
+            for name, ref in (("recorded", recorded), ("without", without), ("tinted", tinted))}
+    assert keys["recorded"] == keys["without"]  # the same pixels: the recorded stats are exact
+    assert all(a != b for a, b in zip(keys["recorded"], keys["tinted"]))  # and they are what is used
+    # measured with another dark threshold: not used (the job measures them itself)
+    again, _ = compose_dataset(file_store, other_skin, bg.key, 6, 5, dataclasses.replace(params, dark_threshold=30),
+                               workers=1)
+    measured_30, _ = compose_dataset(file_store, fg.key, bg.key, 6, 5, dataclasses.replace(params, dark_threshold=30),
+                                     workers=1)
+    assert [r["key"] for r in Dataset.load(file_store, again).image_records()] == \
+        [r["key"] for r in Dataset.load(file_store, measured_30).image_records()]
+    for bad in ({"dark_threshold": 25, "mean_grey": 300.0, "skin": None}, {"mean_grey": 90.0, "skin": None},
+                {"dark_threshold": 25, "mean_grey": 90.0, "skin": [1.0, 2.0]}, "stats"):
+        broken = variant(lambda e, bad=bad: e.update(stats=bad))
+        with pytest.raises(InvalidArgument, match=r"entry 0 of .* has malformed stats"):
+            compose_dataset(file_store, broken, bg.key, 1, 5, params, workers=1)
 
 
 def test_background_sets_from_dataset_and_prefix(file_store: ObjectStore) -> None:
@@ -213,3 +263,23 @@ def test_workers_open_the_store_with_the_environment_of_the_job(file_store: Obje
     keys = [r["key"] for r in Dataset.load(s3, on_s3).image_records()]
     assert keys == [r["key"] for r in Dataset.load(file_store, on_file).image_records()]  # same bytes on both stores
     assert all(s3.exists(k) for k in keys)
+
+
+def test_shared_pixels_round_trip_and_reject_damaged_files(tmp_path) -> None:
+    """What one worker leaves for the others comes back bit for bit, whatever its shape; a
+    missing, truncated or overlong file reads as absent (the reader decodes it itself)."""
+    rng = np.random.default_rng(3)
+    for shape in [(7, 5, 4), (9, 11, 3), (6, 13), (0, 4, 4)]:
+        array = rng.integers(0, 256, shape, dtype=np.uint8)
+        path = str(tmp_path / f"a-{len(shape)}-{shape[0]}.u8")
+        write_shared_pixels(path, array)
+        back = read_shared_pixels(path)
+        assert back is not None and back.dtype == np.uint8 and back.shape == shape
+        assert np.array_equal(back, array) and back.flags.writeable
+    assert read_shared_pixels(str(tmp_path / "missing.u8")) is None
+    whole = (tmp_path / "a-3-7.u8").read_bytes()
+    for damaged in (whole[:-1], whole + b"\0", whole[:10]):
+        (tmp_path / "damaged.u8").write_bytes(damaged)
+        assert read_shared_pixels(str(tmp_path / "damaged.u8")) is None
+    write_shared_pixels(str(tmp_path / "floats.u8"), np.zeros((2, 2), np.float32))  # not shared
+    assert not (tmp_path / "floats.u8").exists() and not list(tmp_path.glob("*.tmp"))

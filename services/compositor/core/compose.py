@@ -17,7 +17,7 @@ import abc
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -66,6 +66,10 @@ class ForegroundStats:
 
     Measured on the asset itself rather than on each resized paste: a mean does not depend
     on the paste's scale, and this saves two colour conversions and masked means per object.
+    A foreground set records them for each asset at full size (`stats_record`, for the
+    default dark_threshold), so composition does not measure them in every job and worker;
+    for a set without them (or another threshold) they are measured on the asset as the
+    Assets hold it (StoreAssets shrinks very large ones).
     """
 
     mean_grey: float               # of the object (alpha ≥ 128); the contrast pivot
@@ -75,6 +79,20 @@ class ForegroundStats:
 def foreground_stats(rgba: np.ndarray, dark_threshold: int) -> ForegroundStats:
     rgba = np.ascontiguousarray(rgba)
     return ForegroundStats(object_mean_grey(rgba), _source_skin(rgba, dark_threshold))
+
+
+def stats_record(stats: ForegroundStats, dark_threshold: int) -> dict[str, Any]:
+    """The JSON a foreground set keeps of an asset's stats (floats round-trip exactly)."""
+    return {"dark_threshold": int(dark_threshold), "mean_grey": float(stats.mean_grey),
+            "skin": None if stats.skin is None else [float(v) for v in stats.skin]}
+
+
+def stats_from_record(record: Mapping[str, Any] | None, dark_threshold: int) -> ForegroundStats | None:
+    """The stats a set recorded (checked by `sets.load_set`), if measured with `dark_threshold`."""
+    if record is None or record["dark_threshold"] != dark_threshold:
+        return None
+    skin = record["skin"]
+    return ForegroundStats(float(record["mean_grey"]), None if skin is None else np.asarray(skin, dtype=np.float64))
 
 
 class DerivedForegrounds(abc.ABC):
@@ -87,8 +105,15 @@ class DerivedForegrounds(abc.ABC):
         """(RGBA uint8 crop, category id) of foreground `i`."""
 
     def foreground_stats(self, i: int, dark_threshold: int) -> ForegroundStats:
-        return self._derived(("stats", i, dark_threshold),
-                             lambda: foreground_stats(self.foreground(i)[0], dark_threshold))
+        def make() -> ForegroundStats:
+            recorded = self.recorded_stats(i, dark_threshold)
+            return recorded if recorded is not None else foreground_stats(self.foreground(i)[0], dark_threshold)
+
+        return self._derived(("stats", i, dark_threshold), make)
+
+    def recorded_stats(self, i: int, dark_threshold: int) -> ForegroundStats | None:
+        """Stats of foreground `i` measured when its set was made (none here)."""
+        return None
 
     def foreground_pyramid(self, i: int, margin: int) -> ForegroundPyramid:
         return self._derived(("pyramid", i, margin), lambda: ForegroundPyramid(self.foreground(i)[0], margin))

@@ -16,6 +16,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import struct
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -48,8 +49,12 @@ from services.compositor.core.backgrounds import (
 from services.compositor.core.compose import (
     Composite,
     DerivedForegrounds,
+    ForegroundStats,
     compose_image,
+    foreground_stats,
     rng_for,
+    stats_from_record,
+    stats_record,
 )
 from services.compositor.core.foregrounds import extract_cutouts
 from services.compositor.core.sets import (
@@ -79,6 +84,10 @@ def _touches_border(mask: np.ndarray) -> bool:
 
 
 # --- foregrounds ---------------------------------------------------------------------------
+
+#: The dark threshold of the colour statistics a foreground set records (ComposeParams'
+#: default; a job with another one measures them itself).
+STATS_DARK_THRESHOLD = ComposeParams().dark_threshold
 
 
 def extract_foreground_set(store: ObjectStore, dataset: Dataset, split: str = "",
@@ -110,12 +119,13 @@ def extract_foreground_set(store: ObjectStore, dataset: Dataset, split: str = ""
         skipped["small"] += small
         for cut in cutouts:
             info = store.put_blob(encode_rgba_png(cut.rgba), suffix=".png", content_type="image/png")
+            stats = stats_record(foreground_stats(cut.rgba, STATS_DARK_THRESHOLD), STATS_DARK_THRESHOLD)
             entries.append({
                 "key": info.key, "sha256": info.sha256, "width": int(cut.rgba.shape[1]),
                 "height": int(cut.rgba.shape[0]), "category_id": cut.category_id, "area": cut.area,
                 "source_image_id": int(record["id"]), "source_file": record["file_name"],
                 "annotation_id": int(anns[cut.instance_index]["id"]) if cut.instance_index < len(anns) else None,
-                "instance_index": cut.instance_index, "bbox": list(cut.bbox),
+                "instance_index": cut.instance_index, "bbox": list(cut.bbox), "stats": stats,
             })
         if n % 20 == 0 or n == len(records) - 1:
             progress((n + 1) / len(records), f"{n + 1}/{len(records)} images, {len(entries)} foregrounds",
@@ -239,7 +249,7 @@ class StoreAssets(DerivedForegrounds):
 
     With `shared_dir`, the worker processes of one job share their decoding work: the first
     to need an asset decodes it (PNG decoding costs more than composing with it) and leaves
-    the raw pixels there as .npy (ideally on tmpfs); the others load those instead.
+    the raw pixels there (ideally on tmpfs; `write_shared_pixels`); the others load those instead.
     """
 
     def __init__(self, store: ObjectStore, foregrounds: Sequence[dict[str, Any]],
@@ -268,6 +278,9 @@ class StoreAssets(DerivedForegrounds):
             image = self._bg[i] = self._shared(f"bg-{i}", lambda: decode_image(self.store.get_bytes(key), key))
         return image
 
+    def recorded_stats(self, i: int, dark_threshold: int) -> ForegroundStats | None:
+        return stats_from_record(self.fg_entries[i].get("stats"), dark_threshold)
+
     def _load_foreground(self, i: int) -> np.ndarray:
         key = self.fg_entries[i]["key"]
         rgba = decode_rgba(self.store.get_bytes(key), key)
@@ -282,22 +295,55 @@ class StoreAssets(DerivedForegrounds):
         """`load()`, or its result as another worker of this job left it in `shared_dir`."""
         if self.shared_dir is None:
             return load()
-        path = os.path.join(self.shared_dir, f"{name}.npy")
-        try:
-            return np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            pass
-        array = load()
-        tmp = f"{path}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                np.save(f, array, allow_pickle=False)
-            os.replace(tmp, path)  # atomic: a reader sees a complete file or none
-        except OSError:  # a full /dev/shm (64 MiB in a default container): sharing is only a speed-up
-            log.debug("could not share decoded asset %s", name, exc_info=True)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        path = os.path.join(self.shared_dir, f"{name}.u8")
+        array = read_shared_pixels(path)
+        if array is None:
+            array = load()
+            write_shared_pixels(path, array)
         return array
+
+
+# Decoded assets shared by the workers of a job: a 16-byte header (the shape, padded with
+# 1s) and the uint8 pixels. Not .npy: np.load parses a Python-literal header, which costs
+# 5× the read itself for an asset this size.
+_SHARED_HEADER = struct.Struct("<4I")
+
+
+def write_shared_pixels(path: str, array: np.ndarray) -> None:
+    """Leave `array` (uint8, at most 3-D) at `path` for the other workers; atomic (a reader
+    sees a complete file or none). Best effort: sharing is only a speed-up, so a full
+    /dev/shm (64 MiB in a default container) or an odd array leaves nothing behind."""
+    if array.dtype != np.uint8 or not 1 <= array.ndim <= 3:
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_SHARED_HEADER.pack(array.ndim, *array.shape, *(1,) * (3 - array.ndim)))
+            f.write(np.ascontiguousarray(array).data)
+        os.replace(tmp, path)
+    except OSError:
+        log.debug("could not share decoded asset %s", path, exc_info=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def read_shared_pixels(path: str) -> np.ndarray | None:
+    """The array `write_shared_pixels` left at `path`; None when there is none (or it does
+    not have the size its header says)."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            header = f.read(_SHARED_HEADER.size)
+            if len(header) != _SHARED_HEADER.size:
+                return None
+            ndim, *dims = _SHARED_HEADER.unpack(header)
+            if not 1 <= ndim <= 3:
+                return None
+            array = np.empty(dims[:ndim], np.uint8)
+            if (array.size and f.readinto(array.reshape(-1)) != array.nbytes) or f.read(1):
+                return None
+            return array
+    except FileNotFoundError:
+        return None
 
 
 @dataclass

@@ -339,7 +339,7 @@ def read_shared_pixels(path: str) -> np.ndarray | None:
             if not 1 <= ndim <= 3:
                 return None
             array = np.empty(dims[:ndim], np.uint8)
-            if (array.size and f.readinto(memoryview(array.reshape(-1))) != array.nbytes) or f.read(1):
+            if (array.size and f.readinto(array.reshape(-1).data) != array.nbytes) or f.read(1):
                 return None
             return array
     except FileNotFoundError:

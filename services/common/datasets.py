@@ -8,6 +8,7 @@ registered. Masks are stored per instance (RLE) and never merged or interpolated
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -318,8 +319,12 @@ def _id_of(manifest_bytes: bytes) -> str:
 
 
 def write_manifest(store: ObjectStore, manifest: dict[str, Any]) -> common_pb2.DatasetRef:
-    store.flush()  # every image the manifest names is durable before the manifest exists
-    data = canonical_json(manifest)
+    # Every image the manifest names is durable before the manifest exists. The flush waits
+    # on the disk (syncfs releases the GIL) while this thread encodes the manifest.
+    with ThreadPoolExecutor(1, thread_name_prefix="manifest-flush") as pool:
+        flushed = pool.submit(store.flush)
+        data = canonical_json(manifest)
+        flushed.result()
     dataset_id = _id_of(data)
     key = manifest_key(dataset_id)
     if not store.exists(key):

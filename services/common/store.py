@@ -226,9 +226,42 @@ class _ContentHash:
         return ObjectInfo(key=key, sha256=digest, size=self.size)
 
 
+@dataclass(frozen=True)
+class CanonicalJSON:
+    """A value already encoded by `canonical_json`: a document that holds it gets these bytes
+    spliced in as they are. A worker process encodes the large records it makes (where it
+    made them, in parallel), and the process that writes the manifest neither unpickles
+    nested dicts nor encodes them again; the manifest's bytes are the same."""
+
+    data: bytes
+
+
 def canonical_json(obj: Any) -> bytes:
-    """JSON with sorted keys and no insignificant space: the bytes that get hashed."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """JSON with sorted keys and no insignificant space: the bytes that get hashed.
+
+    `CanonicalJSON` values inside `obj` are spliced in: encoded first as a placeholder
+    string that nothing else can contain (a fresh random tag), which is then replaced."""
+    fragments: list[bytes] = []
+    tag = ""
+
+    def splice(value: Any) -> str:
+        nonlocal tag
+        if not isinstance(value, CanonicalJSON):
+            raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+        tag = tag or f"\0{uuid.uuid4().hex}\0"
+        fragments.append(value.data)
+        return tag
+
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=splice)
+    if not fragments:
+        return text.encode("utf-8")
+    parts = text.split(json.dumps(tag))  # the placeholder as encoded: "\u0000<hex>\u0000"
+    if len(parts) != len(fragments) + 1:  # cannot happen: the tag is random
+        raise RuntimeError("canonical_json: placeholder count does not match the spliced values")
+    out = [parts[0].encode("utf-8")]
+    for fragment, part in zip(fragments, parts[1:]):
+        out += (fragment, part.encode("utf-8"))
+    return b"".join(out)
 
 
 class ObjectStore(ABC):

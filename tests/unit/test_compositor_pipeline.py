@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from services.common.datasets import Dataset, DatasetWriter
+from services.common.datasets import Dataset, DatasetWriter, manifest_key
 from services.common.errors import IntegrityError, InvalidArgument, NotFound
 from services.common.imageio import encode_png
-from services.common.store import ObjectStore
+from services.common.store import ObjectStore, canonical_json
 from services.compositor.config import (
     BackgroundParams,
     ComposeParams,
@@ -149,6 +149,8 @@ def test_composite_dataset_is_identical_for_1_and_2_workers(file_store: ObjectSt
     one, m1 = compose_dataset(file_store, fg.key, bg.key, 10, 5, params, workers=1, name="comp")
     two, m2 = compose_dataset(file_store, fg.key, bg.key, 10, 5, params, workers=2, name="comp")
     assert one.id == two.id  # same manifest: same image bytes (sha256) and masks (RLE)
+    data = file_store.get_bytes(manifest_key(one.id))  # with the workers' audits spliced in:
+    assert canonical_json(json.loads(data)) == data  # still the canonical encoding of itself
     assert m2["workers"] == 2
     for m in (m1, m2):  # where the time went, per stage (summed over workers), and the commit
         assert {"seconds_compose", "seconds_encode", "seconds_hash", "seconds_put", "seconds_commit", "cpu_seconds"} <= set(m)

@@ -2,12 +2,23 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
 from services.common.errors import InvalidArgument, NotFound
-from services.common.store import Blob, FileStore, ObjectStore, S3Store, blob_key, open_store, validate_key
+from services.common.store import (
+    Blob,
+    CanonicalJSON,
+    FileStore,
+    ObjectStore,
+    S3Store,
+    blob_key,
+    canonical_json,
+    open_store,
+    validate_key,
+)
 
 
 def test_round_trip_and_stat(store: ObjectStore) -> None:
@@ -103,6 +114,22 @@ def test_json_helpers(store: ObjectStore) -> None:
     store.put_bytes("bad.json", b"{not json")
     with pytest.raises(InvalidArgument, match="bad.json"):
         store.get_json("bad.json")
+
+
+def test_canonical_json_splices_pre_encoded_values_to_the_same_bytes() -> None:
+    """A document with values encoded beforehand (CanonicalJSON) gets exactly the bytes of
+    encoding it whole, wherever they sit (nested, in lists, side by side), also beside
+    strings that hold NUL characters like the placeholder does."""
+    inner = {"b": [1.5, None, "x\u00e9", 1e-17], "a": {"y": True, "x": -2}}
+    whole = {"z": inner, "a": [3, {"k": []}, inner, inner], "s": "\x00tricky\x00", "e": "é"}
+    spliced = {"z": CanonicalJSON(canonical_json(inner)),
+               "a": [CanonicalJSON(b"3"), {"k": CanonicalJSON(canonical_json([]))},
+                     CanonicalJSON(canonical_json(inner)), CanonicalJSON(canonical_json(inner))],
+               "s": "\x00tricky\x00", "e": "é"}
+    assert canonical_json(spliced) == canonical_json(whole)
+    assert json.loads(canonical_json(spliced)) == whole
+    with pytest.raises(TypeError, match="set is not JSON serializable"):
+        canonical_json({"a": {1, 2}})
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,7 @@ from services.common.datasets import (
 from services.common.errors import InvalidArgument
 from services.common.imageio import decode_image, encode_png
 from services.common.seeding import rng as seeded_rng
-from services.common.store import Blob, ObjectInfo, ObjectStore, open_store
+from services.common.store import Blob, CanonicalJSON, ObjectInfo, ObjectStore, canonical_json, open_store
 from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams
 from services.compositor.core.backgrounds import (
     INPAINT_METHODS,
@@ -370,9 +370,10 @@ class _Chunk:
     """What a worker sends back for a run of consecutive images: small records only (the
     image bytes went to the store from the worker)."""
 
-    records: list[ImageRecord]
+    records: list[ImageRecord]  # each one's audit already JSON (CanonicalJSON)
     seconds: dict[str, float]
     cpu_seconds: float  # of the process that made the chunk, while making it
+    totals: dict[str, int]  # instances, skipped and dropped objects (from the audits)
 
 
 class _Composer:
@@ -403,6 +404,7 @@ class _Composer:
         fmt = self.params.image_format
         suffix = "jpg" if fmt == "jpeg" else "png"
         samples: list[EncodedSample] = []
+        totals = {"instances": 0, "skipped": 0, "dropped": 0}
         clock = time.perf_counter
         for index in range(start, stop):
             t0 = clock()
@@ -416,8 +418,14 @@ class _Composer:
             t2 = clock()
             blob = Blob(data, blob_suffix, content_type)
             t3 = clock()
+            # the audit (most of the manifest's bytes) is encoded here, in parallel, not by
+            # the parent at commit time
+            audit = CanonicalJSON(canonical_json(comp.audit))
             samples.append(EncodedSample(blob, file_name, int(comp.image.shape[1]), int(comp.image.shape[0]),
-                                         annotations, extra={"composite": comp.audit}))
+                                         annotations, extra={"composite": audit}))
+            totals["instances"] += len(annotations)
+            totals["skipped"] += comp.audit["skipped"]
+            totals["dropped"] += comp.audit["dropped"]
             seconds["compose"] += t1 - t0
             seconds["encode"] += t2 - t1
             seconds["hash"] += t3 - t2
@@ -425,7 +433,7 @@ class _Composer:
         self.store.put_blobs([s.blob for s in samples])
         seconds["put"] += clock() - t0
         records = [s.record() for s in samples]
-        return _Chunk(records, seconds, time.process_time() - cpu)
+        return _Chunk(records, seconds, time.process_time() - cpu, totals)
 
 _WORKER: _Composer | None = None
 _INIT_ERROR: Exception | None = None
@@ -543,10 +551,8 @@ def compose_dataset(store: ObjectStore, foregrounds_key: str, backgrounds_key: s
         for chunk in chunks:
             for record in chunk.records:
                 writer.add_record(record)
-                audit = record.extra["composite"]
-                totals["instances"] += len(record.annotations)
-                totals["skipped"] += audit["skipped"]
-                totals["dropped"] += audit["dropped"]
+            for total, value in chunk.totals.items():
+                totals[total] += value
             for stage, seconds in chunk.seconds.items():
                 stages[stage] += seconds
             chunk_cpu += chunk.cpu_seconds

@@ -23,6 +23,8 @@ synthaug alternate for --repeats rounds, and the best round of each is reported:
     OpenCV implementation, and the faster is the baseline (processes warm, no start-up
     counted).
 The check: synthaug per worker ≥ 2× the baseline per process, at every W, file:// store.
+Both write a file per image (the thesis two), so the cost of creating a file on the machine's
+file system, measured after each worker count's rounds, is printed with the figures.
 CPU time per image of both is reported too: on a busy machine the wall-clock figures of
 several processes depend on the CPU share the scheduler gives this session.
 """
@@ -115,6 +117,22 @@ def start_moto() -> tuple[subprocess.Popen, str]:
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError("moto_server did not start")
+
+
+def file_create_ms(folder: Path, count: int = 300, size: int = 30_000) -> float:
+    """Wall ms to create, fill and rename one file of `size` bytes in `folder` (as a blob
+    put does). Every image of both loops creates files, and on this machine's file system
+    that costs anywhere from 0.1 to 1 ms of kernel time, depending on its recent history."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(size)
+    t = time.perf_counter()
+    for i in range(count):
+        tmp = folder / f".tmp-{i}"
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / f"{i}.bin")
+    elapsed = time.perf_counter() - t
+    shutil.rmtree(folder)
+    return 1e3 * elapsed / count
 
 
 def image_keys(store: ObjectStore, dataset_id: str) -> list[str]:
@@ -214,8 +232,9 @@ def main() -> int:
                     from services.compositor.contact_sheet import draw_contact_sheet
 
                     write_png(args.preview, draw_contact_sheet(Dataset.load(store, ref.id), count=16, columns=4))
+            fs = f"file create+write+rename {file_create_ms(tmp / 'fs-probe'):.2f} ms"
             cond = (f"{w} process(es), best of {args.repeats} rounds, thesis loops warm; {inputs}; "
-                    f"256 px, 3 fg, PNG + mask PNG to a folder; {load_note()}")
+                    f"256 px, 3 fg, PNG + mask PNG to a folder; {load_note()}; {fs}")
             res.add(f"thesis loop (OpenCV), {w} process(es), per process", best[("cv2", w)], "images/s",
                     f"{thesis_count} images, {cond}")
             res.add(f"thesis loop (Pillow), {w} process(es), per process", best[("pil", w)], "images/s",
@@ -223,7 +242,7 @@ def main() -> int:
             m = metrics_of[w]
             res.add(f"synthaug → file:// store, {w} worker(s), per worker", best[("synthaug", w)], "images/s",
                     f"{args.count} composites, fresh store per run, best of {args.repeats}, incl. pool start; "
-                    f"{stage_text(m)}; {load_note()}")
+                    f"{stage_text(m)}; {load_note()}; {fs}")
             baseline = max(best[("cv2", w)], best[("pil", w)])
             ratio = best[("synthaug", w)] / baseline
             res.add(f"synthaug / thesis loop per worker, {w} worker(s)", ratio, "×",

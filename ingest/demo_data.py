@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from services.common.errors import InvalidArgument
+from services.common.files import write_atomically
 from services.common.imageio import encode_png
 from services.common.seeding import rng as seeded_rng
 
@@ -385,9 +385,7 @@ def write_demo_folder(out: str | Path, count: int, seed: int, config: DemoConfig
         "annotations": annotations,
         "categories": CATEGORIES,
     }
-    tmp = root / "annotations.json.tmp"
-    tmp.write_text(json.dumps(coco, sort_keys=True, separators=(",", ":")))
-    os.replace(tmp, root / "annotations.json")
+    write_atomically(root / "annotations.json", json.dumps(coco, sort_keys=True, separators=(",", ":")).encode())
     return {"images": len(images), "instances": len(annotations), "out": str(root)}
 
 

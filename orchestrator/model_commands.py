@@ -19,16 +19,15 @@ run, arm or seed; a training not finished; unreadable images, every one named; a
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 from services.common import refs
 from services.common.cli_support import guarded
 from services.common.errors import InvalidArgument, NotFound
+from services.common.files import write_atomically
 from services.common.store import ObjectStore, open_store
 from synthaug import CODE_VERSION
 from synthaug.v1 import common_pb2
@@ -129,26 +128,21 @@ def export_from_run(store: ObjectStore, run_id: str, arm: str, seed: int) -> byt
     return export_model(model, f"{what} model {model_ref.key}", Thresholds(**thresholds), predict, provenance)
 
 
-def write_atomically(path: Path, data: bytes, force: bool) -> None:
-    """Write `path` whole or not at all (a temporary sibling renamed into place)."""
+def write_output(path: Path, data: bytes, force: bool) -> None:
+    """Write the --out file whole or not at all; an existing one only with --force."""
     if path.is_dir():
         raise InvalidArgument(f"--out {path} is a folder")
     if path.exists() and not force:
         raise InvalidArgument(f"--out {path} exists; give another file or --force")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, data)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     data = export_from_run(store, args.run, args.arm, args.seed)
     out = Path(args.out)
-    write_atomically(out, data, args.force)
+    write_output(out, data, args.force)
     from services.segmenter.core.export import read_export
 
     key = read_export(data, str(out)).provenance["model"]

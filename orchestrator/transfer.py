@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from orchestrator.runs import load_report_status, validate_run_id
 from services.common.datasets import Dataset, manifest_id, manifest_key, registered_id, validate_name, write_manifest
 from services.common.errors import IntegrityError, InvalidArgument, NotFound
+from services.common.files import write_atomically
 from services.common.store import ObjectStore, canonical_json, named_digest, validate_key
 from synthaug.v1 import common_pb2, orchestrator_pb2
 
@@ -112,10 +111,7 @@ def write_report(chunks: Iterable[orchestrator_pb2.FileChunk], out: Path) -> lis
         path, data = done
         target = out / safe_relative(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
+        write_atomically(target, data)
         written.append(target)
     assembler.check_complete()
     return written

@@ -37,6 +37,7 @@ from services.common.datasets import (
     encode_image,
 )
 from services.common.errors import InvalidArgument
+from services.common.files import write_atomically
 from services.common.imageio import decode_image, encode_png
 from services.common.seeding import rng as seeded_rng
 from services.common.store import Blob, CanonicalJSON, ObjectInfo, ObjectStore, canonical_json, open_store
@@ -315,16 +316,11 @@ def write_shared_pixels(path: str, array: np.ndarray) -> None:
     /dev/shm (64 MiB in a default container) or an odd array leaves nothing behind."""
     if array.dtype != np.uint8 or not 1 <= array.ndim <= 3:
         return
-    tmp = f"{path}.{os.getpid()}.tmp"
+    header = _SHARED_HEADER.pack(array.ndim, *array.shape, *(1,) * (3 - array.ndim))
     try:
-        with open(tmp, "wb") as f:
-            f.write(_SHARED_HEADER.pack(array.ndim, *array.shape, *(1,) * (3 - array.ndim)))
-            f.write(np.ascontiguousarray(array).data)
-        os.replace(tmp, path)
+        write_atomically(path, header, np.ascontiguousarray(array).data)
     except OSError:
         log.debug("could not share decoded asset %s", path, exc_info=True)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
 
 
 def read_shared_pixels(path: str) -> np.ndarray | None:

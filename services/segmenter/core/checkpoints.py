@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import torch
 
 from services.common.errors import InvalidArgument
+from services.common.files import write_atomically
 from services.common.store import ObjectStore
 from services.segmenter.weights import (
     BlobReader,
@@ -65,15 +66,13 @@ class DirectoryCheckpointIO:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def write(self, name: str, data: bytes) -> None:
-        tmp = self.root / f".tmp-{name}"
-        tmp.write_bytes(data)
-        tmp.replace(self.root / name)
+        write_atomically(self.root / name, data)
 
     def read(self, name: str) -> bytes:
         return (self.root / name).read_bytes()
 
     def names(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if not p.name.startswith(".tmp-"))
+        return sorted(p.name for p in self.root.iterdir() if not p.name.startswith("."))  # not temporaries
 
     def remove(self, name: str) -> None:
         (self.root / name).unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.plan import Plan
 from orchestrator.runner import Runner, RunSummary, RunTracker, load_cached, run_id_for, run_status_key, run_summary_key, succeeded_key
 from orchestrator.settings import ServiceAddresses
-from orchestrator.steps import check_known_counts, pin_dataset_names
+from orchestrator.steps import DatasetReader, check_known_counts, pin_dataset_names
 from services.common.errors import InvalidArgument, NotFound, error_code
 from services.common.events import EventLog, FinishedIndex, Retention
 from services.common.jobs import TERMINAL
@@ -115,9 +115,10 @@ class RunManager:
     def prepare(self, plan: Plan, recompute: Iterable[str] = ()) -> PreparedRun:
         """The run's graph, id and cache state; InvalidArgument when the plan asks for more
         real images than a known train split has, or to recompute a kind it does not have."""
-        graph = build_graph(pin_dataset_names(plan, self.store))  # step keys name content, not names
+        read = DatasetReader(self.store)  # the plan's manifests, each read once
+        graph = build_graph(pin_dataset_names(plan, self.store, read))  # step keys name content, not names
         forced = graph.downstream(recompute) if recompute else set()
-        check_known_counts(self.store, graph)
+        check_known_counts(self.store, graph, read)
         cached = {s.key for s in graph.steps if s.key not in forced and load_cached(self.store, s) is not None}
         return PreparedRun(graph, run_id_for(graph), cached, forced)
 

@@ -282,35 +282,54 @@ def run_subset(step: Step, inputs: Inputs, ctx: StepContext) -> StepOutput:
     return ctx.local_output(subset)
 
 
-def known_dataset(store: ObjectStore, step: Step) -> Dataset | None:
+class DatasetReader:
+    """Datasets as preparing a plan reads them: each manifest once. Pinning names, the count
+    check and the disjointness check all need the plan's datasets (a real dataset's manifest
+    is megabytes of JSON); one reader serves one preparation, not longer (a name may move)."""
+
+    def __init__(self, store: ObjectStore):
+        self.store = store
+        self._loaded: dict[str, Dataset] = {}  # by the name or id asked for, and by id
+
+    def __call__(self, ref: str) -> Dataset:
+        dataset = self._loaded.get(ref)
+        if dataset is None:
+            dataset = Dataset.load(self.store, ref)
+            self._loaded[ref] = self._loaded[dataset.id] = dataset
+        return dataset
+
+
+def known_dataset(store: ObjectStore, step: Step, read: DatasetReader | None = None) -> Dataset | None:
     """The dataset a dataset or test_set step gives, when known before the run: its record is
     cached, or it names a stored dataset. None otherwise (demo data, an import not done)."""
     from orchestrator.runner import load_cached
 
+    read = read or DatasetReader(store)
     cached = load_cached(store, step)
     if cached is not None:
-        return Dataset.load(store, refs.dataset_output(cached, "dataset", f"step {step.label}"))
+        return read(refs.dataset_output(cached, "dataset", f"step {step.label}"))
     params = step.params["dataset"] if step.kind == "test_set" else step.params
     if "name" not in params:
         return None
     try:
-        return Dataset.load(store, params["name"])
+        return read(params["name"])
     except NotFound:
         return None
 
 
-def known_train_size(store: ObjectStore, graph: Graph) -> tuple[int, str] | None:
+def known_train_size(store: ObjectStore, graph: Graph, read: DatasetReader | None = None) -> tuple[int, str] | None:
     """The size of the plan's train split and what it is of, when that is known before the
     run: the split step's record is cached, or the dataset is known (its split is computed
     here, as the split step would). None otherwise."""
     from orchestrator.runner import load_cached
 
+    read = read or DatasetReader(store)
     split = graph.of_kind("split")[0]
     cached = load_cached(store, split)
     if cached is not None:
-        ds = Dataset.load(store, refs.dataset_output(cached, "dataset", f"step {split.label}"))
+        ds = read(refs.dataset_output(cached, "dataset", f"step {split.label}"))
     else:
-        parent = known_dataset(store, graph.of_kind("dataset")[0])
+        parent = known_dataset(store, graph.of_kind("dataset")[0], read)
         if parent is None:
             return None
         if split.params["existing"]:
@@ -321,36 +340,38 @@ def known_train_size(store: ObjectStore, graph: Graph) -> tuple[int, str] | None
     return ds.split_sizes().get("train", 0), f"dataset {ds.name or ds.id}"
 
 
-def check_known_counts(store: ObjectStore, graph: Graph) -> None:
+def check_known_counts(store: ObjectStore, graph: Graph, read: DatasetReader | None = None) -> None:
     """What the run would refuse, found before it starts where the data are known
     (`--dry-run` and prepare say so up front): InvalidArgument when the plan asks for more real
     images than its train split has, or when a test set shares an image with the training
     dataset (check_disjoint; a test set whose step is cached passed it already)."""
     from orchestrator.runner import load_cached
 
-    known = known_train_size(store, graph)
+    read = read or DatasetReader(store)
+    known = known_train_size(store, graph, read)
     if known is not None:
         check_counts(graph.plan, *known)
     test_steps = [s for s in graph.of_kind("test_set") if load_cached(store, s) is None]
-    training = known_dataset(store, graph.of_kind("dataset")[0]) if test_steps else None
+    training = known_dataset(store, graph.of_kind("dataset")[0], read) if test_steps else None
     if training is None:
         return
     for step in test_steps:
-        test = known_dataset(store, step)
+        test = known_dataset(store, step, read)
         if test is not None:
             check_disjoint(step.params["label"], test, step.params["split"], training)
 
 
-def pin_dataset_names(plan: Plan, store: ObjectStore) -> Plan:
+def pin_dataset_names(plan: Plan, store: ObjectStore, read: DatasetReader | None = None) -> Plan:
     """The plan with every dataset given by name (its own and its test sets') pinned to the
     dataset's current id, so step keys name content (a name moved to new data → new keys)."""
     specs = [plan.dataset, *(t.dataset for t in plan.test_sets)]
     if all(spec.name is None for spec in specs):
         return plan
+    read = read or DatasetReader(store)
     plan = plan.model_copy(deep=True)
     for spec in [plan.dataset, *(t.dataset for t in plan.test_sets)]:
         if spec.name is not None:
-            spec.name = Dataset.load(store, spec.name).id
+            spec.name = read(spec.name).id
     return plan
 
 

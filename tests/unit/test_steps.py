@@ -12,6 +12,7 @@ from orchestrator.graph import Step, build_graph
 from orchestrator.plan import parse_plan
 from orchestrator.runner import RunSummary, load_cached, step_cache_key
 from orchestrator.steps import (
+    DatasetReader,
     StepContext,
     StepTimes,
     check_disjoint,
@@ -22,7 +23,7 @@ from orchestrator.steps import (
     run_test_set,
     synthesis_prefix,
 )
-from services.common.datasets import Dataset, register_name
+from services.common.datasets import Dataset, manifest_key, register_name
 from services.common.errors import InvalidArgument, NotFound
 from services.common.refs import add_output
 from services.common.sampling import nested_order
@@ -259,6 +260,32 @@ def test_the_test_set_step_loads_its_data_and_checks_it_against_the_training_dat
     check_known_counts(file_store, build_graph(unknown))
     with pytest.raises(NotFound):
         pin_dataset_names(parse_plan({**BASE, "test_sets": [{"label": "x", "dataset": {"name": "nowhere"}}]}), file_store)
+
+
+def test_preparing_a_plan_reads_each_dataset_manifest_once(file_store: ObjectStore,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pinning names, the train-size check and the disjointness check share one reader: the
+    training dataset's and each test set's manifest are read once (they were read three times
+    and twice)."""
+    training = demo(file_store, 6, seed=3, name="train-data")
+    clean = demo(file_store, 5, seed=9, name="clinic-b")
+    plan = parse_plan({**BASE, "dataset": {"name": "train-data"}, "arms": [{"name": "real", "real": 2}],
+                       "test_sets": [{"label": "b", "dataset": {"name": "clinic-b"}}]})
+    reads: list[str] = []
+    get_json = file_store.get_json
+
+    def counting(key: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(key)
+        return get_json(key, *args, **kwargs)
+
+    monkeypatch.setattr(file_store, "get_json", counting)
+    read = DatasetReader(file_store)
+    check_known_counts(file_store, build_graph(pin_dataset_names(plan, file_store, read)), read)
+    manifests = [k for k in reads if k.endswith("/dataset.json")]
+    assert sorted(manifests) == sorted([manifest_key(training.id), manifest_key(clean.id)])
+    reads.clear()  # pinning without the reader: the checks read them again (once, together)
+    check_known_counts(file_store, build_graph(pin_dataset_names(plan, file_store)))
+    assert sorted(k for k in reads if k.endswith("/dataset.json")) == sorted(2 * manifests)
 
 
 # --- synthetic-data quality and filters ---------------------------------------------------------

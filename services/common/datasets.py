@@ -91,6 +91,8 @@ class ImageRecord:
     sha256: str
     annotations: list[dict[str, Any]]
     split: str = ""
+    # the image entry's "synthaug" object; a value may be CanonicalJSON (encoded already, by
+    # the worker that made it), so read a dataset's records from its stored manifest
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -231,9 +231,14 @@ class CanonicalJSON:
     """A value already encoded by `canonical_json`: a document that holds it gets these bytes
     spliced in as they are. A worker process encodes the large records it makes (where it
     made them, in parallel), and the process that writes the manifest neither unpickles
-    nested dicts nor encodes them again; the manifest's bytes are the same."""
+    nested dicts nor encodes them again; the manifest's bytes are the same. Make one with
+    `of`: bytes that are not canonical JSON would end up, unchecked, in a hashed manifest."""
 
     data: bytes
+
+    @classmethod
+    def of(cls, value: Any) -> CanonicalJSON:
+        return cls(canonical_json(value))
 
 
 def canonical_json(obj: Any) -> bytes:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import struct
+from pathlib import Path
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -89,7 +92,7 @@ def test_foreground_sets_record_the_colour_stats_composition_uses(file_store: Ob
         assert e["stats"]["dark_threshold"] == 25 and e["stats"]["mean_grey"] == measured.mean_grey
         assert measured.skin is not None and e["stats"]["skin"] == measured.skin.tolist()
 
-    def variant(change) -> str:  # the set with every entry's stats changed by `change`
+    def variant(change: Callable[[dict[str, Any]], Any]) -> str:  # every entry changed by `change`
         copy = json.loads(json.dumps(manifest))
         for e in copy["foregrounds"]:
             change(e)
@@ -113,8 +116,10 @@ def test_foreground_sets_record_the_colour_stats_composition_uses(file_store: Ob
                                      workers=1)
     assert [r["key"] for r in Dataset.load(file_store, again).image_records()] == \
         [r["key"] for r in Dataset.load(file_store, measured_30).image_records()]
-    for bad in ({"dark_threshold": 25, "mean_grey": 300.0, "skin": None}, {"mean_grey": 90.0, "skin": None},
-                {"dark_threshold": 25, "mean_grey": 90.0, "skin": [1.0, 2.0]}, "stats"):
+    good = {"dark_threshold": 25, "mean_grey": 90.0, "skin": [1.0, 2.0, 3.0]}
+    for bad in ({**good, "mean_grey": 300.0}, {"mean_grey": 90.0, "skin": None}, {**good, "skin": [1.0, 2.0]},
+                "stats", {**good, "mean_grey": float("nan")}, {**good, "dark_threshold": True},
+                {**good, "dark_threshold": 25.0}, {**good, "extra": 1}, {**good, "skin": [1.0, True, 3.0]}):
         broken = variant(lambda e, bad=bad: e.update(stats=bad))
         with pytest.raises(InvalidArgument, match=r"entry 0 of .* has malformed stats"):
             compose_dataset(file_store, broken, bg.key, 1, 5, params, workers=1)
@@ -160,7 +165,7 @@ def test_composite_dataset_is_identical_for_1_and_2_workers(file_store: ObjectSt
     assert comp.kind == "composite" and comp.provenance["parents"] == [ds.id]
     assert comp.provenance["seed"] == 5 and comp.provenance["params"]["count"] == 10
     assert len(comp) == 10
-    total = 0
+    total = skipped = dropped = 0
     for record in comp.image_records():
         sample = comp.load_sample(record)
         audit = record["synthaug"]["composite"]
@@ -175,7 +180,10 @@ def test_composite_dataset_is_identical_for_1_and_2_workers(file_store: ObjectSt
             assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
         assert record["file_name"] == f"composite_{record['id'] - 1:06d}.jpg"
         total += len(kept)
-    assert total == m1["instances"] == one.num_instances
+        skipped += audit["skipped"]
+        dropped += audit["dropped"]
+    assert total == m1["instances"] == m2["instances"] == one.num_instances
+    assert (m1["skipped_objects"], m1["dropped_instances"]) == (m2["skipped_objects"], m2["dropped_instances"]) == (skipped, dropped)
     other, _ = compose_dataset(file_store, fg.key, bg.key, 10, 6, params, workers=1)
     assert other.id != one.id
 
@@ -267,7 +275,7 @@ def test_workers_open_the_store_with_the_environment_of_the_job(file_store: Obje
     assert all(s3.exists(k) for k in keys)
 
 
-def test_shared_pixels_round_trip_and_reject_damaged_files(tmp_path) -> None:
+def test_shared_pixels_round_trip_and_reject_damaged_files(tmp_path: Path) -> None:
     """What one worker leaves for the others comes back bit for bit, whatever its shape; a
     missing, truncated or overlong file reads as absent (the reader decodes it itself)."""
     rng = np.random.default_rng(3)
@@ -280,8 +288,12 @@ def test_shared_pixels_round_trip_and_reject_damaged_files(tmp_path) -> None:
         assert np.array_equal(back, array) and back.flags.writeable
     assert read_shared_pixels(str(tmp_path / "missing.u8")) is None
     whole = (tmp_path / "a-3-7.u8").read_bytes()
-    for damaged in (whole[:-1], whole + b"\0", whole[:10]):
+    huge = struct.pack("<4I", 3, 2**20, 2**20, 4) + whole[16:]  # a header no allocation should trust
+    for damaged in (whole[:-1], whole + b"\0", whole[:10], huge):
         (tmp_path / "damaged.u8").write_bytes(damaged)
         assert read_shared_pixels(str(tmp_path / "damaged.u8")) is None
     write_shared_pixels(str(tmp_path / "floats.u8"), np.zeros((2, 2), np.float32))  # not shared
-    assert not list(tmp_path.glob("*floats*")) and not list(tmp_path.glob(".*"))  # nor a temporary
+    assert not list(tmp_path.glob("*floats*"))
+    # a failed write (here: no such folder) is not an error, and leaves nothing behind
+    write_shared_pixels(str(tmp_path / "missing" / "a.u8"), np.zeros((2, 2), np.uint8))
+    assert not (tmp_path / "missing").exists()

@@ -1,6 +1,9 @@
 """Datasets: exact RLE round trips, content-addressed ids, provenance, errors, both stores."""
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
@@ -128,6 +131,39 @@ def test_nothing_registered_until_finish(file_store: ObjectStore) -> None:
     w = DatasetWriter(file_store, "real", CATS, name="partial")
     w.add(np.zeros((8, 8, 3), np.uint8), np.ones((1, 8, 8), bool), [1], "a.png")
     assert file_store.list("datasets/") == [] and file_store.list("names/") == []
+
+
+def test_no_manifest_before_the_images_are_durable(file_store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """finish() writes the manifest only after the store's flush has returned (they run side
+    by side with the manifest's encoding); a failing flush leaves no manifest and no name."""
+    events: list[str] = []
+    flush, put_bytes = file_store.flush, file_store.put_bytes
+
+    def slow_flush() -> None:
+        time.sleep(0.2)  # the encoding finishes first: the put must still wait
+        flush()
+        events.append("flush")
+
+    def recording_put(key: str, data: bytes, content_type: str = "application/octet-stream") -> Any:
+        events.append(f"put {key.split('/')[0]}")
+        return put_bytes(key, data, content_type)
+
+    monkeypatch.setattr(file_store, "flush", slow_flush)
+    monkeypatch.setattr(file_store, "put_bytes", recording_put)
+    w = DatasetWriter(file_store, "real", CATS, name="ordered")
+    w.add(np.zeros((8, 8, 3), np.uint8), np.ones((1, 8, 8), bool), [1], "a.png")
+    ref = w.finish()
+    assert events == ["flush", "put datasets", "put names"] and Dataset.load(file_store, "ordered").id == ref.id
+
+    def broken_flush() -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(file_store, "flush", broken_flush)
+    w = DatasetWriter(file_store, "real", CATS, name="unflushed")
+    w.add(np.zeros((8, 8, 3), np.uint8), np.ones((1, 8, 8), bool), [1], "b.png")
+    with pytest.raises(OSError, match="Input/output error"):
+        w.finish()
+    assert file_store.list("datasets/") == [manifest_key(ref.id)] and file_store.list("names/") == ["names/datasets/ordered.json"]
 
 
 def test_image_without_instances(file_store: ObjectStore) -> None:

@@ -128,8 +128,13 @@ def test_canonical_json_splices_pre_encoded_values_to_the_same_bytes() -> None:
                "s": "\x00tricky\x00", "e": "é"}
     assert canonical_json(spliced) == canonical_json(whole)
     assert json.loads(canonical_json(spliced)) == whole
+    shared = CanonicalJSON.of(inner)  # one instance in several places, and a whole document
+    assert canonical_json({"x": shared, "y": [shared, shared]}) == canonical_json({"x": inner, "y": [inner, inner]})
+    assert canonical_json(shared) == canonical_json(inner) and shared.data == canonical_json(inner)
     with pytest.raises(TypeError, match="set is not JSON serializable"):
         canonical_json({"a": {1, 2}})
+    with pytest.raises(TypeError, match="keys must be"):  # never a key
+        canonical_json({shared: 1})
 
 
 @pytest.mark.parametrize(

@@ -87,8 +87,22 @@ def stats_record(stats: ForegroundStats, dark_threshold: int) -> dict[str, Any]:
             "skin": None if stats.skin is None else [float(v) for v in stats.skin]}
 
 
+def _level(value: Any) -> bool:
+    """A finite grey or colour level in [0, 255] (a JSON number, not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 255.0
+
+
+def valid_stats_record(record: Any) -> bool:
+    """Whether `record` is what `stats_record` writes (sets.load_set checks every entry's)."""
+    if not isinstance(record, dict) or set(record) != {"dark_threshold", "mean_grey", "skin"}:
+        return False
+    threshold, skin = record["dark_threshold"], record["skin"]
+    return (isinstance(threshold, int) and _level(threshold) and _level(record["mean_grey"])
+            and (skin is None or (isinstance(skin, list) and len(skin) == 3 and all(_level(v) for v in skin))))
+
+
 def stats_from_record(record: Mapping[str, Any] | None, dark_threshold: int) -> ForegroundStats | None:
-    """The stats a set recorded (checked by `sets.load_set`), if measured with `dark_threshold`."""
+    """The stats a set recorded (`valid_stats_record`), if measured with `dark_threshold`."""
     if record is None or record["dark_threshold"] != dark_threshold:
         return None
     skin = record["skin"]

@@ -40,7 +40,7 @@ from services.common.errors import InvalidArgument
 from services.common.files import write_atomically
 from services.common.imageio import decode_image, encode_png
 from services.common.seeding import rng as seeded_rng
-from services.common.store import Blob, CanonicalJSON, ObjectInfo, ObjectStore, canonical_json, open_store
+from services.common.store import Blob, CanonicalJSON, ObjectInfo, ObjectStore, open_store
 from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams
 from services.compositor.core.backgrounds import (
     INPAINT_METHODS,
@@ -324,21 +324,25 @@ def write_shared_pixels(path: str, array: np.ndarray) -> None:
 
 
 def read_shared_pixels(path: str) -> np.ndarray | None:
-    """The array `write_shared_pixels` left at `path`; None when there is none (or it does
-    not have the size its header says)."""
+    """The array `write_shared_pixels` left at `path`; None when there is none, or when it
+    cannot be read or does not have the size its header says (the caller decodes the asset
+    itself: sharing is only a speed-up)."""
     try:
         with open(path, "rb", buffering=0) as f:
             header = f.read(_SHARED_HEADER.size)
             if len(header) != _SHARED_HEADER.size:
                 return None
             ndim, *dims = _SHARED_HEADER.unpack(header)
-            if not 1 <= ndim <= 3:
+            if not 1 <= ndim <= 3 or os.fstat(f.fileno()).st_size != _SHARED_HEADER.size + math.prod(dims):
                 return None
             array = np.empty(dims[:ndim], np.uint8)
-            if (array.size and f.readinto(array.reshape(-1).data) != array.nbytes) or f.read(1):
+            if array.size and f.readinto(array.reshape(-1).data) != array.nbytes:
                 return None
             return array
     except FileNotFoundError:
+        return None
+    except OSError:
+        log.debug("could not read shared decoded asset %s", path, exc_info=True)
         return None
 
 
@@ -356,6 +360,9 @@ class _ComposeTask:
 #: every image and worker): composing the pixels and masks; encoding the image (JPEG/PNG)
 #: and the masks (RLE, boxes, areas); hashing the image bytes; storing them.
 STAGES = ("compose", "encode", "hash", "put")
+#: What a job counts over its composites' audits: instances kept, objects not placed
+#: (skipped) and objects covered by later pastes (dropped).
+_TOTALS = ("instances", "skipped", "dropped")
 #: JPEG quality of composites, fixed: a setting would change every dataset id for no gain
 #: (at 95 the blocking is invisible and the file a third of the PNG's size).
 JPEG_QUALITY = 95
@@ -400,7 +407,7 @@ class _Composer:
         fmt = self.params.image_format
         suffix = "jpg" if fmt == "jpeg" else "png"
         samples: list[EncodedSample] = []
-        totals = {"instances": 0, "skipped": 0, "dropped": 0}
+        totals = dict.fromkeys(_TOTALS, 0)
         clock = time.perf_counter
         for index in range(start, stop):
             t0 = clock()
@@ -416,7 +423,7 @@ class _Composer:
             t3 = clock()
             # the audit (most of the manifest's bytes) is encoded here, in parallel, not by
             # the parent at commit time
-            audit = CanonicalJSON(canonical_json(comp.audit))
+            audit = CanonicalJSON.of(comp.audit)
             samples.append(EncodedSample(blob, file_name, int(comp.image.shape[1]), int(comp.image.shape[0]),
                                          annotations, extra={"composite": audit}))
             totals["instances"] += len(annotations)
@@ -537,7 +544,7 @@ def compose_dataset(store: ObjectStore, foregrounds_key: str, backgrounds_key: s
     )
     task = _ComposeTask(store.url, fg["foregrounds"], bg["backgrounds"], config_to_mapping(params), int(seed))
     start = time.perf_counter()
-    totals = {"instances": 0, "skipped": 0, "dropped": 0}
+    totals = dict.fromkeys(_TOTALS, 0)
     stages = dict.fromkeys(STAGES, 0.0)
     chunk_cpu = 0.0
     cpu = time.process_time()

@@ -8,6 +8,7 @@ image blobs.
 """
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 import cv2
@@ -15,25 +16,12 @@ import numpy as np
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.store import ObjectInfo, ObjectStore, canonical_json, sha256_bytes
+from services.compositor.core.compose import valid_stats_record
 
 FOREGROUND_KIND = "synthaug.compositor.foreground_set"
 BACKGROUND_KIND = "synthaug.compositor.background_set"
 SET_VERSION = 1
 MAX_SIDE = 16384
-
-
-def _level(value: Any) -> bool:
-    """A finite grey or colour level in [0, 255] (JSON number; not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 255.0
-
-
-def _valid_stats(stats: Any) -> bool:
-    """The colour statistics a foreground entry may record (compose.stats_record)."""
-    if not isinstance(stats, dict) or set(stats) != {"dark_threshold", "mean_grey", "skin"}:
-        return False
-    threshold, skin = stats["dark_threshold"], stats["skin"]
-    return (isinstance(threshold, int) and _level(threshold) and _level(stats["mean_grey"])
-            and (skin is None or (isinstance(skin, list) and len(skin) == 3 and all(_level(v) for v in skin))))
 
 
 def save_set(store: ObjectStore, manifest: dict[str, Any]) -> ObjectInfo:
@@ -67,8 +55,8 @@ def load_set(store: ObjectStore, key: str, kind: str, what: str, sha256: str = "
             raise InvalidArgument(f"{what}: entry {i} of {key!r} has no object key")
         if kind == FOREGROUND_KIND and not isinstance(entry.get("category_id"), int):
             raise InvalidArgument(f"{what}: entry {i} of {key!r} has no integer category_id")
-        if kind == FOREGROUND_KIND and entry.get("stats") is not None and not _valid_stats(entry["stats"]):
-            raise InvalidArgument(f"{what}: entry {i} of {key!r} has malformed stats {entry['stats']!r} "
+        if kind == FOREGROUND_KIND and entry.get("stats") is not None and not valid_stats_record(entry["stats"]):
+            raise InvalidArgument(f"{what}: entry {i} of {key!r} has malformed stats {reprlib.repr(entry['stats'])} "
                                   "(dark_threshold 0-255, mean_grey 0-255, skin null or 3 values 0-255)")
     if kind == FOREGROUND_KIND:
         cats = manifest.get("categories")

@@ -370,6 +370,54 @@ class ObjectStore(ABC):
             raise InvalidArgument(f"{what} lives in bucket {bucket!r}, but this service's store is {self.bucket!r}")
 
 
+class BackgroundFlush:
+    """Flushes a store now and then while a job writes blobs, so that the flush before its
+    manifest finds little left to write.
+
+    A file store's blobs are written without fsync and stay dirty in the page cache until
+    `flush()` (the kernel writes them back only after ~30 s); a 3000-image job leaves ~100 MB
+    for the flush at its commit, a wait of 0.1-0.5 s with every core idle. Flushing in a
+    thread every `interval_s` seconds overlaps that disk I/O with the composing (syncfs
+    waits on the disk, not the CPU). Only a speed-up: an error here is logged and left to the
+    flush at the commit, which must succeed. A store whose flush does nothing gets no thread.
+    """
+
+    def __init__(self, store: ObjectStore, interval_s: float = 1.0):
+        self.store = store
+        self.interval_s = interval_s
+        self._pool: ThreadPoolExecutor | None = None
+        if type(store).flush is not ObjectStore.flush:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="background-flush")
+        self._running: Any = None
+        self._last = time.monotonic()
+
+    def poke(self) -> None:
+        """Start a flush if none is running and `interval_s` passed since the last one started."""
+        if self._pool is None or (self._running is not None and not self._running.done()):
+            return
+        if time.monotonic() - self._last >= self.interval_s:
+            self._last = time.monotonic()
+            self._running = self._pool.submit(self._flush)
+
+    def _flush(self) -> None:
+        try:
+            self.store.flush()
+        except OSError:
+            log.warning("background flush of %s failed; the commit's flush will retry", self.store.url, exc_info=True)
+
+    def close(self) -> None:
+        """Wait for a running flush (the commit's own flush follows)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self) -> BackgroundFlush:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class FileStore(ObjectStore):
     """Objects as files under a root folder; atomic by write-to-temporary + rename."""
 

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import threading
 from pathlib import Path
 
 import pytest
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.store import (
+    BackgroundFlush,
     Blob,
     CanonicalJSON,
     FileStore,
@@ -114,6 +117,46 @@ def test_json_helpers(store: ObjectStore) -> None:
     store.put_bytes("bad.json", b"{not json")
     with pytest.raises(InvalidArgument, match="bad.json"):
         store.get_json("bad.json")
+
+
+def test_background_flush_runs_one_flush_at_a_time_and_never_fails_the_job(tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    class SlowStore(FileStore):
+        def __init__(self, root: Path, fail: bool = False):
+            super().__init__(root)
+            self.fail, self.started, self.finished = fail, 0, 0
+            self.release = threading.Event()
+
+        def flush(self) -> None:
+            self.started += 1
+            self.release.wait(5)
+            self.finished += 1
+            if self.fail:
+                raise OSError(5, "Input/output error")
+
+    store = SlowStore(tmp_path / "a")
+    with BackgroundFlush(store, interval_s=0.0) as flusher:
+        flusher.poke()
+        flusher.poke()  # one is running: no second
+        assert store.started == 1
+        store.release.set()
+    assert store.finished == 1  # close() waited for it
+    failing = SlowStore(tmp_path / "b", fail=True)
+    failing.release.set()
+    with caplog.at_level(logging.WARNING), BackgroundFlush(failing, interval_s=0.0) as flusher:
+        flusher.poke()
+    assert failing.finished == 1 and "background flush" in caplog.text  # logged, not raised
+    idle = SlowStore(tmp_path / "c")
+    with BackgroundFlush(idle, interval_s=3600) as flusher:
+        flusher.poke()  # the interval has not passed
+    assert idle.started == 0
+
+    class NoFlush(FileStore):
+        flush = ObjectStore.flush  # a store whose writes are durable at once (S3)
+
+    with BackgroundFlush(NoFlush(tmp_path / "d"), interval_s=0.0) as flusher:
+        flusher.poke()
+        assert not [t for t in threading.enumerate() if t.name.startswith("background-flush")]
 
 
 def test_canonical_json_splices_pre_encoded_values_to_the_same_bytes() -> None:

@@ -40,7 +40,7 @@ from services.common.errors import InvalidArgument
 from services.common.files import write_atomically
 from services.common.imageio import decode_image, encode_png
 from services.common.seeding import rng as seeded_rng
-from services.common.store import Blob, CanonicalJSON, ObjectInfo, ObjectStore, open_store
+from services.common.store import BackgroundFlush, Blob, CanonicalJSON, ObjectInfo, ObjectStore, open_store
 from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams
 from services.compositor.core.backgrounds import (
     INPAINT_METHODS,
@@ -550,8 +550,9 @@ def compose_dataset(store: ObjectStore, foregrounds_key: str, backgrounds_key: s
     cpu = time.process_time()
     done = 0
     # closing(): a failure or a cancellation (progress raises) stops the workers right away
-    with contextlib.closing(_chunks(task, store, count, workers)) as chunks:
+    with contextlib.closing(_chunks(task, store, count, workers)) as chunks, BackgroundFlush(store) as flusher:
         for chunk in chunks:
+            flusher.poke()
             for record in chunk.records:
                 writer.add_record(record)
             for total, value in chunk.totals.items():

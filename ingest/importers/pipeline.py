@@ -25,7 +25,7 @@ from ingest.splits import SplitSpec, assign_splits, groups_for, read_groups
 from services.common.datasets import Dataset, DatasetWriter, ImageRecord, encode_sample, manifest_id, registered_id, validate_name
 from services.common.errors import InvalidArgument, SynthaugError
 from services.common.imageio import decode_image, resize_image, resize_mask
-from services.common.store import ObjectInfo, ObjectStore, blob_key, sha256_bytes
+from services.common.store import BackgroundFlush, ObjectInfo, ObjectStore, blob_key, sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -307,25 +307,28 @@ def run_import(
     problems: list[str] = []
     notes: dict[str, int] = {}
     done = 0
-    for outcome in _outcomes(tasks, decode, options):
-        done += 1
-        if progress is not None:
-            progress(done, len(tasks))
-        if outcome.error:
-            problems.append(outcome.error)
-            continue
-        if problems:  # keep checking the rest, but upload nothing more
-            continue
-        record = outcome.record
-        assert record is not None
-        if outcome.blob is not None:
-            suffix = Path(record.key).suffix
-            info = store.put_blob(outcome.blob, suffix=suffix, content_type=_BLOB_TYPES.get(suffix, "application/octet-stream"))
-            if info.key != record.key:  # pragma: no cover - would be a bug in blob_key
-                raise RuntimeError(f"blob key mismatch for {record.file_name}: {info.key} != {record.key}")
-        for k, v in outcome.notes.items():
-            notes[k] = notes.get(k, 0) + v
-        writer.add_record(record)
+    with BackgroundFlush(store) as flusher:  # the blobs reach the disk while the import runs
+        for outcome in _outcomes(tasks, decode, options):
+            done += 1
+            if progress is not None:
+                progress(done, len(tasks))
+            if outcome.error:
+                problems.append(outcome.error)
+                continue
+            if problems:  # keep checking the rest, but upload nothing more
+                continue
+            record = outcome.record
+            assert record is not None
+            if outcome.blob is not None:
+                suffix = Path(record.key).suffix
+                info = store.put_blob(outcome.blob, suffix=suffix,
+                                      content_type=_BLOB_TYPES.get(suffix, "application/octet-stream"))
+                if info.key != record.key:  # pragma: no cover - would be a bug in blob_key
+                    raise RuntimeError(f"blob key mismatch for {record.file_name}: {info.key} != {record.key}")
+                flusher.poke()
+            for k, v in outcome.notes.items():
+                notes[k] = notes.get(k, 0) + v
+            writer.add_record(record)
     if problems:
         raise ImportProblems(what, problems)
     previous = registered_id(store, options.name) if options.name else None

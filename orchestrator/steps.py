@@ -291,11 +291,18 @@ class DatasetReader:
         self.store = store
         self._loaded: dict[str, Dataset] = {}  # by the name or id asked for, and by id
 
-    def __call__(self, ref: str) -> Dataset:
-        dataset = self._loaded.get(ref)
+    def __call__(self, ref: common_pb2.DatasetRef | str) -> Dataset:
+        """`Dataset.load(store, ref)`, once per dataset."""
+        if isinstance(ref, common_pb2.DatasetRef):
+            if ref.manifest.bucket:  # as Dataset.load checks it, on every call
+                self.store.check_bucket(ref.manifest.bucket, "dataset")
+            key = ref.id or ref.name
+        else:
+            key = ref
+        dataset = self._loaded.get(key)
         if dataset is None:
             dataset = Dataset.load(self.store, ref)
-            self._loaded[ref] = self._loaded[dataset.id] = dataset
+            self._loaded[key] = self._loaded[dataset.id] = dataset
         return dataset
 
 

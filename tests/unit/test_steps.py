@@ -283,6 +283,12 @@ def test_preparing_a_plan_reads_each_dataset_manifest_once(file_store: ObjectSto
     check_known_counts(file_store, build_graph(pin_dataset_names(plan, file_store, read)), read)
     manifests = [k for k in reads if k.endswith("/dataset.json")]
     assert sorted(manifests) == sorted([manifest_key(training.id), manifest_key(clean.id)])
+    # a cached step's output is a DatasetRef: by id or by name, the same dataset, not read again
+    reads.clear()
+    assert read(training.ref()) is read(common_pb2.DatasetRef(name="train-data")) is read(training.id)
+    assert not [k for k in reads if k.endswith("/dataset.json")]
+    with pytest.raises(InvalidArgument, match="bucket"):
+        read(common_pb2.DatasetRef(id=training.id, manifest=common_pb2.ObjectRef(bucket="elsewhere", key="k")))
     reads.clear()  # pinning without the reader: the checks read them again (once, together)
     check_known_counts(file_store, build_graph(pin_dataset_names(plan, file_store)))
     assert sorted(k for k in reads if k.endswith("/dataset.json")) == sorted(2 * manifests)

@@ -28,7 +28,7 @@ import re
 import time
 import uuid
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
@@ -388,7 +388,7 @@ class BackgroundFlush:
         self._pool: ThreadPoolExecutor | None = None
         if type(store).flush is not ObjectStore.flush:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="background-flush")
-        self._running: Any = None
+        self._running: Future[None] | None = None
         self._last = time.monotonic()
 
     def poke(self) -> None:

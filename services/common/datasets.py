@@ -323,10 +323,13 @@ def _id_of(manifest_bytes: bytes) -> str:
 def write_manifest(store: ObjectStore, manifest: dict[str, Any]) -> common_pb2.DatasetRef:
     # Every image the manifest names is durable before the manifest exists. The flush waits
     # on the disk (syncfs releases the GIL) while this thread encodes the manifest.
-    with ThreadPoolExecutor(1, thread_name_prefix="manifest-flush") as pool:
-        flushed = pool.submit(store.flush)
+    if store.needs_flush:
+        with ThreadPoolExecutor(1, thread_name_prefix="manifest-flush") as pool:
+            flushed = pool.submit(store.flush)
+            data = canonical_json(manifest)
+            flushed.result()
+    else:
         data = canonical_json(manifest)
-        flushed.result()
     dataset_id = _id_of(data)
     key = manifest_key(dataset_id)
     if not store.exists(key):

@@ -364,6 +364,12 @@ class ObjectStore(ABC):
         per-file fsync). Called before a commit point such as a dataset manifest. Nothing
         to do for a store whose writes are durable when they return (S3)."""
 
+    @property
+    def needs_flush(self) -> bool:
+        """Whether `flush` does anything (a backend that overrides it); callers that would
+        run it in a thread skip the thread otherwise."""
+        return type(self).flush is not ObjectStore.flush
+
     def check_bucket(self, bucket: str, what: str = "object") -> None:
         """A reference from another component must point into this store."""
         if bucket and bucket != self.bucket:
@@ -386,7 +392,7 @@ class BackgroundFlush:
         self.store = store
         self.interval_s = interval_s
         self._pool: ThreadPoolExecutor | None = None
-        if type(store).flush is not ObjectStore.flush:
+        if store.needs_flush:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="background-flush")
         self._running: Future[None] | None = None
         self._last = time.monotonic()

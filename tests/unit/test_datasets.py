@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from services.common import datasets as datasets_module
 from services.common.datasets import Dataset, DatasetWriter, list_datasets, manifest_key, masks_to_rle, rle_to_masks
 from services.common.errors import InvalidArgument, NotFound
-from services.common.store import ObjectStore
+from services.common.store import FileStore, ObjectStore
 
 CATS = [{"id": 1, "name": "lesion"}, {"id": 2, "name": "hair"}]
 
@@ -164,6 +165,24 @@ def test_no_manifest_before_the_images_are_durable(file_store: ObjectStore, monk
     with pytest.raises(OSError, match="Input/output error"):
         w.finish()
     assert file_store.list("datasets/") == [manifest_key(ref.id)] and file_store.list("names/") == ["names/datasets/ordered.json"]
+
+
+def test_no_flush_thread_for_a_store_without_flush(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store whose writes are durable at once (S3: ObjectStore.flush does nothing) gets its
+    manifest written without a thread for the flush."""
+    class NoFlush(FileStore):
+        flush = ObjectStore.flush
+
+    def no_threads(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a thread was started for a flush that does nothing")
+
+    store = NoFlush(tmp_path / "s")
+    assert not store.needs_flush and FileStore(tmp_path / "f").needs_flush
+    monkeypatch.setattr(datasets_module, "ThreadPoolExecutor", no_threads)
+    w = DatasetWriter(store, "real", CATS, name="durable")
+    w.add(np.zeros((8, 8, 3), np.uint8), np.ones((1, 8, 8), bool), [1], "a.png")
+    ref = w.finish()
+    assert Dataset.load(store, "durable").id == ref.id
 
 
 def test_image_without_instances(file_store: ObjectStore) -> None:

@@ -10,8 +10,10 @@ masks + one manifest, written to a file:// store and to S3 (moto_server on loopb
 
 What is measured, per worker count W: each configuration writes into a fresh, empty store
 or folder (no run finds the blobs of another; everything is deleted only at the end, as
-deleting thousands of files slows the file system for whatever runs next); thesis loop and
-synthaug alternate for --repeats rounds, and the best round of each is reported:
+deleting thousands of files slows the file system for whatever runs next); before each
+timed run, every dirty page is written out, untimed (`settle`), so no run pays for the
+writeback of the one before; thesis loop and synthaug alternate for --repeats rounds (each
+round printed as it ends), and the best round of each is reported:
   * synthaug: compose_dataset with W worker processes, from the call to the registered
     dataset (pool start, every asset decode, every blob, flush, manifest), with the time
     per stage (compose / encode / hash / put, summed over workers), the commit, and the CPU
@@ -135,6 +137,26 @@ def file_create_ms(folder: Path, count: int = 300, size: int = 30_000) -> float:
     return 1e3 * elapsed / count
 
 
+def dirty_mb() -> float:
+    """Data written but not yet on disk, machine-wide (/proc/meminfo Dirty + Writeback)."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+    except OSError:
+        return float("nan")
+    return sum(int(fields.get(k, "0 kB").split()[0]) for k in ("Dirty", "Writeback")) / 1024
+
+
+def settle() -> float:
+    """Write every dirty page out, untimed, before a measured run; returns how many MB were
+    dirty. Otherwise a run pays for the one before it: synthaug's flush (syncfs) writes out
+    the thesis loop's files too (same file system), and the kernel's own writeback of
+    either (after 30 s) lands in whatever runs then."""
+    pending = dirty_mb()
+    os.sync()
+    return pending
+
+
 def image_keys(store: ObjectStore, dataset_id: str) -> list[str]:
     return [img["key"] for img in Dataset.load(store, dataset_id).image_records()]
 
@@ -213,16 +235,23 @@ def main() -> int:
         metrics_of: dict[int, dict[str, float]] = {}
         for w in worker_counts:
             for r in range(args.repeats):
+                rates = []
                 for kind in ("cv2", "pil"):
                     count = thesis_count if kind == "cv2" else max(50, thesis_count // 4)
                     out = tmp / f"thesis-{kind}-{w}-{r}"
+                    pending = settle()
                     run = run_loop(kind, fg_paths, bg_paths, out, count, processes=w)
+                    rates.append(f"thesis {kind} {run.images_per_s / w:.0f} ({pending:.0f} MB dirty before)")
                     best[(kind, w)] = max(best.get((kind, w), 0.0), run.images_per_s / w)
                     cpu_ms[(kind, w)] = min(cpu_ms.get((kind, w), 1e9), 1e3 * run.cpu_seconds / count)
                 store = fresh_file_store(base, tmp / f"store-{w}-{r}")
+                pending = settle()
                 ref, metrics = compose_dataset(store, fg.key, bg.key, args.count, seed=1, params=params, workers=w)
                 images_of[f"file, {w} worker(s), round {r + 1}"] = image_keys(store, ref.id)
                 rate = metrics["images_per_s"] / w
+                rates.append(f"synthaug {rate:.0f} ({pending:.0f} MB dirty before)")
+                print(f"{w} worker(s), round {r + 1}: images/s per worker: {', '.join(rates)}; {load_note()}",
+                      flush=True)
                 cpu_ms[("synthaug", w)] = min(cpu_ms.get(("synthaug", w), 1e9), 1e3 * metrics["cpu_seconds"] / args.count)
                 if rate > best.get(("synthaug", w), 0.0):
                     best[("synthaug", w)] = rate
@@ -233,7 +262,8 @@ def main() -> int:
 
                     write_png(args.preview, draw_contact_sheet(Dataset.load(store, ref.id), count=16, columns=4))
             fs = f"file create+write+rename {file_create_ms(tmp / 'fs-probe'):.2f} ms"
-            cond = (f"{w} process(es), best of {args.repeats} rounds, thesis loops warm; {inputs}; "
+            cond = (f"{w} process(es), best of {args.repeats} rounds, thesis loops warm, page cache written out "
+                    f"before each run; {inputs}; "
                     f"256 px, 3 fg, PNG + mask PNG to a folder; {load_note()}; {fs}")
             res.add(f"thesis loop (OpenCV), {w} process(es), per process", best[("cv2", w)], "images/s",
                     f"{thesis_count} images, {cond}")
@@ -241,7 +271,8 @@ def main() -> int:
                     f"{max(50, thesis_count // 4)} images, {cond}")
             m = metrics_of[w]
             res.add(f"synthaug → file:// store, {w} worker(s), per worker", best[("synthaug", w)], "images/s",
-                    f"{args.count} composites, fresh store per run, best of {args.repeats}, incl. pool start; "
+                    f"{args.count} composites, fresh store per run, page cache written out before it, best of "
+                    f"{args.repeats}, incl. pool start; "
                     f"{stage_text(m)}; {load_note()}; {fs}")
             baseline = max(best[("cv2", w)], best[("pil", w)])
             ratio = best[("synthaug", w)] / baseline

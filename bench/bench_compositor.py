@@ -250,7 +250,9 @@ def main() -> int:
                 ref, metrics = compose_dataset(store, fg.key, bg.key, args.count, seed=1, params=params, workers=w)
                 images_of[f"file, {w} worker(s), round {r + 1}"] = image_keys(store, ref.id)
                 rate = metrics["images_per_s"] / w
-                rates.append(f"synthaug {rate:.0f} ({pending:.0f} MB dirty before)")
+                rates.append(f"synthaug {rate:.0f} ({pending:.0f} MB dirty before; CPU "
+                             f"{1e3 * metrics['cpu_seconds'] / args.count:.2f} ms/image, put "
+                             f"{1e3 * metrics['seconds_put'] / args.count:.2f})")
                 print(f"{w} worker(s), round {r + 1}: images/s per worker: {', '.join(rates)}; {load_note()}",
                       flush=True)
                 cpu_ms[("synthaug", w)] = min(cpu_ms.get(("synthaug", w), 1e9), 1e3 * metrics["cpu_seconds"] / args.count)

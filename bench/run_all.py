@@ -28,7 +28,7 @@ BENCH = Path(__file__).resolve().parent
 #: name → (script, arguments for `make bench`, arguments for --quick)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "import": ("bench_import.py", ["--count", "200"], ["--count", "50"]),
-    "compositor": ("bench_compositor.py", ["--count", "3000", "--repeats", "3", "--s3-count", "300"],
+    "compositor": ("bench_compositor.py", ["--count", "3000", "--repeats", "2", "--s3-count", "300"],
                    ["--count", "300", "--repeats", "1", "--s3-count", "100", "--images", "200",
                     "--backgrounds", "60"]),
     "gan": ("bench_gan.py", ["--skip-isic"], ["--skip-isic"]),

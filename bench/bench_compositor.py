@@ -147,14 +147,15 @@ def dirty_mb() -> float:
     return sum(int(fields.get(k, "0 kB").split()[0]) for k in ("Dirty", "Writeback")) / 1024
 
 
-def settle() -> float:
+def settle() -> str:
     """Write every dirty page out, untimed, before a measured run; returns how many MB were
-    dirty. Otherwise a run pays for the one before it: synthaug's flush (syncfs) writes out
-    the thesis loop's files too (same file system), and the kernel's own writeback of
-    either (after 30 s) lands in whatever runs then."""
+    dirty and how long writing them took. Otherwise a run pays for the one before it:
+    synthaug's flush (syncfs) writes out the thesis loop's files too (same file system),
+    and the kernel's own writeback of either (after 30 s) lands in whatever runs then."""
     pending = dirty_mb()
+    t = time.perf_counter()
     os.sync()
-    return pending
+    return f"{pending:.0f} MB dirty before, written out in {time.perf_counter() - t:.2f} s"
 
 
 def image_keys(store: ObjectStore, dataset_id: str) -> list[str]:
@@ -242,7 +243,7 @@ def main() -> int:
                     out = tmp / f"thesis-{kind}-{w}-{r}"
                     pending = settle()
                     run = run_loop(kind, fg_paths, bg_paths, out, count, processes=w)
-                    rates.append(f"thesis {kind} {run.images_per_s / w:.0f} ({pending:.0f} MB dirty before)")
+                    rates.append(f"thesis {kind} {run.images_per_s / w:.0f} ({pending})")
                     best[(kind, w)] = max(best.get((kind, w), 0.0), run.images_per_s / w)
                     cpu_ms[(kind, w)] = min(cpu_ms.get((kind, w), 1e9), 1e3 * run.cpu_seconds / count)
                 store = fresh_file_store(base, tmp / f"store-{w}-{r}")
@@ -250,7 +251,7 @@ def main() -> int:
                 ref, metrics = compose_dataset(store, fg.key, bg.key, args.count, seed=1, params=params, workers=w)
                 images_of[f"file, {w} worker(s), round {r + 1}"] = image_keys(store, ref.id)
                 rate = metrics["images_per_s"] / w
-                rates.append(f"synthaug {rate:.0f} ({pending:.0f} MB dirty before; CPU "
+                rates.append(f"synthaug {rate:.0f} ({pending}; CPU "
                              f"{1e3 * metrics['cpu_seconds'] / args.count:.2f} ms/image, put "
                              f"{1e3 * metrics['seconds_put'] / args.count:.2f})")
                 print(f"{w} worker(s), round {r + 1}: images/s per worker: {', '.join(rates)}; {load_note()}",

@@ -241,22 +241,22 @@ def main() -> int:
                 for kind in ("cv2", "pil") if r == 0 else ("cv2",):
                     count = thesis_count if kind == "cv2" else max(50, thesis_count // 4)
                     out = tmp / f"thesis-{kind}-{w}-{r}"
-                    pending = settle()
+                    settled = settle()
                     run = run_loop(kind, fg_paths, bg_paths, out, count, processes=w)
-                    rates.append(f"thesis {kind} {run.images_per_s / w:.0f} ({pending})")
+                    rates.append(f"thesis {kind} {run.images_per_s / w:.0f} ({settled})")
                     best[(kind, w)] = max(best.get((kind, w), 0.0), run.images_per_s / w)
                     cpu_ms[(kind, w)] = min(cpu_ms.get((kind, w), 1e9), 1e3 * run.cpu_seconds / count)
                 store = fresh_file_store(base, tmp / f"store-{w}-{r}")
-                pending = settle()
+                settled = settle()
                 ref, metrics = compose_dataset(store, fg.key, bg.key, args.count, seed=1, params=params, workers=w)
                 images_of[f"file, {w} worker(s), round {r + 1}"] = image_keys(store, ref.id)
                 rate = metrics["images_per_s"] / w
-                rates.append(f"synthaug {rate:.0f} ({pending}; CPU "
-                             f"{1e3 * metrics['cpu_seconds'] / args.count:.2f} ms/image, put "
+                cpu = 1e3 * metrics["cpu_seconds"] / args.count
+                rates.append(f"synthaug {rate:.0f} ({settled}; CPU {cpu:.2f} ms/image, put "
                              f"{1e3 * metrics['seconds_put'] / args.count:.2f})")
                 print(f"{w} worker(s), round {r + 1}: images/s per worker: {', '.join(rates)}; {load_note()}",
                       flush=True)
-                cpu_ms[("synthaug", w)] = min(cpu_ms.get(("synthaug", w), 1e9), 1e3 * metrics["cpu_seconds"] / args.count)
+                cpu_ms[("synthaug", w)] = min(cpu_ms.get(("synthaug", w), 1e9), cpu)
                 if rate > best.get(("synthaug", w), 0.0):
                     best[("synthaug", w)] = rate
                     metrics_of[w] = metrics

@@ -20,8 +20,10 @@ round printed as it ends), and the best round of each is reported:
     time of all its processes. With W > 1 the workers fork from a fork server, which a
     running compositor starts once (at its first such job): it is started before the
     measurements by a 4-image job into a throwaway store;
-  * the thesis loop (bench/thesis_compositor.py): W processes in parallel, each writing
-    its share of images as PNG + merged mask PNG to a folder; both the Pillow and the
+  * the thesis loop (bench/thesis_compositor.py): W processes in parallel, each reading the
+    same foregrounds and backgrounds as PNG files saved as the thesis saved its cut-outs
+    (Pillow's defaults; synthaug's sets store zstd-compressed pixels instead, which decode
+    ~10× faster) and writing its share of images as PNG + merged mask PNG to a folder; both the Pillow and the
     OpenCV implementation, and the faster is the baseline (processes warm, no start-up
     counted; Pillow, ~3× slower here, in the first round only).
 The check: synthaug per worker ≥ 2× the baseline per process, at every W, file:// store.
@@ -44,6 +46,7 @@ import uuid
 from pathlib import Path
 
 import cv2
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -51,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from figures import DEFAULT_ISIC, Results, import_isic, load_note
 from thesis_compositor import run_loop
 
+from services.common import pixels
 from services.common.datasets import Dataset
 from services.common.store import Blob, FileStore, ObjectStore, S3Store
 from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams
@@ -62,7 +66,7 @@ from services.compositor.core.pipeline import (
     extract_foreground_set,
     harvest_background_set,
 )
-from services.compositor.core.sets import BACKGROUND_KIND, FOREGROUND_KIND, load_set, save_set
+from services.compositor.core.sets import BACKGROUND_KIND, FOREGROUND_KIND, decode_rgb, decode_rgba, load_set, save_set
 
 PARAMS = ComposeParams(output_size=256, min_objects=3, max_objects=3, blend="gaussian")
 S3_ACCESS, S3_SECRET = "bench", "bench-secret"
@@ -87,7 +91,8 @@ def copy_sets(src: FileStore, dst: ObjectStore, fg_key: str, bg_key: str) -> tup
     for key, kind in ((fg_key, FOREGROUND_KIND), (bg_key, BACKGROUND_KIND)):
         manifest = load_set(src, key, kind, "set")
         entries = manifest["foregrounds" if kind == FOREGROUND_KIND else "backgrounds"]
-        blobs = [Blob(src.get_bytes(e["key"]), Path(e["key"]).suffix, "image/png") for e in entries]
+        blobs = [Blob(src.get_bytes(e["key"]), Path(e["key"]).suffix,
+                      pixels.CONTENT_TYPE if e["key"].endswith(pixels.SUFFIX) else "image/png") for e in entries]
         if [b.key for b in blobs] != [e["key"] for e in entries]:
             raise RuntimeError("set entries are not content-addressed blobs")
         dst.put_blobs(blobs)
@@ -200,15 +205,18 @@ def main() -> int:
         inputs = f"{n_fg} fg / {n_bg} bg from {source.split(' (')[0]}"
         params = PARAMS.validate()
 
-        # The thesis loop reads the same foreground and background PNGs from a folder.
+        # The thesis loop reads the same foregrounds and backgrounds as PNG files from a
+        # folder, saved as the thesis saved its cut-outs (Pillow's defaults); synthaug reads
+        # them from its sets, which store zstd-compressed pixels (decoded ~10× faster).
         asset_dir = tmp / "thesis-assets"
         asset_dir.mkdir()
         fg_paths: list[str] = []
         bg_paths: list[str] = []
-        for entries, paths in ((fg_manifest["foregrounds"], fg_paths), (bg_manifest["backgrounds"], bg_paths)):
+        for entries, paths, decode in ((fg_manifest["foregrounds"], fg_paths, decode_rgba),
+                                       (bg_manifest["backgrounds"], bg_paths, decode_rgb)):
             for e in entries:
-                path = asset_dir / Path(e["key"]).name
-                path.write_bytes(base.get_bytes(e["key"]))
+                path = asset_dir / f"{Path(e['key']).name.split('.')[0]}.png"
+                Image.fromarray(decode(base.get_bytes(e["key"]), e["key"])).save(path)
                 paths.append(str(path))
 
         # Compose alone, one core, warm caches: the ceiling the store path is measured against.
@@ -267,7 +275,7 @@ def main() -> int:
                     write_png(args.preview, draw_contact_sheet(Dataset.load(store, ref.id), count=16, columns=4))
             fs = f"file create+write+rename {file_create_ms(tmp / 'fs-probe'):.2f} ms"
             cond = (f"{w} process(es), thesis loops warm, page cache written out before each run; {inputs}; "
-                    f"256 px, 3 fg, PNG + mask PNG to a folder; {load_note()}; {fs}")
+                    f"256 px, 3 fg, reading asset PNGs (Pillow's defaults), PNG + mask PNG to a folder; {load_note()}; {fs}")
             res.add(f"thesis loop (OpenCV), {w} process(es), per process", best[("cv2", w)], "images/s",
                     f"{thesis_count} images, best of {args.repeats} rounds, {cond}")
             res.add(f"thesis loop (Pillow), {w} process(es), per process", best[("pil", w)], "images/s",
@@ -275,7 +283,7 @@ def main() -> int:
             m = metrics_of[w]
             res.add(f"synthaug → file:// store, {w} worker(s), per worker", best[("synthaug", w)], "images/s",
                     f"{args.count} composites, fresh store per run, page cache written out before it, best of "
-                    f"{args.repeats}, incl. pool start; "
+                    f"{args.repeats}, incl. pool start and every asset's decode (sets of zstd-compressed pixels); "
                     f"{stage_text(m)}; {load_note()}; {fs}")
             baseline = max(best[("cv2", w)], best[("pil", w)])
             ratio = best[("synthaug", w)] / baseline

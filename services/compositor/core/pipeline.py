@@ -16,7 +16,6 @@ import math
 import multiprocessing
 import os
 import shutil
-import struct
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +25,7 @@ from typing import Any, Callable, Generator, Sequence
 import cv2
 import numpy as np
 
+from services.common import pixels
 from services.common.config import config_from_mapping, config_to_mapping
 from services.common.datasets import (
     Dataset,
@@ -38,7 +38,7 @@ from services.common.datasets import (
 )
 from services.common.errors import InvalidArgument
 from services.common.files import write_atomically
-from services.common.imageio import decode_image, encode_png
+from services.common.imageio import decode_image
 from services.common.seeding import rng as seeded_rng
 from services.common.store import BackgroundFlush, Blob, CanonicalJSON, ObjectInfo, ObjectStore, open_store
 from services.compositor.config import BackgroundParams, ComposeParams, ForegroundParams
@@ -62,9 +62,10 @@ from services.compositor.core.sets import (
     BACKGROUND_KIND,
     FOREGROUND_KIND,
     SET_VERSION,
+    decode_rgb,
     decode_rgba,
-    encode_rgba_png,
     load_set,
+    put_asset,
     save_set,
 )
 from synthaug.v1 import common_pb2
@@ -119,7 +120,7 @@ def extract_foreground_set(store: ObjectStore, dataset: Dataset, split: str = ""
                                          feather_sigma=params.feather_sigma, padding=params.padding, iscrowd=~keep)
         skipped["small"] += small
         for cut in cutouts:
-            info = store.put_blob(encode_rgba_png(cut.rgba), suffix=".png", content_type="image/png")
+            info = put_asset(store, cut.rgba)
             stats = stats_record(foreground_stats(cut.rgba, STATS_DARK_THRESHOLD), STATS_DARK_THRESHOLD)
             entries.append({
                 "key": info.key, "sha256": info.sha256, "width": int(cut.rgba.shape[1]),
@@ -213,7 +214,7 @@ def harvest_background_set(store: ObjectStore, *, dataset: Dataset | None = None
                 if _dark_fraction(image, dark_threshold) > max_dark_fraction:
                     rejected_dark += 1
                     continue
-                info = store.put_blob(encode_png(np.ascontiguousarray(image)), suffix=".png", content_type="image/png")
+                info = put_asset(store, np.ascontiguousarray(image))
                 entries.append({"key": info.key, "sha256": info.sha256, "width": int(image.shape[1]),
                                 "height": int(image.shape[0]), "source_image_id": int(record["id"]),
                                 "source": record["file_name"], "method": method, **extra})
@@ -276,7 +277,7 @@ class StoreAssets(DerivedForegrounds):
         image = self._bg.get(i)
         if image is None:
             key = self.bg_entries[i]["key"]
-            image = self._bg[i] = self._shared(f"bg-{i}", lambda: decode_image(self.store.get_bytes(key), key))
+            image = self._bg[i] = self._shared(f"bg-{i}", lambda: decode_rgb(self.store.get_bytes(key), key))
         return image
 
     def recorded_stats(self, i: int, dark_threshold: int) -> ForegroundStats | None:
@@ -304,10 +305,8 @@ class StoreAssets(DerivedForegrounds):
         return array
 
 
-# Decoded assets shared by the workers of a job: a 16-byte header (the shape, padded with
-# 1s) and the uint8 pixels. Not .npy: np.load parses a Python-literal header, which costs
-# 5× the read itself for an asset this size.
-_SHARED_HEADER = struct.Struct("<4I")
+# Decoded assets shared by the workers of a job: services.common.pixels' header and the raw
+# pixels, uncompressed (reading them costs less than decompressing).
 
 
 def write_shared_pixels(path: str, array: np.ndarray) -> None:
@@ -316,9 +315,8 @@ def write_shared_pixels(path: str, array: np.ndarray) -> None:
     /dev/shm (64 MiB in a default container) or an odd array leaves nothing behind."""
     if array.dtype != np.uint8 or not 1 <= array.ndim <= 3:
         return
-    header = _SHARED_HEADER.pack(array.ndim, *array.shape, *(1,) * (3 - array.ndim))
     try:
-        write_atomically(path, header, np.ascontiguousarray(array).data)
+        write_atomically(path, pixels.header(array), np.ascontiguousarray(array).data)
     except OSError:
         log.debug("could not share decoded asset %s", path, exc_info=True)
 
@@ -329,13 +327,13 @@ def read_shared_pixels(path: str) -> np.ndarray | None:
     itself: sharing is only a speed-up)."""
     try:
         with open(path, "rb", buffering=0) as f:
-            header = f.read(_SHARED_HEADER.size)
-            if len(header) != _SHARED_HEADER.size:
+            try:
+                shape = pixels.parse_header(f.read(pixels.HEADER.size), path)
+            except InvalidArgument:
                 return None
-            ndim, *dims = _SHARED_HEADER.unpack(header)
-            if not 1 <= ndim <= 3 or os.fstat(f.fileno()).st_size != _SHARED_HEADER.size + math.prod(dims):
+            if os.fstat(f.fileno()).st_size != pixels.HEADER.size + math.prod(shape):
                 return None
-            array = np.empty(dims[:ndim], np.uint8)
+            array = np.empty(shape, np.uint8)
             if array.size and f.readinto(array.reshape(-1).data) != array.nbytes:
                 return None
             return array

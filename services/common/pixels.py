@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import BinaryIO
 
 import numpy as np
 import zstandard
@@ -96,7 +95,7 @@ def decode_pixels(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     return array
 
 
-def _read_into(reader: BinaryIO, buffer: memoryview) -> int:
+def _read_into(reader: zstandard.ZstdDecompressionReader, buffer: memoryview) -> int:
     """Fill `buffer` from `reader` (a read may return less than asked); the bytes read."""
     done = 0
     while done < len(buffer):
@@ -107,7 +106,7 @@ def _read_into(reader: BinaryIO, buffer: memoryview) -> int:
     return done
 
 
-def _read_exactly(reader: BinaryIO, size: int) -> bytes:
+def _read_exactly(reader: zstandard.ZstdDecompressionReader, size: int) -> bytes:
     data = reader.read(size)
     while len(data) < size:
         more = reader.read(size - len(data))

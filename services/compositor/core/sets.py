@@ -94,17 +94,17 @@ def decode_rgba(data: bytes, name: str) -> np.ndarray:
             raise InvalidArgument(f"{name}: foreground pixels must be H×W×4 (RGBA), got {arr.shape}")
         _check_side(arr, name)
         return arr
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
         raise InvalidArgument(f"{name}: not a decodable image")
-    if arr.dtype != np.uint8:
-        raise InvalidArgument(f"{name}: foreground must be 8-bit, got {arr.dtype}")
-    _check_side(arr, name)
-    if arr.ndim == 2:
-        arr = cv2.cvtColor(arr, cv2.COLOR_GRAY2BGRA)
-    elif arr.shape[2] == 3:
-        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2BGRA)
-    return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
+    if image.dtype != np.uint8:
+        raise InvalidArgument(f"{name}: foreground must be 8-bit, got {image.dtype}")
+    _check_side(image, name)
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGRA)
+    elif image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)
+    return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
 
 
 def decode_rgb(data: bytes, name: str) -> np.ndarray:

@@ -18,7 +18,6 @@ verifies, so a zero-byte, truncated or edited record is an error, never an empty
 from __future__ import annotations
 
 import builtins
-import contextlib
 import hashlib
 import io
 import json
@@ -35,6 +34,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequenc
 from urllib.parse import parse_qs, urlparse
 
 from services.common.errors import IntegrityError, InvalidArgument, NotFound, StoreUnavailable
+from services.common.files import write_new_file
 
 log = logging.getLogger(__name__)
 
@@ -483,9 +483,10 @@ class FileStore(ObjectStore):
         return [self._write_blob(blob) for blob in blobs]
 
     def _write_blob(self, blob: Blob) -> ObjectInfo:
-        """Atomic (temporary file + rename) like every write, but with the least work per
-        file: the bytes were hashed when the Blob was made, the folder is created once per
-        store object, and no fsync (see `flush`). A blob already present is not rewritten."""
+        """Atomic like every write (`write_new_file`: an unnamed file linked at its name), but
+        with the least work per file: the bytes were hashed when the Blob was made, the folder
+        is created once per store object, and no fsync (see `flush`). A blob already present
+        is not rewritten."""
         key = validate_key(blob.key)
         folder = os.path.join(self.root, key.rsplit("/", 1)[0])
         path = os.path.join(self.root, key)
@@ -494,15 +495,7 @@ class FileStore(ObjectStore):
         if folder not in self._blob_dirs:
             os.makedirs(folder, exist_ok=True)
             self._blob_dirs.add(folder)
-        tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(blob.data)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_new_file(path, blob.data)
         return blob.info()
 
     def flush(self) -> None:

@@ -38,7 +38,7 @@ from services.common.datasets import (
     encode_image,
 )
 from services.common.errors import InvalidArgument
-from services.common.files import write_atomically
+from services.common.files import write_new_file
 from services.common.imageio import decode_image
 from services.common.seeding import rng as seeded_rng
 from services.common.store import BackgroundFlush, Blob, CanonicalJSON, ObjectInfo, ObjectStore, open_store
@@ -251,7 +251,7 @@ class StoreAssets(DerivedForegrounds):
     the params, so every worker gets the same pixels.
 
     With `shared_dir`, the worker processes of one job share their decoding work: the first
-    to need an asset decodes it (PNG decoding costs more than composing with it) and leaves
+    to need an asset decodes it (even zstd-compressed, reading a copy costs less) and leaves
     the raw pixels there (ideally on tmpfs; `write_shared_pixels`); the others load those instead.
     """
 
@@ -317,7 +317,7 @@ def write_shared_pixels(path: str, array: np.ndarray) -> None:
     if array.dtype != np.uint8 or not 1 <= array.ndim <= 3:
         return
     try:
-        write_atomically(path, pixels.header(array), np.ascontiguousarray(array).data)
+        write_new_file(path, pixels.header(array), np.ascontiguousarray(array).data)
     except OSError:
         log.debug("could not share decoded asset %s", path, exc_info=True)
 

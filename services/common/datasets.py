@@ -51,15 +51,18 @@ def masks_to_rle(masks: np.ndarray) -> list[dict[str, Any]]:
         raise InvalidArgument(f"masks must be N×H×W, got shape {masks.shape}")
     if masks.shape[0] == 0:
         return []
-    # Column-major order, as RLE needs: zeros, then each mask's bounding box copied in (an
+    # Column-major order, as RLE needs. Masks stored that way already (compose_image's) are
+    # encoded as they are; others go into zeros, each mask's bounding box copied in (an
     # instance covers a small part of the image; a transposing copy of it all costs more
     # than encoding). bool shares uint8's layout: a view, not a conversion.
     as_uint8 = masks.view(np.uint8) if masks.dtype in (np.bool_, np.uint8) else (masks != 0).view(np.uint8)
     n, h, w = masks.shape
-    columns = np.zeros((h, w, n), np.uint8, order="F")
-    for k in range(n):
-        x, y, bw, bh = cv2.boundingRect(np.ascontiguousarray(as_uint8[k]))
-        columns[y:y + bh, x:x + bw, k] = as_uint8[k, y:y + bh, x:x + bw]
+    columns = as_uint8.transpose(1, 2, 0)
+    if not columns.flags.f_contiguous:
+        columns = np.zeros((h, w, n), np.uint8, order="F")
+        for k in range(n):
+            x, y, bw, bh = cv2.boundingRect(np.ascontiguousarray(as_uint8[k]))
+            columns[y:y + bh, x:x + bw, k] = as_uint8[k, y:y + bh, x:x + bw]
     encoded = mask_utils.encode(columns)
     return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in encoded]
 

@@ -80,19 +80,21 @@ def decode_pixels(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     if total - HEADER.size > 4 * max_pixels:
         raise InvalidArgument(f"{name}: too many pixels ({(total - HEADER.size) // 4}+ > {max_pixels}); "
                               "SYNTHAUG_MAX_PIXELS sets the limit")
+    # one buffer for header and pixels, decompressed straight into (a stream read of the
+    # header first would make zstd stage the first block in its own window)
+    whole = np.empty(total, np.uint8)
     try:
         with zstandard.ZstdDecompressor().stream_reader(data) as reader:
-            shape = parse_header(_read_exactly(reader, HEADER.size), name)
-            if HEADER.size + math.prod(shape) != total:
-                raise InvalidArgument(f"{name}: header says {shape}, the frame holds {total - HEADER.size} bytes")
-            array = np.empty(shape, np.uint8)
-            if _read_into(reader, array.reshape(-1).data) != array.size:
+            if _read_into(reader, whole.data) != total:
                 raise InvalidArgument(f"{name}: pixel data truncated")
             if reader.read(1):  # reading to the end verifies the frame's checksum
                 raise InvalidArgument(f"{name}: pixel data longer than its header says")
     except zstandard.ZstdError as exc:
         raise InvalidArgument(f"{name}: corrupt pixel data ({exc})") from None
-    return array
+    shape = parse_header(whole[:HEADER.size].tobytes(), name)
+    if HEADER.size + math.prod(shape) != total:
+        raise InvalidArgument(f"{name}: header says {shape}, the frame holds {total - HEADER.size} bytes")
+    return whole[HEADER.size:].reshape(shape)
 
 
 def _read_into(reader: zstandard.ZstdDecompressionReader, buffer: memoryview) -> int:
@@ -104,13 +106,3 @@ def _read_into(reader: zstandard.ZstdDecompressionReader, buffer: memoryview) ->
             break
         done += n
     return done
-
-
-def _read_exactly(reader: zstandard.ZstdDecompressionReader, size: int) -> bytes:
-    data = reader.read(size)
-    while len(data) < size:
-        more = reader.read(size - len(data))
-        if not more:
-            break
-        data += more
-    return data

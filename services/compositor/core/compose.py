@@ -166,7 +166,8 @@ class InMemoryAssets(DerivedForegrounds):
 @dataclass
 class Composite:
     image: np.ndarray                 # S×S×3 uint8
-    masks: np.ndarray                 # N×S×S bool, one per kept instance, disjoint
+    masks: np.ndarray                 # N×S×S bool, one per kept instance, disjoint; a view of a
+    #                                   column-major S×S×N array (each mask stored column by column)
     labels: np.ndarray                # N int64 category ids
     audit: dict[str, Any] = field(default_factory=dict)
 
@@ -397,12 +398,13 @@ def compose_image(assets: Assets, params: ComposeParams, seed: int, index: int) 
         record["instance"] = len(kept)
         kept.append((mask, box))
         labels.append(record["category_id"])
-    mask_array = np.zeros((len(kept), size, size), dtype=bool)
+    # column-major, as RLE encoding reads masks (masks_to_rle then encodes them without a copy)
+    columns = np.zeros((size, size, len(kept)), dtype=bool, order="F")
     for m, (mask, (rx0, ry0, rx1, ry1)) in enumerate(kept):
-        mask_array[m, ry0:ry1, rx0:rx1] = mask
+        columns[ry0:ry1, rx0:rx1, m] = mask
     audit = {"seed": int(seed), "index": int(index), "background": bg_audit, "objects": objects,
              "requested": count, "skipped": skipped, "dropped": dropped}
-    return Composite(image=canvas, masks=mask_array, labels=np.asarray(labels, dtype=np.int64), audit=audit)
+    return Composite(image=canvas, masks=columns.transpose(2, 0, 1), labels=np.asarray(labels, dtype=np.int64), audit=audit)
 
 
 def _poisson_paste(canvas: np.ndarray, fg: np.ndarray, hard: np.ndarray,

@@ -67,8 +67,9 @@ def encode_pixels(array: np.ndarray) -> bytes:
 def decode_pixels(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     """The array `encode_pixels` stored (writable, C order). InvalidArgument naming `name`
     for anything else: not a zstd frame, a frame that does not say its size, more than
-    `max_pixels` pixels (checked before anything is allocated), a bad header, a size that
-    does not match the header, or a failed checksum."""
+    `max_pixels` pixels (rows × columns; the frame's size, up to 4 bytes a pixel, is checked
+    before anything is allocated), a bad header, a size that does not match the header, or
+    a failed checksum."""
     if not is_stored_pixels(data):
         raise InvalidArgument(f"{name}: not synthaug pixel data (no zstd frame)")
     try:
@@ -94,6 +95,9 @@ def decode_pixels(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     shape = parse_header(whole[:HEADER.size].tobytes(), name)
     if HEADER.size + math.prod(shape) != total:
         raise InvalidArgument(f"{name}: header says {shape}, the frame holds {total - HEADER.size} bytes")
+    if math.prod(shape[:2]) > max_pixels:
+        raise InvalidArgument(f"{name}: too many pixels ({math.prod(shape[:2])} > {max_pixels}); "
+                              "SYNTHAUG_MAX_PIXELS sets the limit")
     return whole[HEADER.size:].reshape(shape)
 
 

@@ -58,6 +58,9 @@ def test_sizes_are_checked_before_anything_is_allocated() -> None:
     with pytest.raises(InvalidArgument, match="big: too many pixels"):
         pixels.decode_pixels(data, "big", max_pixels=9_999)
     assert pixels.decode_pixels(data, "big", max_pixels=10_000).shape == (100, 100, 4)
+    grey = pixels.encode_pixels(np.zeros((100, 100), np.uint8))  # within the byte bound, not the pixel count
+    with pytest.raises(InvalidArgument, match=r"grey: too many pixels \(10000 > 9999\)"):
+        pixels.decode_pixels(grey, "grey", max_pixels=9_999)
     # a frame that does not say its size (streamed) is refused rather than decompressed blindly
     unsized = zstandard.ZstdCompressor(write_content_size=False).compress(
         pixels.header(np.zeros((2, 2), np.uint8)) + b"\0" * 4)

@@ -23,9 +23,9 @@ round printed as it ends), and the best round of each is reported:
   * the thesis loop (bench/thesis_compositor.py): W processes in parallel, each reading the
     same foregrounds and backgrounds as PNG files saved as the thesis saved its cut-outs
     (Pillow's defaults; synthaug's sets store zstd-compressed pixels instead, which decode
-    ~10× faster) and writing its share of images as PNG + merged mask PNG to a folder; both the Pillow and the
-    OpenCV implementation, and the faster is the baseline (processes warm, no start-up
-    counted; Pillow, ~3× slower here, in the first round only).
+    ~10× faster) and writing its share of images as PNG + merged mask PNG to a folder;
+    both the Pillow and the OpenCV implementation, and the faster is the baseline
+    (processes warm, no start-up counted; Pillow, ~3× slower here, in the first round only).
 The check: synthaug per worker ≥ 2× the baseline per process, at every W, file:// store.
 Both write a file per image (the thesis two), so the cost of creating a file on the machine's
 file system, measured after each worker count's rounds, is printed with the figures.

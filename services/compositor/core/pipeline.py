@@ -314,10 +314,12 @@ def write_shared_pixels(path: str, array: np.ndarray) -> None:
     """Leave `array` (uint8, at most 3-D) at `path` for the other workers; atomic (a reader
     sees a complete file or none). Best effort: sharing is only a speed-up, so a full
     /dev/shm (64 MiB in a default container) or an odd array leaves nothing behind."""
-    if array.dtype != np.uint8 or not 1 <= array.ndim <= 3:
+    try:
+        header = pixels.header(array)
+    except ValueError:  # not uint8, or not 1-3 dimensions
         return
     try:
-        write_new_file(path, pixels.header(array), np.ascontiguousarray(array).data)
+        write_new_file(path, header, np.ascontiguousarray(array).data)
     except OSError:
         log.debug("could not share decoded asset %s", path, exc_info=True)
 

@@ -89,9 +89,7 @@ def decode_rgba(data: bytes, name: str) -> np.ndarray:
     """RGBA uint8 of a foreground blob: stored pixels (`put_asset`) or an image file (PNG…);
     grey or RGB images get an opaque alpha."""
     if is_stored_pixels(data):
-        arr = decode_pixels(data, name, MAX_PIXELS)
-        if arr.ndim != 3 or arr.shape[2] != 4:
-            raise InvalidArgument(f"{name}: foreground pixels must be H×W×4 (RGBA), got {arr.shape}")
+        arr = _stored_asset(data, name, "foreground", "RGBA")
         _check_side(arr, name)
         return arr
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -111,7 +109,12 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
     """RGB uint8 of a background blob: stored pixels (`put_asset`) or an image file."""
     if not is_stored_pixels(data):
         return decode_image(data, name)
+    return _stored_asset(data, name, "background", "RGB")
+
+
+def _stored_asset(data: bytes, name: str, what: str, channels: str) -> np.ndarray:
+    """Stored pixels (`put_asset`) that must be H×W×len(channels)."""
     arr = decode_pixels(data, name, MAX_PIXELS)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise InvalidArgument(f"{name}: background pixels must be H×W×3 (RGB), got {arr.shape}")
+    if arr.ndim != 3 or arr.shape[2] != len(channels):
+        raise InvalidArgument(f"{name}: {what} pixels must be H×W×{len(channels)} ({channels}), got {arr.shape}")
     return arr
